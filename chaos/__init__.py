@@ -1,0 +1,1 @@
+"""Proof by force: local clusters, the load generator and failover drills."""

@@ -1,0 +1,220 @@
+"""Local clusters of real processes: a redis-server and `ringcast node` supervisors.
+
+Owns starting each on free (or given) loopback ports, waiting until it
+answers, and stopping exactly the processes it started, by PID. Shared by
+`ringcast up`, the drills, the benchmarks and the test fixtures
+(tests/conftest.py); never copy it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def free_port_range(count: int, host: str = "127.0.0.1") -> int:
+    """A first port such that first..first+count-1 are all free right now."""
+    for _ in range(200):
+        first = free_port(host)
+        if first + count > 65535:
+            continue
+        ok = True
+        for port in range(first, first + count):
+            with socket.socket() as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
+            last_error = exc
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})")
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:
+    """SIGTERM, wait, then SIGKILL: only the process we started, by its PID."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
+@dataclass
+class RedisServer:
+    port: int
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen | None = None
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ringcast-redis-"))
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: run scripts/bootstrap.sh (installs the Debian package)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+             "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.ping, 10, f"redis-server on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        with socket.create_connection((self.host, self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+
+    def command(self, *args: str) -> bytes:
+        """Run one command with redis-cli and return its raw output (for assertions)."""
+        out = subprocess.run(
+            ["redis-cli", "-h", self.host, "-p", str(self.port), *args], capture_output=True, check=True, timeout=10
+        )
+        return out.stdout
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, empty (no persistence)."""
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+def http_json(url: str, timeout_s: float = 2.0) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        return exc.code, (json.loads(body) if body else {})
+
+
+@dataclass
+class NodeProcess:
+    """A `ringcast node` supervisor and its workers."""
+
+    port: int
+    workers: int
+    args: list[str]
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen | None = None
+    log_path: str = ""
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port + i for i in range(self.workers)]
+
+    def ws_url(self, index: int = 0) -> str:
+        return f"ws://{self.host}:{self.port + index}/ws"
+
+    def http_url(self, index: int, path: str) -> str:
+        return f"http://{self.host}:{self.port + index}{path}"
+
+    def start(self, ready_timeout_s: float = 30.0) -> "NodeProcess":
+        log = tempfile.NamedTemporaryFile(prefix="ringcast-node-", suffix=".log", delete=False)
+        self.log_path = log.name
+        cmd = [sys.executable, "-m", "ringcast_cli", "node", "--host", self.host, "--port", str(self.port),
+               "--workers", str(self.workers), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        for index in range(self.workers):
+            self.wait_ready(index, ready_timeout_s)
+        return self
+
+    def wait_ready(self, index: int, timeout_s: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"ringcast node exited with {self.proc.returncode}; log:\n{self.log()}")
+            return http_json(self.http_url(index, "/readyz"))[0] == 200
+        wait_until(ready, timeout_s, f"worker {index} on port {self.port + index} to be ready")
+
+    def worker_pid(self, index: int) -> int:
+        """The PID of worker `index`, from the supervisor's process tree."""
+        import psutil
+
+        assert self.proc is not None
+        for child in psutil.Process(self.proc.pid).children():
+            if f'"port": {self.port + index},' in " ".join(child.cmdline()):
+                return child.pid
+        raise LookupError(f"no worker on port {self.port + index}")
+
+    def metrics(self, index: int) -> str:
+        with urllib.request.urlopen(self.http_url(index, "/metrics"), timeout=2) as response:
+            return response.read().decode()
+
+    def metric(self, index: int, name: str, labels: str = "") -> float:
+        """Sum of the samples of one metric (optionally filtered by a label substring)."""
+        total = 0.0
+        found = False
+        for line in self.metrics(index).splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            metric_name = key.split("{", 1)[0]
+            if metric_name == name and labels in key:
+                total += float(value)
+                found = True
+        if not found:
+            return 0.0
+        return total
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text()[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        code = stop_process(self.proc, timeout_s)
+        self.proc = None
+        return code

@@ -1,0 +1,62 @@
+"""`ringcast up`: a whole local cluster in one command, in the foreground.
+
+Owns starting, for a developer's machine, a redis-server on loopback (unless
+--redis points at one) and the cluster's services, printing where they
+listen, and stopping every process it started (by PID) on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from chaos.cluster import NodeProcess, RedisServer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringcast up",
+        description="Start a local ringcast cluster on loopback and keep it running until Ctrl-C.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8700, help="port of node worker 0 (default: 8700)")
+    parser.add_argument("--workers", type=int, default=2, help="node worker processes (default: 2)")
+    parser.add_argument("--redis-port", type=int, default=6379, help="port of the redis-server it starts (default: 6379)")
+    parser.add_argument("--redis", default=None, help="use this Redis URL instead of starting a redis-server")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.host.startswith("127."):
+        print("ringcast up: --host must be a loopback address (127.x.x.x)", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    redis = None
+    node = None
+    try:
+        redis_url = args.redis
+        if redis_url is None:
+            redis = RedisServer(port=args.redis_port, host=args.host).start()
+            redis_url = redis.url
+            print(f"redis     {redis_url} (pid {redis.proc.pid})", flush=True)
+        node = NodeProcess(port=args.port, workers=args.workers, host=args.host, args=["--redis", redis_url]).start()
+        for index in range(args.workers):
+            print(f"worker {index}  {node.ws_url(index)}  metrics {node.http_url(index, '/metrics')}", flush=True)
+        print(f"node log  {node.log_path}", flush=True)
+        print("cluster is up; Ctrl-C stops it", flush=True)
+        while not stop.wait(0.5):
+            if node.proc is not None and node.proc.poll() is not None:
+                print(f"ringcast node exited with {node.proc.returncode}; log:\n{node.log()}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        if node is not None:
+            node.stop()
+        if redis is not None:
+            redis.stop()
+        print("cluster stopped", flush=True)

@@ -1,0 +1,1 @@
+"""The control plane: membership, health, ring epochs, drain and rebalance."""

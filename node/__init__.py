@@ -1,0 +1,1 @@
+"""The edge node: a supervisor and its worker processes (one shard each)."""

@@ -1,0 +1,363 @@
+"""The Redis bus: one channel per room on a single Redis, for a cluster of workers.
+
+Owns the two connections a worker keeps to Redis and how they fail:
+
+- Commands (publish) go through redis-py's asyncio client. Publishes queued
+  in one event-loop turn go out as one pipeline of EVALs; each EVAL assigns
+  the room's next sequence number and PUBLISHes in one atomic script, so the
+  channel order is the sequence order. A publish that cannot finish within
+  `bus_timeout_s` raises BusUnavailable; it never hangs.
+- The subscriber is one dedicated connection carrying every hosted room's
+  channel and nothing else. It is a small asyncio protocol over hiredis'
+  reply parser so that every reply in one socket read is delivered in one
+  loop turn (fan-out then coalesces writes per member) and so subscription
+  confirmations, liveness pings and reconnects are explicit: after a lost
+  connection it reconnects with capped, jittered backoff and re-subscribes
+  exactly the rooms still hosted.
+
+It must not know about WebSocket connections or members: that is the hub's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlparse
+
+import hiredis
+import redis.asyncio as redis_async
+from redis.exceptions import RedisError
+
+from node.bus import Bus, BusMessage, BusUnavailable, Position
+
+log = logging.getLogger("ringcast.bus")
+
+# KEYS[1] room state hash; ARGV: channel, body, state TTL (s).
+# The epoch is born with the room's state: when Redis loses the hash, the
+# next publish starts a new epoch at seq 1 so clients can tell.
+PUBLISH_SCRIPT = """
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  local now = redis.call('TIME')
+  epoch = now[1] .. string.format('%06d', now[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[1], seq .. ' ' .. epoch .. ' ' .. ARGV[2])
+return {seq, epoch}
+"""
+
+MAX_PIPELINE_COMMANDS = 512
+
+
+@dataclass
+class RedisBusSettings:
+    url: str
+    channel_prefix: str
+    key_prefix: str
+    timeout_s: float
+    reconnect_base_s: float
+    reconnect_cap_s: float
+    room_state_ttl_s: int
+
+
+def encode_command(*args: str | bytes) -> bytes:
+    """One RESP array command."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+@dataclass
+class _PendingPublish:
+    room: str
+    body: bytes
+    future: asyncio.Future = field(repr=False)
+
+
+class _SubscriberProtocol(asyncio.Protocol):
+    """Feeds socket bytes to hiredis and hands each complete reply on."""
+
+    def __init__(self, bus: "RedisBus") -> None:
+        self.bus = bus
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        on_reply = self.bus._on_subscriber_reply
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            on_reply(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bus._on_subscriber_lost(self)
+
+
+class RedisBus(Bus):
+    def __init__(self, settings: RedisBusSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        parsed = urlparse(settings.url)
+        if parsed.scheme not in ("redis", ""):
+            raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r} (use redis://HOST:PORT/DB)")
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or 6379
+        self._username = unquote(parsed.username) if parsed.username else None
+        self._password = unquote(parsed.password) if parsed.password else None
+        self._prefix = settings.channel_prefix.encode()
+        self._client = redis_async.Redis.from_url(
+            settings.url,
+            socket_timeout=settings.timeout_s,
+            socket_connect_timeout=settings.timeout_s,
+            retry=None,
+            max_connections=8,
+        )
+        self._pending: list[_PendingPublish] = []
+        self._flusher: asyncio.Task | None = None
+        # subscriber state
+        self._rooms: set[str] = set()  # desired subscriptions
+        self._protocol: _SubscriberProtocol | None = None
+        self._live = False  # connected and re-subscribed
+        # per room: one entry per SUBSCRIBE sent on the live connection, each with its waiters
+        self._sent_subscribes: dict[str, collections.deque[list[asyncio.Future]]] = {}
+        self._waiting_for_connection: dict[str, list[asyncio.Future]] = {}
+        self._pong_due: float | None = None
+        self._runner: asyncio.Task | None = None
+        self._closing = False
+        self._lost = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._runner = asyncio.create_task(self._run_subscriber(), name="bus-subscriber")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._runner:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+        if self._protocol and self._protocol.transport:
+            self._protocol.transport.close()
+        if self._flusher:
+            self._flusher.cancel()
+        for pending in self._pending:
+            if not pending.future.done():
+                pending.future.set_exception(BusUnavailable("bus closed"))
+        self._pending.clear()
+        await self._client.aclose()
+
+    @property
+    def connected(self) -> bool:
+        return self._live
+
+    @property
+    def subscribed_rooms(self) -> frozenset[str]:
+        return frozenset(self._rooms)
+
+    # --- publish --------------------------------------------------------------
+
+    def channel(self, room: str) -> str:
+        return self.settings.channel_prefix + room
+
+    def state_key(self, room: str) -> str:
+        return f"{self.settings.key_prefix}room:{{{room}}}"
+
+    async def publish(self, room: str, body: bytes) -> Position:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingPublish(room, body, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_publishes(), name="bus-publisher")
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise BusUnavailable(f"Redis did not answer within {self.settings.timeout_s}s") from None
+
+    async def _flush_publishes(self) -> None:
+        while self._pending:
+            batch = self._pending[:MAX_PIPELINE_COMMANDS]
+            del self._pending[:MAX_PIPELINE_COMMANDS]
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    pipe = self._client.pipeline(transaction=False)
+                    for item in batch:
+                        pipe.eval(
+                            PUBLISH_SCRIPT, 1, self.state_key(item.room),
+                            self.channel(item.room), item.body, self.settings.room_state_ttl_s,
+                        )
+                    results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("publish batch of %d failed: %s", len(batch), exc)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(BusUnavailable(f"Redis unavailable: {exc}"))
+                continue
+            for item, result in zip(batch, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    item.future.set_exception(BusUnavailable(f"publish failed: {result}"))
+                else:
+                    seq, epoch = result
+                    item.future.set_result(Position(int(seq), epoch.decode() if isinstance(epoch, bytes) else str(epoch)))
+
+    # --- subscribe --------------------------------------------------------------
+
+    async def subscribe(self, room: str) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._rooms.add(room)
+        if self._live and self._protocol and self._protocol.transport:
+            self._sent_subscribes.setdefault(room, collections.deque()).append([future])
+            self._protocol.transport.write(encode_command("SUBSCRIBE", self.channel(room)))
+        else:
+            self._waiting_for_connection.setdefault(room, []).append(future)
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                await asyncio.shield(future)
+        except TimeoutError:
+            raise BusUnavailable(f"subscription not confirmed within {self.settings.timeout_s}s") from None
+
+    def unsubscribe(self, room: str) -> None:
+        self._rooms.discard(room)
+        waiting = self._waiting_for_connection.pop(room, [])
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
+        if self._live and self._protocol and self._protocol.transport:
+            self._protocol.transport.write(encode_command("UNSUBSCRIBE", self.channel(room)))
+
+    # --- subscriber connection ------------------------------------------------
+
+    async def _run_subscriber(self) -> None:
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            try:
+                await self._connect_subscriber(loop)
+                failures = 0
+                await self._watch_subscriber(loop)
+            except (OSError, TimeoutError, ConnectionError, RuntimeError) as exc:
+                if not self._closing:
+                    log.warning("bus subscriber: %s", exc)
+            self._drop_subscriber()
+            if self._closing:
+                return
+            failures += 1
+            delay = min(self.settings.reconnect_cap_s, self.settings.reconnect_base_s * 2 ** (failures - 1))
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _connect_subscriber(self, loop: asyncio.AbstractEventLoop) -> None:
+        async with asyncio.timeout(self.settings.timeout_s):
+            transport, protocol = await loop.create_connection(
+                lambda: _SubscriberProtocol(self), self._host, self._port
+            )
+        self._protocol = protocol  # type: ignore[assignment]
+        self._lost = asyncio.Event()
+        if self._password is not None:
+            auth = ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)
+            transport.write(encode_command(*auth))  # reply ("OK" or error) is read by _on_subscriber_reply
+        # Re-subscribe the rooms hosted now; every waiter (old or new) rides on this one SUBSCRIBE.
+        self._sent_subscribes = {}
+        rooms = sorted(self._rooms)
+        for room in rooms:
+            waiters = self._waiting_for_connection.pop(room, [])
+            self._sent_subscribes[room] = collections.deque([waiters])
+        for future_list in self._waiting_for_connection.values():  # rooms unsubscribed meanwhile
+            for future in future_list:
+                if not future.done():
+                    future.set_result(None)
+        self._waiting_for_connection = {}
+        for start in range(0, len(rooms), 1000):
+            transport.write(encode_command("SUBSCRIBE", *[self.channel(r) for r in rooms[start:start + 1000]]))
+        self._pong_due = None
+        self._live = True
+        log.info("bus subscriber connected to %s:%d, %d rooms re-subscribed", self._host, self._port, len(rooms))
+        self._on_state(True)
+
+    async def _watch_subscriber(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Ping the subscriber connection; a silent Redis (paused, partitioned) is a lost one."""
+        interval = self.settings.timeout_s / 2
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            now = loop.time()
+            if self._pong_due is not None and now > self._pong_due:
+                raise TimeoutError(f"Redis did not answer a ping within {self.settings.timeout_s}s")
+            if self._pong_due is None and self._protocol and self._protocol.transport:
+                self._pong_due = now + self.settings.timeout_s
+                self._protocol.transport.write(encode_command("PING"))
+
+    def _drop_subscriber(self) -> None:
+        was_live = self._live
+        self._live = False
+        protocol, self._protocol = self._protocol, None
+        if protocol and protocol.transport:
+            protocol.transport.abort()
+        # SUBSCRIBEs in flight are lost with the connection; their waiters wait for the re-subscribe.
+        for room, entries in self._sent_subscribes.items():
+            if room in self._rooms:
+                bucket = self._waiting_for_connection.setdefault(room, [])
+                for waiters in entries:
+                    bucket.extend(waiters)
+            else:
+                for waiters in entries:
+                    for future in waiters:
+                        if not future.done():
+                            future.set_result(None)
+        self._sent_subscribes = {}
+        if was_live:
+            log.warning("bus subscriber lost; %d rooms to re-subscribe", len(self._rooms))
+            self._on_state(False)
+
+    def _on_subscriber_lost(self, protocol: _SubscriberProtocol) -> None:
+        if protocol is self._protocol:
+            self._lost.set()
+
+    def _on_subscriber_reply(self, reply: object) -> None:
+        if isinstance(reply, list) and reply:
+            kind = reply[0]
+            if kind == b"message":
+                channel, payload = reply[1], reply[2]
+                seq, epoch, body = payload.split(b" ", 2)
+                room = channel[len(self._prefix):].decode()
+                self._deliver(BusMessage(room, int(seq), epoch.decode(), body))
+                return
+            if kind == b"subscribe":
+                room = reply[1][len(self._prefix):].decode()
+                entries = self._sent_subscribes.get(room)
+                if entries:
+                    for future in entries.popleft():
+                        if not future.done():
+                            future.set_result(None)
+                    if not entries:
+                        del self._sent_subscribes[room]
+                return
+            if kind == b"pong":
+                self._pong_due = None
+                return
+            if kind == b"unsubscribe":
+                return
+        if isinstance(reply, hiredis.ReplyError):
+            log.error("bus subscriber: Redis error %s", reply)
+            if self._protocol and self._protocol.transport:
+                self._protocol.transport.close()
+            return
+        # "OK" from AUTH and anything else harmless

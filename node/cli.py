@@ -1,0 +1,29 @@
+"""`ringcast node`: the edge node's command line.
+
+Owns turning flags, environment and config file into a `NodeConfig` and
+starting either the supervisor (several workers) or, with `--workers 1`, the
+supervisor with one worker; embedded mode (`--bus memory`) is the same with
+an in-process bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from node import settings
+from node.config import NodeConfig
+from node.logs import setup_logging
+from node.supervisor import Supervisor
+
+DESCRIPTION = """\
+Run an edge node: a supervisor and --workers worker processes. Worker i
+listens on --host:(--port + i) and is one shard of the ring, with the shard id
+host:port. Each worker serves GET /ws (WebSocket), /healthz, /readyz and
+/metrics. With --bus memory (and --workers 1) it runs embedded, without Redis.
+"""
+
+
+def main(argv: list[str]) -> int:
+    config = settings.load(NodeConfig, argv, prog="ringcast node", description=DESCRIPTION, section="node")
+    setup_logging(config.log_level, component="supervisor")
+    return asyncio.run(Supervisor(config).run())

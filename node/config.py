@@ -1,0 +1,99 @@
+"""The edge node's settings: every bound and knob of a supervisor and its workers.
+
+Owns the `NodeConfig` dataclass: one field per setting, its unit in its name,
+its default and a one-line help that `ringcast node --help` prints. Loading
+(flags, `RINGCAST_*` environment, TOML) is `node.settings`' job; this module
+only declares and validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from node.settings import SettingsError, setting
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    # --- process layout -------------------------------------------------
+    host: str = setting("127.0.0.1", "address every worker binds to")
+    port: int = setting(8700, "port of worker 0; worker i listens on port + i")
+    workers: int = setting(os.cpu_count() or 1, "worker processes (shards) to run; default: CPU count")
+    worker_id: str = setting("", "shard id of a single worker; empty means host:port (set per worker by the supervisor)")
+    bus: str = setting("redis", "message bus: redis (cluster) or memory (one process, no Redis)", choices=("redis", "memory"))
+    redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL of the bus")
+    channel_prefix: str = setting("ringcast:room:", "prefix of every room's Redis pub/sub channel")
+    key_prefix: str = setting("ringcast:", "prefix of every other Redis key ringcast writes")
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+
+    # --- wire limits ----------------------------------------------------
+    max_frame_bytes: int = setting(64 * 1024, "largest WebSocket frame accepted; larger ones close with 1009 before buffering")
+    max_message_bytes: int = setting(64 * 1024, "largest encoded message put on the bus; larger gets MESSAGE_TOO_LARGE")
+    max_room_name_chars: int = setting(128, "longest room name accepted")
+    max_rooms_per_connection: int = setting(100, "rooms one connection may join at once (TOO_MANY_ROOMS past it)")
+    max_json_depth: int = setting(32, "deepest nesting of arrays/objects accepted in a message's data")
+
+    # --- rate limits ----------------------------------------------------
+    message_rate_per_s: float = setting(100.0, "sustained client frames per second per connection (token bucket refill)")
+    message_burst: int = setting(200, "token bucket size: frames a connection may send at once")
+    flood_close_after_rejections: int = setting(100, "consecutive rate-limited frames after which the connection closes with 1008")
+
+    # --- connection limits ----------------------------------------------
+    max_connections: int = setting(10_000, "connections one worker holds; past it new sockets close with 1013")
+    max_connections_per_ip: int = setting(1_000, "connections from one IP per worker; past it the upgrade gets HTTP 429")
+    max_outbound_bytes: int = setting(512 * 1024, "per-connection bytes queued for a slow reader; past it close 1013 (slow consumer)")
+    socket_send_buffer_bytes: int = setting(128 * 1024, "SO_SNDBUF per client socket (kernel doubles it); 0 keeps the kernel's autotuning")
+    listen_backlog: int = setting(4096, "TCP accept backlog of each worker's listening socket")
+
+    # --- liveness -------------------------------------------------------
+    heartbeat_interval_s: float = setting(30.0, "seconds between server pings to each client")
+    heartbeat_timeout_s: float = setting(10.0, "seconds a client has to answer a ping before it is terminated")
+
+    # --- bus resilience -------------------------------------------------
+    bus_timeout_s: float = setting(2.0, "longest a publish or a subscribe waits for Redis before BUS_UNAVAILABLE")
+    bus_reconnect_base_s: float = setting(0.1, "first delay before reconnecting to Redis; doubles per failure")
+    bus_reconnect_cap_s: float = setting(5.0, "longest delay between Redis reconnect attempts")
+    room_state_ttl_s: int = setting(86_400, "seconds a room's sequence counter lives after its last message")
+
+    # --- shutdown -------------------------------------------------------
+    shutdown_window_s: float = setting(2.0, "on shutdown, spread clients' reconnect notices over this many seconds")
+    reconnect_jitter_ms: int = setting(1_000, "upper bound of the random delayMs a reconnect notice asks clients to wait")
+    shutdown_timeout_s: float = setting(10.0, "longest a worker waits for its clients to leave before it exits")
+
+    # --- supervisor -----------------------------------------------------
+    restart_backoff_base_s: float = setting(0.5, "first delay before restarting a crashed worker; doubles per crash")
+    restart_backoff_cap_s: float = setting(30.0, "longest delay before restarting a crashed worker")
+    restart_reset_after_s: float = setting(30.0, "a worker alive this long has its crash backoff reset")
+    ready_timeout_s: float = setting(20.0, "how long the supervisor waits for a new worker to answer /readyz")
+
+    def validate(self) -> None:
+        positive = [
+            "port", "workers", "max_frame_bytes", "max_message_bytes", "max_room_name_chars",
+            "max_rooms_per_connection", "max_json_depth", "message_rate_per_s", "message_burst",
+            "flood_close_after_rejections", "max_connections", "max_connections_per_ip",
+            "max_outbound_bytes", "heartbeat_interval_s", "heartbeat_timeout_s", "bus_timeout_s",
+            "bus_reconnect_base_s", "bus_reconnect_cap_s", "room_state_ttl_s", "shutdown_timeout_s",
+            "restart_backoff_base_s", "restart_backoff_cap_s", "ready_timeout_s", "listen_backlog",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.shutdown_window_s < 0 or self.reconnect_jitter_ms < 0 or self.socket_send_buffer_bytes < 0:
+            raise SettingsError("shutdown_window_s and reconnect_jitter_ms must be >= 0")
+        if self.port + self.workers - 1 > 65535:
+            raise SettingsError(f"ports {self.port}..{self.port + self.workers - 1} exceed 65535")
+        if self.bus == "memory" and self.workers != 1:
+            raise SettingsError("--bus memory runs in one process: use --workers 1")
+        if self.max_room_name_chars > 1024:
+            raise SettingsError("max_room_name_chars must be <= 1024")
+
+    @property
+    def shard_id(self) -> str:
+        return self.worker_id or f"{self.host}:{self.port}"
+
+    def for_worker(self, index: int) -> "NodeConfig":
+        """The settings of worker `index`: its own port and shard id."""
+        port = self.port + index
+        return dataclasses.replace(self, port=port, workers=1, worker_id=f"{self.host}:{port}")

@@ -1,0 +1,82 @@
+"""Prometheus metrics of one worker process (served on its own GET /metrics).
+
+Owns every metric name, label and bucket of the edge node. Conventions:
+base units (seconds, bytes), counters end in `_total`. Each worker has its
+own registry and endpoint; docs/operations.md shows how to scrape them all.
+Hot paths increment by batch (one `inc(n)` per fan-out, not per member).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import PROCESS_COLLECTOR, ProcessCollector  # noqa: F401  (process_* metrics)
+
+_LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class NodeMetrics:
+    def __init__(self, worker_id: str) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        r = self.registry
+        labels = {"worker": worker_id}
+        self.connections = Gauge(
+            "ringcast_connections", "Open WebSocket connections", registry=r
+        )
+        self.connections_opened = Counter(
+            "ringcast_connections_opened_total", "WebSocket connections accepted", registry=r
+        )
+        self.connections_closed = Counter(
+            "ringcast_connections_closed_total", "WebSocket connections closed, by reason", ["reason"], registry=r
+        )
+        self.connections_rejected = Counter(
+            "ringcast_connections_rejected_total",
+            "Upgrade requests refused before or right after the handshake, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.messages_received = Counter(
+            "ringcast_messages_received_total", "Client frames received, by type", ["type"], registry=r
+        )
+        self.messages_published = Counter(
+            "ringcast_messages_published_total", "Messages published to the bus", registry=r
+        )
+        self.bus_messages_received = Counter(
+            "ringcast_bus_messages_received_total", "Messages received from the bus", registry=r
+        )
+        self.messages_delivered = Counter(
+            "ringcast_messages_delivered_total", "Message frames queued to members (one per member)", registry=r
+        )
+        self.message_handling = Histogram(
+            "ringcast_message_handling_seconds",
+            "Time to handle one client frame, publish included",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.errors = Counter("ringcast_errors_total", "Error frames sent, by code", ["code"], registry=r)
+        self.bus_publish = Histogram(
+            "ringcast_bus_publish_seconds", "Bus publish latency", buckets=_LATENCY_BUCKETS_S, registry=r
+        )
+        self.bus_connected = Gauge("ringcast_bus_connected", "1 while the bus subscriber is connected", registry=r)
+        self.bus_reconnects = Counter("ringcast_bus_reconnects_total", "Bus subscriber (re)connections", registry=r)
+        self.rooms_hosted = Gauge("ringcast_rooms_hosted", "Rooms with at least one local member", registry=r)
+        self.outbound_buffer = Gauge(
+            "ringcast_outbound_buffer_bytes", "Bytes waiting in user-space socket buffers (sampled)", registry=r
+        )
+        self.slow_consumer_disconnects = Counter(
+            "ringcast_slow_consumer_disconnects_total", "Connections closed for exceeding max_outbound_bytes", registry=r
+        )
+        self.rate_limited = Counter(
+            "ringcast_rate_limited_messages_total", "Client frames refused by the rate limit", registry=r
+        )
+        self.loop_lag = Histogram(
+            "ringcast_event_loop_lag_seconds",
+            "How late a periodic timer fires: event-loop responsiveness",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.restarts = Gauge(
+            "ringcast_worker_restarts", "Times the supervisor has restarted this worker slot", registry=r
+        )
+        self.info = Gauge("ringcast_worker_info", "Worker identity", ["worker"], registry=r)
+        self.info.labels(**labels).set(1)

@@ -1,0 +1,300 @@
+"""The ringcast wire protocol: client frames in, server frames out. No I/O.
+
+Owns the message types, their validation, the error codes and close codes,
+the room-name rules and the two codecs (JSON text frames, msgpack binary
+frames). It must not touch sockets, asyncio, Redis or clocks: callers pass
+in bytes and timestamps and get back values or bytes. Every rule a client can
+break raises `ProtocolError` with a documented `ErrorCode`, so the caller can
+answer with an `error` frame and keep the connection open.
+
+docs/protocol.md documents everything here for client authors.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any, Union
+
+import msgpack
+import orjson
+
+PROTOCOL_VERSION = 1
+
+JSON = "json"
+MSGPACK = "msgpack"
+SUBPROTOCOL_JSON = "ringcast.json"
+SUBPROTOCOL_MSGPACK = "ringcast.msgpack"
+SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
+CODEC_BY_SUBPROTOCOL = {SUBPROTOCOL_JSON: JSON, SUBPROTOCOL_MSGPACK: MSGPACK, None: JSON}
+
+# The fields a `message` may carry its data in; the delivered frame uses the same one.
+DATA_KEYS = ("text", "payload", "data")
+MAX_REQUEST_ID_CHARS = 64
+ROOM_NAME_CHARSET = "A-Z a-z 0-9 and _ - . : @ / # = +"
+_ROOM_NAME_CHARS = re.compile(r"[A-Za-z0-9_\-.:@/#=+]+")
+
+
+class ErrorCode(str, enum.Enum):
+    """Codes of `error` frames; the connection stays open after each of them."""
+
+    INVALID_MESSAGE_FORMAT = "INVALID_MESSAGE_FORMAT"  # not a JSON/msgpack object, or a field of the wrong type
+    WRONG_FRAME_TYPE = "WRONG_FRAME_TYPE"  # binary frame on a JSON connection or text on a msgpack one
+    UNKNOWN_TYPE = "UNKNOWN_TYPE"  # `type` is not one this server knows
+    INVALID_ROOM = "INVALID_ROOM"  # room name empty, too long, or outside the character set
+    NOT_JOINED = "NOT_JOINED"  # leave/message for a room this connection has not joined
+    ROOM_REQUIRED = "ROOM_REQUIRED"  # message without `room` while joined to zero or several rooms
+    ALREADY_JOINED = "ALREADY_JOINED"  # join for a room this connection is already in
+    TOO_MANY_ROOMS = "TOO_MANY_ROOMS"  # join past max_rooms_per_connection
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"  # the message would exceed max_message_bytes on the bus
+    RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"  # token bucket empty; see retryAfter
+    BUS_UNAVAILABLE = "BUS_UNAVAILABLE"  # Redis cannot be reached; nothing was published; retry later
+    INTERNAL_ERROR = "INTERNAL_ERROR"  # a server bug; logged with the connection id
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server sends, with the reason each one means."""
+
+    NORMAL = 1000  # the client asked to close
+    GOING_AWAY = 1001  # the worker is shutting down or draining; reconnect (see the reconnect frame)
+    POLICY_VIOLATION = 1008  # sustained flooding past the rate limit
+    MESSAGE_TOO_BIG = 1009  # a frame larger than max_frame_bytes
+    INTERNAL_ERROR = 1011  # a server bug
+    TRY_AGAIN_LATER = 1013  # worker full (max_connections) or slow consumer (max_outbound_bytes)
+
+
+class ProtocolError(Exception):
+    """A client frame broke a rule; answer with an `error` frame of this code."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: "RequestId | None" = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+RequestId = Union[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    request_id: RequestId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+    request_id: RequestId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    room: str | None  # None: the one room the connection has joined
+    data_key: str  # "text", "payload" or "data": the field the data came in and goes out in
+    data: Any
+    request_id: RequestId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    request_id: RequestId | None = None
+
+
+ClientFrame = Union[Join, Leave, Publish, Ping]
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolLimits:
+    """The protocol's own bounds (the transport bounds frame size before us)."""
+
+    max_room_name_chars: int = 128
+    max_json_depth: int = 32
+    max_frame_bytes: int = 64 * 1024
+
+
+class Decoder:
+    """Turns one client frame into a `ClientFrame` or raises `ProtocolError`."""
+
+    def __init__(self, limits: ProtocolLimits) -> None:
+        self.limits = limits
+
+    def decode(self, frame: bytes | str, codec: str) -> ClientFrame:
+        obj = self._parse(frame, codec)
+        if not isinstance(obj, dict):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "a frame must be an object with a `type` field")
+        request_id = self._request_id(obj)
+        kind = obj.get("type")
+        if not isinstance(kind, str):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`type` must be a string", request_id)
+        if kind == "message":
+            return self._publish(obj, request_id)
+        if kind == "join":
+            return Join(self.room(obj.get("room"), request_id), request_id)
+        if kind == "leave":
+            return Leave(self.room(obj.get("room"), request_id), request_id)
+        if kind == "ping":
+            return Ping(request_id)
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:32]!r}", request_id)
+
+    def room(self, value: Any, request_id: RequestId | None = None) -> str:
+        """Validate a room name (also used for names from HTTP query strings)."""
+        if not isinstance(value, str) or not value:
+            raise ProtocolError(ErrorCode.INVALID_ROOM, "`room` must be a non-empty string", request_id)
+        if len(value) > self.limits.max_room_name_chars:
+            raise ProtocolError(
+                ErrorCode.INVALID_ROOM,
+                f"room name longer than {self.limits.max_room_name_chars} characters",
+                request_id,
+            )
+        if not _ROOM_NAME_CHARS.fullmatch(value):
+            raise ProtocolError(ErrorCode.INVALID_ROOM, f"room name may only use {ROOM_NAME_CHARSET}", request_id)
+        return value
+
+    def _parse(self, frame: bytes | str, codec: str) -> Any:
+        if codec == JSON:
+            if not isinstance(frame, str):
+                raise ProtocolError(ErrorCode.WRONG_FRAME_TYPE, "this connection speaks JSON: send text frames")
+            try:
+                return orjson.loads(frame)
+            except orjson.JSONDecodeError:
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "frame is not valid JSON") from None
+        if not isinstance(frame, (bytes, bytearray)):
+            raise ProtocolError(ErrorCode.WRONG_FRAME_TYPE, "this connection speaks msgpack: send binary frames")
+        size = self.limits.max_frame_bytes
+        try:
+            return msgpack.unpackb(
+                frame,
+                raw=False,
+                strict_map_key=True,
+                max_str_len=size,
+                max_bin_len=0,  # binary values cannot be delivered to JSON members
+                max_array_len=size,
+                max_map_len=size,
+                max_ext_len=0,
+            )
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE_FORMAT, "frame is not a valid msgpack map (bin and ext are not allowed)"
+            ) from None
+
+    @staticmethod
+    def _request_id(obj: dict) -> RequestId | None:
+        value = obj.get("id")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`id` must be a string or an integer")
+        if isinstance(value, str) and len(value) > MAX_REQUEST_ID_CHARS:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, f"`id` longer than {MAX_REQUEST_ID_CHARS} characters")
+        if isinstance(value, int) and not -(2**53) <= value <= 2**53:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`id` integer out of range (|id| <= 2**53)")
+        return value
+
+    def _publish(self, obj: dict, request_id: RequestId | None) -> Publish:
+        present = [key for key in DATA_KEYS if key in obj]
+        if len(present) != 1:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE_FORMAT,
+                "a message carries its data in exactly one of `text`, `payload` or `data`",
+                request_id,
+            )
+        key = present[0]
+        data = obj[key]
+        if key == "text" and not isinstance(data, str):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`text` must be a string", request_id)
+        if isinstance(data, (dict, list)) and nesting_depth(data, self.limits.max_json_depth) > self.limits.max_json_depth:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE_FORMAT, f"data nested deeper than {self.limits.max_json_depth} levels", request_id
+            )
+        room = obj.get("room")
+        if room is not None:
+            room = self.room(room, request_id)
+        return Publish(room, key, data, request_id)
+
+
+def nesting_depth(value: Any, give_up_past: int) -> int:
+    """Depth of nested arrays/objects, stopping early once past `give_up_past`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            if deepest > give_up_past:
+                return deepest
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return deepest
+
+
+# --- server frames -----------------------------------------------------------
+
+def encode(frame: dict, codec: str) -> bytes:
+    """Encode a server frame for one codec (JSON text bytes or msgpack bytes)."""
+    if codec == JSON:
+        return orjson.dumps(frame)
+    return msgpack.packb(frame, use_bin_type=True)
+
+
+def welcome(connection_id: str, worker_id: str, limits: dict[str, Any]) -> dict:
+    return {
+        "type": "welcome",
+        "protocol": PROTOCOL_VERSION,
+        "connectionId": connection_id,
+        "workerId": worker_id,
+        "limits": limits,
+    }
+
+
+def _with_id(frame: dict, request_id: RequestId | None) -> dict:
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
+
+
+def joined(room: str, request_id: RequestId | None = None) -> dict:
+    return _with_id({"type": "joined", "room": room}, request_id)
+
+
+def left(room: str, request_id: RequestId | None = None) -> dict:
+    return _with_id({"type": "left", "room": room}, request_id)
+
+
+def ack(room: str, seq: int, epoch: str, request_id: RequestId) -> dict:
+    return {"type": "ack", "id": request_id, "room": room, "seq": seq, "epoch": epoch}
+
+
+def pong(ts_ms: int, request_id: RequestId | None = None) -> dict:
+    return _with_id({"type": "pong", "ts": ts_ms}, request_id)
+
+
+def message(room: str, seq: int, epoch: str, ts_ms: int, sender: str, data_key: str, data: Any) -> dict:
+    return {
+        "type": "message",
+        "room": room,
+        "seq": seq,
+        "epoch": epoch,
+        "ts": ts_ms,
+        "from": sender,
+        data_key: data,
+    }
+
+
+def error(
+    code: ErrorCode, text: str, request_id: RequestId | None = None, retry_after_s: float | None = None
+) -> dict:
+    frame: dict[str, Any] = {"type": "error", "code": code.value, "message": text}
+    if retry_after_s is not None:
+        frame["retryAfter"] = round(retry_after_s, 3)
+    return _with_id(frame, request_id)
+
+
+def reconnect(reason: str, delay_ms: int, url: str | None = None) -> dict:
+    frame: dict[str, Any] = {"type": "reconnect", "reason": reason, "delayMs": int(delay_ms)}
+    if url is not None:
+        frame["url"] = url
+    return frame

@@ -1,0 +1,118 @@
+"""The node supervisor: starts, watches and restarts one host's worker processes.
+
+Owns the process tree of a node host: worker i runs `python -m node.worker`
+on port `port + i`; a worker that exits unexpectedly is restarted after a
+capped exponential backoff (reset once it has stayed up for a while), and
+every restart is logged and exposed by the new worker as
+`ringcast_worker_restarts`. SIGTERM/SIGINT makes every worker shut down
+gracefully; stragglers are killed after their shutdown timeout. It serves no
+traffic and never touches Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from node.config import NodeConfig
+from node.worker import RESTARTS_ENV, config_to_json
+
+log = logging.getLogger("ringcast.supervisor")
+
+
+@dataclass
+class WorkerSlot:
+    index: int
+    config: NodeConfig
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    consecutive_crashes: int = 0
+    watcher: asyncio.Task | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.slots = [WorkerSlot(i, config.for_worker(i)) for i in range(config.workers)]
+        self.stopping = False
+        self._stopped = asyncio.Event()
+
+    async def _spawn(self, slot: WorkerSlot) -> None:
+        env = dict(os.environ, **{RESTARTS_ENV: str(slot.restarts)})
+        slot.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "node.worker", config_to_json(slot.config), env=env,
+        )
+        slot.started_at = asyncio.get_running_loop().time()
+        log.info("started worker %d (%s) pid %d", slot.index, slot.config.shard_id, slot.process.pid)
+
+    async def _watch(self, slot: WorkerSlot) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            assert slot.process is not None
+            code = await slot.process.wait()
+            if self.stopping:
+                log.info("worker %d (pid %d) exited with %s", slot.index, slot.process.pid, code)
+                return
+            lived_s = loop.time() - slot.started_at
+            if lived_s >= self.config.restart_reset_after_s:
+                slot.consecutive_crashes = 0
+            slot.consecutive_crashes += 1
+            delay = min(
+                self.config.restart_backoff_cap_s,
+                self.config.restart_backoff_base_s * 2 ** (slot.consecutive_crashes - 1),
+            )
+            slot.restarts += 1
+            log.warning(
+                "worker %d (%s, pid %d) died with %s after %.1fs; restart %d in %.2fs",
+                slot.index, slot.config.shard_id, slot.process.pid, code, lived_s, slot.restarts, delay,
+            )
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            await self._spawn(slot)
+
+    def request_stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("supervisor stopping %d workers", len(self.slots))
+        for slot in self.slots:
+            if slot.process is not None and slot.process.returncode is None:
+                slot.process.send_signal(signal.SIGTERM)
+        asyncio.ensure_future(self._reap())
+
+    async def _reap(self) -> None:
+        grace_s = self.config.shutdown_timeout_s + 5.0
+        waits = [slot.process.wait() for slot in self.slots if slot.process is not None]
+        try:
+            async with asyncio.timeout(grace_s):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            for slot in self.slots:
+                if slot.process is not None and slot.process.returncode is None:
+                    log.error("worker %d did not stop within %.0fs; killing pid %d", slot.index, grace_s, slot.process.pid)
+                    slot.process.kill()
+            await asyncio.gather(*(s.process.wait() for s in self.slots if s.process is not None))
+        self._stopped.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        for slot in self.slots:
+            await self._spawn(slot)
+            slot.watcher = asyncio.create_task(self._watch(slot))
+        log.info(
+            "supervisor pid %d: %d workers on %s ports %d-%d",
+            os.getpid(), len(self.slots), self.config.host, self.config.port, self.config.port + len(self.slots) - 1,
+        )
+        await self._stopped.wait()
+        for slot in self.slots:
+            if slot.watcher is not None:
+                slot.watcher.cancel()
+        return 0

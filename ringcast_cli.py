@@ -1,0 +1,43 @@
+"""The `ringcast` console script: one entry point, one subcommand per service.
+
+Owns only the dispatch from a subcommand name to the module that implements
+it; each service parses its own flags. Imports are lazy so `ringcast node`
+never pays for the load generator's imports and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line description)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "node": ("node.cli", "run an edge node: a supervisor and its worker processes"),
+    "up": ("chaos.up", "start a local cluster (redis, node workers) in the foreground"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: ringcast <command> [options]", "", "commands:"]
+    for name, (_, summary) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<10} {summary}")
+    lines.append("")
+    lines.append("Run `ringcast <command> --help` for the options of one command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"ringcast: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Placement: the hash ring over live shards, the route service and the client SDK."""

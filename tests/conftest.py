@@ -1,0 +1,39 @@
+"""Shared fixtures: a real redis-server and real `ringcast node` processes.
+
+Tests that touch the bus use `redis_server`; tests that need workers call
+`start_node(...)`, which starts a supervisor on free loopback ports, waits
+until every worker answers /readyz, and stops it (by PID) after the test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer(port=free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def start_node(redis_server):
+    started: list[NodeProcess] = []
+
+    def start(workers: int = 1, *args: str, bus: str = "redis") -> NodeProcess:
+        extra = list(args)
+        if bus == "redis":
+            extra += ["--redis", redis_server.url]
+        extra += ["--bus", bus]
+        node = NodeProcess(port=free_port_range(workers), workers=workers, args=extra)
+        started.append(node)
+        return node.start()
+
+    yield start
+    for node in started:
+        node.stop()
