@@ -14,7 +14,7 @@ import msgpack
 import orjson
 
 
-class TestClient:
+class WsClient:
     def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, codec: str) -> None:
         self.session = session
         self.ws = ws
@@ -23,7 +23,7 @@ class TestClient:
         self.seen: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, url: str, codec: str = "json", **kwargs: Any) -> "TestClient":
+    async def connect(cls, url: str, codec: str = "json", **kwargs: Any) -> "WsClient":
         session = aiohttp.ClientSession()
         protocols = ("ringcast.msgpack",) if codec == "msgpack" else ()
         try:

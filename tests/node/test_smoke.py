@@ -1,12 +1,12 @@
 """The tutorial's Artillery scenario, unmodified, across two real workers."""
 
-from tests.wsclient import TestClient
+from tests.wsclient import WsClient
 
 
 async def test_tutorial_scenario_delivers_across_workers(start_node):
     node = start_node(2)
-    sender = await TestClient.connect(node.ws_url(0))
-    receiver = await TestClient.connect(node.ws_url(1), codec="msgpack")
+    sender = await WsClient.connect(node.ws_url(0))
+    receiver = await WsClient.connect(node.ws_url(1), codec="msgpack")
     try:
         assert (await sender.join("general"))["room"] == "general"
         await receiver.join("general")
