@@ -11,6 +11,9 @@ single-process embedded mode, `bus_redis` for a cluster over one Redis):
   subscribed here (no global channel) and restores them after a reconnect.
 - Received messages go to the `deliver` callback, one call per message, on
   the event loop thread, in channel order.
+- `read_history(room, ...)` returns the room's stream position and the kept
+  messages after a given one, read atomically, so a joiner can be given
+  exactly what it missed (the hub stitches it to the live stream by `seq`).
 
 Workers, the route service and the control plane depend on this interface,
 never on Redis directly for room traffic.
@@ -41,6 +44,17 @@ class BusMessage:
     body: bytes  # node.envelope bytes, exactly as published
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    seq: int  # the room's latest sequence number (0: no message in this epoch yet)
+    epoch: str  # the room's current epoch ("" while the room has no stream state)
+    messages: list[BusMessage]  # kept messages in seq order (after `since`, or the latest ones)
+
+
+# `since_seq` values of read_history that are not positions
+POSITION_ONLY = -1  # return the position, no messages
+LATEST = -2  # return the latest `limit` messages
+
 DeliverFn = Callable[[BusMessage], None]
 StateFn = Callable[[bool], None]  # called with True when the bus (re)connects, False when it is lost
 
@@ -68,6 +82,15 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def publish(self, room: str, body: bytes) -> Position:
         """Append to the room's stream and deliver to its subscribers."""
+
+    @abc.abstractmethod
+    async def read_history(self, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:
+        """The room's position and up to `limit` kept messages with seq > since_seq.
+
+        If `since_epoch` is not the room's epoch, messages are read from the
+        start of the current epoch. `since_seq` may be POSITION_ONLY or LATEST.
+        Raises BusUnavailable.
+        """
 
     @abc.abstractmethod
     async def subscribe(self, room: str) -> None:

@@ -25,19 +25,24 @@ import collections
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import unquote, urlparse
 
 import hiredis
 import redis.asyncio as redis_async
 from redis.exceptions import RedisError
 
-from node.bus import Bus, BusMessage, BusUnavailable, Position
+from node.bus import LATEST, Bus, BusMessage, BusUnavailable, HistoryPage, Position
+from node.history import HistoryPolicy
 
 log = logging.getLogger("ringcast.bus")
 
-# KEYS[1] room state hash; ARGV: channel, body, state TTL (s).
+# KEYS[1] room state hash, KEYS[2] room history stream;
+# ARGV: channel, body, state TTL (s), history size, history TTL (s).
 # The epoch is born with the room's state: when Redis loses the hash, the
-# next publish starts a new epoch at seq 1 so clients can tell.
+# next publish starts a new epoch at seq 1 (and drops any stale history) so
+# clients can tell. Sequence, history and publish happen in one script, so no
+# subscriber can see an order different from the history.
 PUBLISH_SCRIPT = """
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -45,10 +50,32 @@ if not epoch then
   local now = redis.call('TIME')
   epoch = now[1] .. string.format('%06d', now[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('DEL', KEYS[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'b', ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
 redis.call('PUBLISH', ARGV[1], seq .. ' ' .. epoch .. ' ' .. ARGV[2])
 return {seq, epoch}
+"""
+
+# KEYS[1] room state hash, KEYS[2] room history stream;
+# ARGV: since seq (-1 position only, -2 latest), since epoch, limit.
+READ_HISTORY_SCRIPT = """
+local state = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
+local seq = tonumber(state[1]) or 0
+local epoch = state[2] or ''
+local since = tonumber(ARGV[1])
+local entries = {}
+if since == -2 then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+elseif since >= 0 then
+  if epoch ~= ARGV[2] then since = 0 end
+  entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', ARGV[3])
+end
+return {seq, epoch, entries}
 """
 
 MAX_PIPELINE_COMMANDS = 512
@@ -63,6 +90,7 @@ class RedisBusSettings:
     reconnect_base_s: float
     reconnect_cap_s: float
     room_state_ttl_s: int
+    policy_for: Callable[[str], HistoryPolicy] = lambda room: HistoryPolicy(0, 0)
 
 
 def encode_command(*args: str | bytes) -> bytes:
@@ -177,6 +205,27 @@ class RedisBus(Bus):
     def state_key(self, room: str) -> str:
         return f"{self.settings.key_prefix}room:{{{room}}}"
 
+    def history_key(self, room: str) -> str:
+        return f"{self.settings.key_prefix}hist:{{{room}}}"
+
+    async def read_history(self, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                seq, epoch, entries = await self._client.eval(
+                    READ_HISTORY_SCRIPT, 2, self.state_key(room), self.history_key(room),
+                    since_seq, since_epoch, max(limit, 1),
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BusUnavailable(f"Redis unavailable: {exc}") from None
+        epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        messages = []
+        for entry_id, fields in entries:
+            body = fields[fields.index(b"b") + 1]
+            messages.append(BusMessage(room, int(entry_id.split(b"-", 1)[0]), epoch_text, body))
+        if since_seq == LATEST:
+            messages.reverse()
+        return HistoryPage(int(seq), epoch_text, messages)
+
     async def publish(self, room: str, body: bytes) -> Position:
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingPublish(room, body, future))
@@ -196,9 +245,11 @@ class RedisBus(Bus):
                 async with asyncio.timeout(self.settings.timeout_s):
                     pipe = self._client.pipeline(transaction=False)
                     for item in batch:
+                        policy = self.settings.policy_for(item.room)
                         pipe.eval(
-                            PUBLISH_SCRIPT, 1, self.state_key(item.room),
-                            self.channel(item.room), item.body, self.settings.room_state_ttl_s,
+                            PUBLISH_SCRIPT, 2, self.state_key(item.room), self.history_key(item.room),
+                            self.channel(item.room), item.body, max(self.settings.room_state_ttl_s, policy.ttl_s),
+                            policy.size, policy.ttl_s,
                         )
                     results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError, TimeoutError) as exc:

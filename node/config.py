@@ -12,6 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from node.history import HistoryPolicy, HistoryRules
 from node.settings import SettingsError, setting
 
 
@@ -57,6 +58,13 @@ class NodeConfig:
     bus_reconnect_cap_s: float = setting(5.0, "longest delay between Redis reconnect attempts")
     room_state_ttl_s: int = setting(86_400, "seconds a room's sequence counter lives after its last message")
 
+    # --- history and resume -----------------------------------------------
+    history_size: int = setting(100, "messages each room keeps for resume, unless a --history-rule matches (0: none)")
+    history_ttl_s: int = setting(300, "seconds a room's history lives after its last message")
+    history_rule: list[str] = setting([], "per-prefix history, PREFIX*=SIZE:TTL_S, repeatable (e.g. chat:*=1000:600, cursor:*=0:0)")
+    max_history_page: int = setting(100, "most messages one resume or history request returns")
+    max_join_buffer_messages: int = setting(10_000, "live messages buffered for a joiner while its history is read; past it the socket is cut")
+
     # --- shutdown -------------------------------------------------------
     shutdown_window_s: float = setting(2.0, "on shutdown, spread clients' reconnect notices over this many seconds")
     reconnect_jitter_ms: int = setting(1_000, "upper bound of the random delayMs a reconnect notice asks clients to wait")
@@ -76,6 +84,7 @@ class NodeConfig:
             "max_outbound_bytes", "heartbeat_interval_s", "heartbeat_timeout_s", "bus_timeout_s",
             "bus_reconnect_base_s", "bus_reconnect_cap_s", "room_state_ttl_s", "shutdown_timeout_s",
             "restart_backoff_base_s", "restart_backoff_cap_s", "ready_timeout_s", "listen_backlog",
+            "max_history_page", "max_join_buffer_messages",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -86,8 +95,17 @@ class NodeConfig:
             raise SettingsError(f"ports {self.port}..{self.port + self.workers - 1} exceed 65535")
         if self.bus == "memory" and self.workers != 1:
             raise SettingsError("--bus memory runs in one process: use --workers 1")
+        if self.history_size < 0 or self.history_ttl_s < 0 or (self.history_size > 0 and self.history_ttl_s == 0):
+            raise SettingsError("history_size >= 0, history_ttl_s >= 0, and history_ttl_s > 0 when history_size > 0")
+        try:
+            self.history_rules()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         if self.max_room_name_chars > 1024:
             raise SettingsError("max_room_name_chars must be <= 1024")
+
+    def history_rules(self) -> HistoryRules:
+        return HistoryRules(HistoryPolicy(self.history_size, self.history_ttl_s), list(self.history_rule))
 
     @property
     def shard_id(self) -> str:

@@ -2,10 +2,17 @@
 
 Owns which local connections are in which room, and the rule that keeps bus
 subscriptions minimal: the first local member of a room subscribes the
-worker to its channel, the last one leaving unsubscribes it. A member is
-added only once the subscription is live, so `joined` is never preceded by a
-message and never followed by a gap. Fan-out encodes each bus message once
-per wire format and queues the same bytes for every member.
+worker to its channel, the last one leaving unsubscribes it. Fan-out encodes
+each bus message once per wire format and queues the same bytes for every
+member.
+
+It also owns the seam between history and the live stream. A joiner is first
+held as *recovering*: the subscription is made live, then the room's position
+(and, when resuming, what the joiner missed) is read from the bus while live
+messages for it are buffered. The worker sends `joined` and the history, then
+calls `go_live`, which sends the buffered messages newer than the last one
+sent and makes the joiner a plain member, all in one synchronous step: no
+gap, no duplicate, no message before `joined`.
 
 It must not parse client frames or talk to Redis directly (the bus does).
 """
@@ -14,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 from node import envelope as envelope_codec
 from node import frames, protocol
-from node.bus import Bus, BusMessage
+from node.bus import Bus, BusMessage, HistoryPage
 from node.connection import Connection
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
@@ -25,30 +33,38 @@ log = logging.getLogger("ringcast.hub")
 
 
 class _Room:
-    __slots__ = ("members", "joining", "ready")
+    __slots__ = ("members", "joining", "ready", "recovering")
 
     def __init__(self) -> None:
         self.members: set[Connection] = set()
         self.joining = 0  # joins waiting for the subscription
         self.ready: asyncio.Future | None = None  # the subscription in progress, None once live
+        self.recovering: dict[Connection, list[BusMessage]] = {}  # joiners reading history, live buffer each
 
 
 class Hub:
-    def __init__(self, bus: Bus, outbox: Outbox, metrics: NodeMetrics) -> None:
+    def __init__(self, bus: Bus, outbox: Outbox, metrics: NodeMetrics, max_join_buffer_messages: int = 10_000) -> None:
         self.bus = bus
+        self.max_join_buffer_messages = max_join_buffer_messages
         self.outbox = outbox
         self.metrics = metrics
         self.rooms: dict[str, _Room] = {}
 
-    async def join(self, conn: Connection, room: str) -> None:
-        """Add `conn` to `room`, subscribing first if needed. Raises BusUnavailable."""
+    async def join(self, conn: Connection, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:
+        """Hold `conn` as a recovering member of `room` and read the room's history.
+
+        `since_seq`/`since_epoch`/`limit` are passed to Bus.read_history. The
+        caller must send `joined` and the page's messages, then call
+        `go_live` without awaiting in between. Raises BusUnavailable, after
+        which `conn` is not in the room.
+        """
         entry = self.rooms.get(room)
         if entry is None:
             entry = self.rooms[room] = _Room()
             entry.ready = asyncio.ensure_future(self.bus.subscribe(room))
             self.metrics.rooms_hosted.set(len(self.rooms))
         ready = entry.ready
-        if ready is not None:  # members is empty until the subscription is live
+        if ready is not None:  # first joiners wait for the subscription together
             entry.joining += 1
             try:
                 await asyncio.shield(ready)
@@ -57,12 +73,31 @@ class Hub:
                 self._drop_if_empty(room, entry)
                 raise
             entry.joining -= 1
-            entry.ready = None
-            if conn.closed:  # it went away while we waited
-                self._drop_if_empty(room, entry)
-                return
-        entry.members.add(conn)
+            if entry.ready is ready:
+                entry.ready = None
+        if conn.closed:
+            self._drop_if_empty(room, entry)
+            raise ConnectionError("connection closed while joining")
+        entry.recovering[conn] = []
         conn.rooms.add(room)
+        try:
+            return await self.bus.read_history(room, since_seq, since_epoch, limit)
+        except BaseException:
+            self.leave(conn, room)
+            raise
+
+    def go_live(self, conn: Connection, room: str, epoch: str, last_sent_seq: int) -> None:
+        """Send what arrived live during the history read after (epoch, last_sent_seq); join the fan-out."""
+        entry = self.rooms.get(room)
+        buffered = entry.recovering.pop(conn, None) if entry is not None else None
+        if buffered is None:  # it left (or was cut off) during the history read
+            return
+        for message in buffered:
+            if message.epoch != epoch or message.seq > last_sent_seq:
+                frame = self.message_frame(message, conn.binary)
+                if frame is not None:
+                    self.outbox.push(conn, frame)
+        entry.members.add(conn)
 
     def leave(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
@@ -70,6 +105,7 @@ class Hub:
         if entry is None:
             return
         entry.members.discard(conn)
+        entry.recovering.pop(conn, None)
         self._drop_if_empty(room, entry)
 
     def leave_all(self, conn: Connection) -> None:
@@ -77,37 +113,64 @@ class Hub:
             self.leave(conn, room)
 
     def _drop_if_empty(self, room: str, entry: _Room) -> None:
-        if entry.members or entry.joining:
+        if entry.members or entry.joining or entry.recovering:
             return
         if self.rooms.get(room) is entry:
             del self.rooms[room]
             self.bus.unsubscribe(room)
             self.metrics.rooms_hosted.set(len(self.rooms))
 
-    def deliver(self, message: BusMessage) -> None:
-        """Fan one bus message out to the room's local members (called by the bus)."""
-        self.metrics.bus_messages_received.inc()
-        entry = self.rooms.get(message.room)
-        if entry is None or not entry.members:
-            return
+    @staticmethod
+    def message_body(message: BusMessage) -> dict | None:
+        """One bus message as a `message` server frame (None if undecodable)."""
         try:
             env = envelope_codec.unpack(message.body)
         except ValueError:
             log.error("dropping undecodable bus message in room %s seq %d", message.room, message.seq)
+            return None
+        return protocol.message(message.room, message.seq, message.epoch, env.ts_ms, env.sender, env.data_key, env.data)
+
+    def message_frame(self, message: BusMessage, binary: bool) -> bytes | None:
+        """One bus message as a finished `message` frame for one codec (None if undecodable)."""
+        body = self.message_body(message)
+        if body is None:
+            return None
+        codec = protocol.MSGPACK if binary else protocol.JSON
+        return frames.data_frame(protocol.encode(body, codec), binary)
+
+    def deliver(self, message: BusMessage) -> None:
+        """Fan one bus message out to the room's local members (called by the bus)."""
+        self.metrics.bus_messages_received.inc()
+        entry = self.rooms.get(message.room)
+        if entry is None:
             return
-        body = protocol.message(
-            message.room, message.seq, message.epoch, env.ts_ms, env.sender, env.data_key, env.data
-        )
+        if entry.recovering:
+            self._buffer_for_recovering(entry, message)
+        if not entry.members:
+            return
         json_frame: bytes | None = None
         msgpack_frame: bytes | None = None
         push = self.outbox.push
         for conn in entry.members:
             if conn.binary:
                 if msgpack_frame is None:
-                    msgpack_frame = frames.data_frame(protocol.encode(body, protocol.MSGPACK), True)
+                    msgpack_frame = self.message_frame(message, True)
+                    if msgpack_frame is None:
+                        return
                 push(conn, msgpack_frame)
             else:
                 if json_frame is None:
-                    json_frame = frames.data_frame(protocol.encode(body, protocol.JSON), False)
+                    json_frame = self.message_frame(message, False)
+                    if json_frame is None:
+                        return
                 push(conn, json_frame)
         self.metrics.messages_delivered.inc(len(entry.members))
+
+    def _buffer_for_recovering(self, entry: _Room, message: BusMessage) -> None:
+        for conn, buffered in entry.recovering.items():
+            if len(buffered) >= self.max_join_buffer_messages:
+                conn.close_reason = "join_buffer_overflow"
+                conn.closed = True
+                conn.transport.abort()  # it resumes from its last position on reconnect
+                continue
+            buffered.append(message)

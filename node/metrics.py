@@ -75,6 +75,12 @@ class NodeMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.resumes = Counter(
+            "ringcast_resumes_total",
+            "Joins with `since`, by outcome: recovered, or the reason recovery was incomplete",
+            ["outcome"],
+            registry=r,
+        )
         self.restarts = Gauge(
             "ringcast_worker_restarts", "Times the supervisor has restarted this worker slot", registry=r
         )

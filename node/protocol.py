@@ -77,9 +77,29 @@ class ProtocolError(Exception):
 RequestId = Union[str, int]
 
 
+MAX_EPOCH_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Since:
+    """A stream position a client has seen: resume after it."""
+
+    seq: int
+    epoch: str
+
+
 @dataclass(frozen=True, slots=True)
 class Join:
     room: str
+    request_id: RequestId | None = None
+    since: Since | None = None  # resume: deliver what came after this position first
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    room: str
+    since: Since | None  # None: the latest `limit` messages
+    limit: int | None  # None: the server's max_history_page
     request_id: RequestId | None = None
 
 
@@ -102,7 +122,7 @@ class Ping:
     request_id: RequestId | None = None
 
 
-ClientFrame = Union[Join, Leave, Publish, Ping]
+ClientFrame = Union[Join, Leave, Publish, Ping, History]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +151,14 @@ class Decoder:
         if kind == "message":
             return self._publish(obj, request_id)
         if kind == "join":
-            return Join(self.room(obj.get("room"), request_id), request_id)
+            room = self.room(obj.get("room"), request_id)
+            return Join(room, request_id, self._since(obj.get("since"), request_id))
+        if kind == "history":
+            room = self.room(obj.get("room"), request_id)
+            limit = obj.get("limit")
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`limit` must be a positive integer", request_id)
+            return History(room, self._since(obj.get("since"), request_id), limit, request_id)
         if kind == "leave":
             return Leave(self.room(obj.get("room"), request_id), request_id)
         if kind == "ping":
@@ -178,6 +205,21 @@ class Decoder:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE_FORMAT, "frame is not a valid msgpack map (bin and ext are not allowed)"
             ) from None
+
+    @staticmethod
+    def _since(value: Any, request_id: RequestId | None) -> Since | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`since` must be an object {seq, epoch}", request_id)
+        seq, epoch = value.get("seq"), value.get("epoch", "")
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= 2**63 - 1:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`since.seq` must be an integer >= 0", request_id)
+        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_CHARS:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE_FORMAT, f"`since.epoch` must be a string of at most {MAX_EPOCH_CHARS} characters", request_id
+            )
+        return Since(seq, epoch)
 
     @staticmethod
     def _request_id(obj: dict) -> RequestId | None:
@@ -256,8 +298,33 @@ def _with_id(frame: dict, request_id: RequestId | None) -> dict:
     return frame
 
 
-def joined(room: str, request_id: RequestId | None = None) -> dict:
-    return _with_id({"type": "joined", "room": room}, request_id)
+RECOVERY_EPOCH_CHANGED = "epoch_changed"  # the room's history was lost (e.g. Redis restarted empty)
+RECOVERY_HISTORY_TRUNCATED = "history_truncated"  # history no longer reaches back to the position
+RECOVERY_NO_HISTORY = "no_history"  # the room keeps no history (its policy size is 0)
+RECOVERY_TOO_MANY_MISSED = "too_many_missed"  # more missed than max_history_page
+
+
+def joined(
+    room: str, seq: int, epoch: str, request_id: RequestId | None = None,
+    recovered: bool | None = None, reason: str | None = None,
+) -> dict:
+    """`seq`/`epoch`: the room's position when the live stream starts for this member.
+
+    `recovered` is present only for a resuming join (one with `since`).
+    """
+    frame: dict[str, Any] = {"type": "joined", "room": room, "seq": seq, "epoch": epoch}
+    if recovered is not None:
+        frame["recovered"] = recovered
+        if reason is not None:
+            frame["reason"] = reason
+    return _with_id(frame, request_id)
+
+
+def history(room: str, seq: int, epoch: str, messages: list[dict], complete: bool, request_id: RequestId | None) -> dict:
+    return _with_id(
+        {"type": "history", "room": room, "seq": seq, "epoch": epoch, "messages": messages, "complete": complete},
+        request_id,
+    )
 
 
 def left(room: str, request_id: RequestId | None = None) -> dict:

@@ -28,11 +28,12 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node import envelope, frames, protocol
-from node.bus import Bus, BusUnavailable
+from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable
 from node.bus_memory import MemoryBus
 from node.bus_redis import RedisBus, RedisBusSettings
 from node.config import NodeConfig
 from node.connection import Connection
+from node.history import recovery_outcome
 from node.hub import Hub
 from node.logs import setup_logging
 from node.metrics import NodeMetrics
@@ -50,8 +51,9 @@ SWEEP_INTERVAL_S = 1.0  # heartbeat/sampling sweep period; per-connection timers
 
 
 def make_bus(config: NodeConfig) -> Bus:
+    rules = config.history_rules()
     if config.bus == "memory":
-        return MemoryBus()
+        return MemoryBus(rules.policy_for)
     return RedisBus(
         RedisBusSettings(
             url=config.redis,
@@ -61,6 +63,7 @@ def make_bus(config: NodeConfig) -> Bus:
             reconnect_base_s=config.bus_reconnect_base_s,
             reconnect_cap_s=config.bus_reconnect_cap_s,
             room_state_ttl_s=config.room_state_ttl_s,
+            policy_for=rules.policy_for,
         )
     )
 
@@ -72,6 +75,7 @@ class Worker:
         self.metrics = NodeMetrics(self.worker_id)
         self.metrics.restarts.set(int(os.environ.get(RESTARTS_ENV, "0") or 0))
         self.bus = bus if bus is not None else make_bus(config)
+        self.history_rules = config.history_rules()
         self.decoder = protocol.Decoder(
             protocol.ProtocolLimits(
                 max_room_name_chars=config.max_room_name_chars,
@@ -112,7 +116,7 @@ class Worker:
 
     async def _on_startup(self, app: web.Application) -> None:
         self.outbox = Outbox(self.config.max_outbound_bytes, self._on_slow_consumer)
-        self.hub = Hub(self.bus, self.outbox, self.metrics)
+        self.hub = Hub(self.bus, self.outbox, self.metrics, self.config.max_join_buffer_messages)
         self.bus.set_handlers(self.hub.deliver, self._on_bus_state)
         await self.bus.start()
         self._background.append(asyncio.create_task(self._sweep(), name="sweep"))
@@ -258,6 +262,8 @@ class Worker:
                 await self._join(conn, frame)
             elif isinstance(frame, protocol.Leave):
                 self._leave(conn, frame)
+            elif isinstance(frame, protocol.History):
+                await self._history(conn, frame)
             else:
                 self.outbox.push(conn, conn.frame(protocol.pong(int(time.time() * 1000), frame.request_id)))
         except protocol.ProtocolError as exc:
@@ -278,12 +284,51 @@ class Worker:
                 f"at most {self.config.max_rooms_per_connection} rooms per connection",
                 frame.request_id,
             )
+        since = frame.since
+        since_seq, since_epoch = (POSITION_ONLY, "") if since is None else (since.seq, since.epoch)
         try:
-            await self.hub.join(conn, frame.room)
+            page = await self.hub.join(conn, frame.room, since_seq, since_epoch, self.config.max_history_page)
         except BusUnavailable as exc:
             raise protocol.ProtocolError(protocol.ErrorCode.BUS_UNAVAILABLE, str(exc), frame.request_id) from None
+        except ConnectionError:  # the socket went away while joining
+            return
+        # From here to go_live nothing awaits: joined, the missed messages, then the live stream.
+        recovered = reason = None
+        if since is not None:
+            recovered, reason = recovery_outcome(
+                since.seq, since.epoch, page.seq, page.epoch,
+                page.messages[0].seq if page.messages else None,
+                page.messages[-1].seq if page.messages else None,
+                self.history_rules.policy_for(frame.room).size,
+            )
+            self.metrics.resumes.labels("recovered" if recovered else reason).inc()
+        self.outbox.push(
+            conn, conn.frame(protocol.joined(frame.room, page.seq, page.epoch, frame.request_id, recovered, reason))
+        )
+        for message in page.messages:
+            missed = self.hub.message_frame(message, conn.binary)
+            if missed is not None:
+                self.outbox.push(conn, missed)
+        self.hub.go_live(conn, frame.room, page.epoch, page.seq)
+
+    async def _history(self, conn: Connection, frame: protocol.History) -> None:
+        assert self.hub is not None
+        limit = min(frame.limit or self.config.max_history_page, self.config.max_history_page)
+        since = frame.since
+        since_seq, since_epoch = (LATEST, "") if since is None else (since.seq, since.epoch)
+        try:
+            page = await self.bus.read_history(frame.room, since_seq, since_epoch, limit)
+        except BusUnavailable as exc:
+            raise protocol.ProtocolError(protocol.ErrorCode.BUS_UNAVAILABLE, str(exc), frame.request_id) from None
+        bodies = [body for body in map(self.hub.message_body, page.messages) if body is not None]
+        if page.messages:
+            complete = page.messages[-1].seq >= page.seq
+        else:
+            complete = page.seq == 0 or (since is not None and since.epoch == page.epoch and since.seq >= page.seq)
         if not conn.closed:
-            self.outbox.push(conn, conn.frame(protocol.joined(frame.room, frame.request_id)))
+            self.outbox.push(
+                conn, conn.frame(protocol.history(frame.room, page.seq, page.epoch, bodies, complete, frame.request_id))
+            )
 
     def _leave(self, conn: Connection, frame: protocol.Leave) -> None:
         assert self.hub is not None
