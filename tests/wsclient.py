@@ -63,6 +63,17 @@ class WsClient:
             if frame.get("type") == kind:
                 return frame
 
+    async def expect_any(self, kinds: tuple[str, ...], timeout_s: float = 5.0) -> dict[str, Any]:
+        """The next frame whose type is one of `kinds`, skipping others."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"no frame of {kinds} within {timeout_s}s; seen {self.seen[-5:]}")
+            frame = await self.recv(left)
+            if frame.get("type") in kinds:
+                return frame
+
     async def join(self, room: str) -> dict[str, Any]:
         await self.send({"type": "join", "room": room})
         return await self.expect("joined")
