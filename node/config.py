@@ -70,6 +70,11 @@ class NodeConfig:
     reconnect_jitter_ms: int = setting(1_000, "upper bound of the random delayMs a reconnect notice asks clients to wait")
     shutdown_timeout_s: float = setting(10.0, "longest a worker waits for its clients to leave before it exits")
 
+    # --- control plane ----------------------------------------------------
+    control_heartbeat_interval_s: float = setting(1.0, "seconds between heartbeats to the control plane (via Redis); 0 disables them")
+    heartbeat_max_rooms_reported: int = setting(1_000, "most rooms (the most populated) a heartbeat reports with member counts")
+    steer_max_rate_per_s: float = setting(200.0, "fastest pace of reconnect notices during a drain or rebalance (notices per second)")
+
     # --- supervisor -----------------------------------------------------
     restart_backoff_base_s: float = setting(0.5, "first delay before restarting a crashed worker; doubles per crash")
     restart_backoff_cap_s: float = setting(30.0, "longest delay before restarting a crashed worker")
@@ -84,11 +89,13 @@ class NodeConfig:
             "max_outbound_bytes", "heartbeat_interval_s", "heartbeat_timeout_s", "bus_timeout_s",
             "bus_reconnect_base_s", "bus_reconnect_cap_s", "room_state_ttl_s", "shutdown_timeout_s",
             "restart_backoff_base_s", "restart_backoff_cap_s", "ready_timeout_s", "listen_backlog",
-            "max_history_page", "max_join_buffer_messages",
+            "max_history_page", "max_join_buffer_messages", "heartbeat_max_rooms_reported", "steer_max_rate_per_s",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.control_heartbeat_interval_s < 0:
+            raise SettingsError("control_heartbeat_interval_s must be >= 0 (0 disables heartbeats)")
         if self.shutdown_window_s < 0 or self.reconnect_jitter_ms < 0 or self.socket_send_buffer_bytes < 0:
             raise SettingsError("shutdown_window_s and reconnect_jitter_ms must be >= 0")
         if self.port + self.workers - 1 > 65535:

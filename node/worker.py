@@ -27,12 +27,13 @@ import time
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from node import envelope, frames, protocol
+from node import envelope, frames, protocol, steering
 from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable
 from node.bus_memory import MemoryBus
 from node.bus_redis import RedisBus, RedisBusSettings
 from node.config import NodeConfig
 from node.connection import Connection
+from node.heartbeat import HeartbeatReporter
 from node.history import recovery_outcome
 from node.hub import Hub
 from node.logs import setup_logging
@@ -91,6 +92,7 @@ class Worker:
         self._background: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task | None = None
+        self.heartbeat: HeartbeatReporter | None = None  # reports to the control plane, follows its commands
         self.limits = {
             "maxFrameBytes": config.max_frame_bytes,
             "maxMessageBytes": config.max_message_bytes,
@@ -121,12 +123,17 @@ class Worker:
         await self.bus.start()
         self._background.append(asyncio.create_task(self._sweep(), name="sweep"))
         self._background.append(asyncio.create_task(self._measure_loop_lag(), name="loop-lag"))
+        if self.config.bus == "redis" and self.config.control_heartbeat_interval_s > 0:
+            self.heartbeat = HeartbeatReporter(self)
+            self._background.append(asyncio.create_task(self.heartbeat.run(), name="control-heartbeat"))
         log.info("worker %s ready on %s:%d (bus=%s)", self.worker_id, self.config.host, self.config.port, self.config.bus)
 
     async def _on_cleanup(self, app: web.Application) -> None:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.heartbeat is not None:
+            await self.heartbeat.close()
         await self.bus.close()
 
     def _on_bus_state(self, connected: bool) -> None:
@@ -448,24 +455,27 @@ class Worker:
         if self._shutdown_task is None:
             self._shutdown_task = asyncio.ensure_future(self.shutdown())
 
+    def steer_notice(self, conn: Connection, frame: dict) -> None:
+        """Send one `reconnect` notice, then close the socket with 1001 (notice first, close frame last)."""
+        assert self.outbox is not None
+        self.outbox.push(conn, conn.frame(frame))
+        self._close(conn, protocol.CloseCode.GOING_AWAY, frame["reason"], frame["reason"])
+
     async def shutdown(self) -> None:
         """Refuse new sockets, steer clients away over the window, wait, then stop."""
         self.state = SHUTTING_DOWN
+        if self.heartbeat is not None:
+            self.heartbeat.stop_following()  # a drain or rebalance in progress must not steer the same clients
         conns = list(self.connections.values())
-        random.shuffle(conns)
         log.info("worker %s shutting down: %d connections to steer away", self.worker_id, len(conns))
-        window = self.config.shutdown_window_s
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for index, conn in enumerate(conns):
-            due = started + (window * index / len(conns))
-            if due > loop.time():
-                await asyncio.sleep(due - loop.time())
-            if conn.closed:
-                continue
-            delay_ms = random.randint(0, self.config.reconnect_jitter_ms)
-            self.outbox.push(conn, conn.frame(protocol.reconnect("shutdown", delay_ms)))  # type: ignore[union-attr]
-            self._close(conn, protocol.CloseCode.GOING_AWAY, "shutdown", "shutdown")
+        # No rate cap here: the process is leaving, the window is the only pace that fits its deadline.
+        await steering.steer_away(
+            conns, reason="shutdown", window_s=self.config.shutdown_window_s, max_rate_per_s=None,
+            jitter_ms=self.config.reconnect_jitter_ms, target_url=lambda conn: None,
+            notify=self.steer_notice, progress=steering.SteeringProgress("shutdown"),
+        )
         deadline = started + self.config.shutdown_timeout_s
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.05)

@@ -1,0 +1,45 @@
+"""The Redis layout shared by workers and the control plane: key names and vocabulary.
+
+Owns the names of every key the control plane and the workers' heartbeat
+reporters read or write, and the words they exchange (worker states, event
+kinds). It is the contract between `node.heartbeat` and `control/`, nothing
+more: no I/O, no logic. docs/control.md describes each key.
+
+All keys live in one Redis (the control plane's state is small); with a
+Redis Cluster they would need a hash tag, which this layout does not add.
+"""
+
+from __future__ import annotations
+
+# Worker states as reported in heartbeats (the worker's own view).
+ACTIVE = "active"
+DRAINING = "draining"
+DRAINED = "drained"
+SHUTTING_DOWN = "shutting_down"
+
+# Health as judged by the control plane from heartbeat freshness.
+ALIVE = "alive"
+DEAD = "dead"
+
+
+class Keys:
+    """Every key under one prefix (the workers' and control plane's --key-prefix)."""
+
+    def __init__(self, prefix: str = "ringcast:") -> None:
+        self.prefix = prefix
+        self.ring = f"{prefix}ring"  # STRING: Ring.to_json() of the current ring; written only by the leader
+        self.heartbeats = f"{prefix}nodes:heartbeat"  # HASH id -> JSON of the worker's latest heartbeat
+        self.seen = f"{prefix}nodes:seen"  # HASH id -> Redis server time (ms) of the latest heartbeat
+        self.members = f"{prefix}nodes:member"  # HASH id -> JSON membership record; written only by the leader
+        self.events = f"{prefix}events"  # LIST of event JSON, newest first, trimmed to max_events
+        self.event_seq = f"{prefix}events:seq"  # STRING counter: each event's sequence number
+        self.leader = f"{prefix}control:leader"  # STRING JSON {"id","url"} with a PX lease
+        self.rebalance_generation = f"{prefix}rebalance:generation"  # STRING counter: one per rebalance
+
+    def command(self, node_id: str) -> str:
+        """STRING JSON: the control plane's desired state for one worker (only that worker reads it)."""
+        return f"{self.prefix}node:{node_id}:command"
+
+    def rooms(self, node_id: str) -> str:
+        """HASH room -> local member count, rewritten by the worker with each heartbeat (bounded, expiring)."""
+        return f"{self.prefix}node:{node_id}:rooms"
