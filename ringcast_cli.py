@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("node.cli", "run an edge node: a supervisor and its worker processes"),
     "up": ("chaos.up", "start a local cluster (redis, node workers) in the foreground"),
+    "router": ("router.cli", "run the route service: GET /route?room=R -> the worker that owns R"),
 }
 
 

@@ -218,3 +218,44 @@ class NodeProcess:
         code = stop_process(self.proc, timeout_s)
         self.proc = None
         return code
+
+
+@dataclass
+class RouterProcess:
+    """A `ringcast router` (route service) process."""
+
+    port: int
+    args: list[str]
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen | None = None
+    log_path: str = ""
+
+    def url(self, path: str = "") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def start(self, ready_timeout_s: float = 30.0) -> "RouterProcess":
+        log = tempfile.NamedTemporaryFile(prefix="ringcast-router-", suffix=".log", delete=False)
+        self.log_path = log.name
+        cmd = [sys.executable, "-m", "ringcast_cli", "router", "--host", self.host, "--port", str(self.port), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"ringcast router exited with {self.proc.returncode}; log:\n{self.log()}")
+            return http_json(self.url("/healthz"))[0] == 200
+
+        wait_until(healthy, ready_timeout_s, f"router on port {self.port}")
+        return self
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text()[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        code = stop_process(self.proc, timeout_s)
+        self.proc = None
+        return code

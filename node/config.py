@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from node.history import HistoryPolicy, HistoryRules
 from node.settings import SettingsError, setting
+from router.membership import parse_nodes
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,11 @@ class NodeConfig:
     max_history_page: int = setting(100, "most messages one resume or history request returns")
     max_join_buffer_messages: int = setting(10_000, "live messages buffered for a joiner while its history is read; past it the socket is cut")
 
+    # --- placement (router.ring) -------------------------------------------
+    nodes: list[str] = setting([], "static ring members, [ID=]HOST:PORT[@WEIGHT], repeatable; a ring published by the control plane wins")
+    ring_poll_interval_s: float = setting(0.5, "how often a worker reads the control plane's published ring from Redis")
+    placement_hint: str = setting("hint", "on a join for a room another worker owns: serve it and send `moved` (hint) or just serve it (off)", choices=("hint", "off"))
+
     # --- shutdown -------------------------------------------------------
     shutdown_window_s: float = setting(2.0, "on shutdown, spread clients' reconnect notices over this many seconds")
     reconnect_jitter_ms: int = setting(1_000, "upper bound of the random delayMs a reconnect notice asks clients to wait")
@@ -110,6 +116,12 @@ class NodeConfig:
             raise SettingsError(str(exc)) from None
         if self.max_room_name_chars > 1024:
             raise SettingsError("max_room_name_chars must be <= 1024")
+        if self.ring_poll_interval_s <= 0:
+            raise SettingsError(f"ring_poll_interval_s must be > 0, got {self.ring_poll_interval_s!r}")
+        try:
+            parse_nodes(self.nodes)
+        except ValueError as exc:
+            raise SettingsError(f"nodes: {exc}") from None
 
     def history_rules(self) -> HistoryRules:
         return HistoryRules(HistoryPolicy(self.history_size, self.history_ttl_s), list(self.history_rule))

@@ -365,3 +365,8 @@ def reconnect(reason: str, delay_ms: int, url: str | None = None) -> dict:
     if url is not None:
         frame["url"] = url
     return frame
+
+
+def moved(room: str, url: str, epoch: int) -> dict:
+    """Placement hint: `room` is served here, but the ring (at `epoch`) places it at `url`."""
+    return {"type": "moved", "room": room, "url": url, "epoch": epoch}

@@ -39,6 +39,7 @@ from node.hub import Hub
 from node.logs import setup_logging
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
+from node.placement import Placement
 from node.ratelimit import TokenBucket
 
 log = logging.getLogger("ringcast.worker")
@@ -84,6 +85,7 @@ class Worker:
                 max_frame_bytes=config.max_frame_bytes,
             )
         )
+        self.placement = Placement(config, self.decoder)
         self.state = ACTIVE
         self.connections: dict[str, Connection] = {}
         self.connections_per_ip: collections.Counter[str] = collections.Counter()
@@ -112,6 +114,7 @@ class Worker:
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/readyz", self.handle_readyz)
         app.router.add_get("/metrics", self.handle_metrics)
+        self.placement.add_routes(app)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -121,6 +124,7 @@ class Worker:
         self.hub = Hub(self.bus, self.outbox, self.metrics, self.config.max_join_buffer_messages)
         self.bus.set_handlers(self.hub.deliver, self._on_bus_state)
         await self.bus.start()
+        await self.placement.start()
         self._background.append(asyncio.create_task(self._sweep(), name="sweep"))
         self._background.append(asyncio.create_task(self._measure_loop_lag(), name="loop-lag"))
         if self.config.bus == "redis" and self.config.control_heartbeat_interval_s > 0:
@@ -134,6 +138,7 @@ class Worker:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.heartbeat is not None:
             await self.heartbeat.close()
+        await self.placement.close()
         await self.bus.close()
 
     def _on_bus_state(self, connected: bool) -> None:
@@ -317,6 +322,9 @@ class Worker:
             if missed is not None:
                 self.outbox.push(conn, missed)
         self.hub.go_live(conn, frame.room, page.epoch, page.seq)
+        hint = self.placement.moved_hint(frame.room)
+        if hint is not None:
+            self.outbox.push(conn, conn.frame(hint))
 
     async def _history(self, conn: Connection, frame: protocol.History) -> None:
         assert self.hub is not None

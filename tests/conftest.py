@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
+from chaos.cluster import NodeProcess, RedisServer, RouterProcess, free_port, free_port_range
 
 
 @pytest.fixture
@@ -37,3 +37,18 @@ def start_node(redis_server):
     yield start
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def start_router():
+    """Start `ringcast router *args` on a free loopback port; stopped (by PID) after the test."""
+    started: list[RouterProcess] = []
+
+    def start(*args: str) -> RouterProcess:
+        router = RouterProcess(port=free_port(), args=list(args))
+        started.append(router)
+        return router.start()
+
+    yield start
+    for router in started:
+        router.stop()

@@ -1,0 +1,75 @@
+"""A worker's view of placement: its copy of the ring and "do I own this room?".
+
+Owns the worker's `RingSource` (the control plane's ring polled from Redis,
+else the static `--nodes` list, else nothing), the worker's `GET /route` and
+`GET /ring` (the same answers as the router's, from this copy), and the
+`moved` hint a join for a room owned by another worker earns when
+`placement_hint` is `hint`.
+
+Placement never decides correctness: a worker serves every room it is asked
+for, owned or not; the hint only steers the client. With no ring at all (no
+control plane ring, no `--nodes`) there is nothing to steer by and no hint is
+sent. It must not hash rooms itself (`router.ring` does) nor refuse joins.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from node import protocol
+from node.config import NodeConfig
+from router import answers
+from router.membership import RingSource, make_ring_source
+from router.ring import EmptyRing, Ring
+from router.service import preflight, respond
+
+HINT = "hint"
+
+
+class Placement:
+    def __init__(self, config: NodeConfig, decoder: protocol.Decoder) -> None:
+        self.member_id = config.shard_id
+        self.hint_enabled = config.placement_hint == HINT
+        self.decoder = decoder
+        redis_url = config.redis if config.bus == "redis" else ""
+        self.source: RingSource | None = make_ring_source(
+            redis_url, config.nodes, config.key_prefix, config.ring_poll_interval_s, config.bus_timeout_s
+        )
+
+    @property
+    def ring(self) -> Ring:
+        return self.source.ring if self.source is not None else Ring()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/route", self.handle_route)
+        app.router.add_get("/ring", self.handle_ring)
+        app.router.add_route("OPTIONS", "/route", preflight)
+        app.router.add_route("OPTIONS", "/ring", preflight)
+
+    async def start(self) -> None:
+        if self.source is not None:
+            await self.source.start()
+
+    async def close(self) -> None:
+        if self.source is not None:
+            await self.source.close()
+
+    def moved_hint(self, room: str) -> dict | None:
+        """The `moved` frame for a join of `room` here, or None when this worker owns it
+        (or hints are off, or there is no ring to judge by)."""
+        if not self.hint_enabled:
+            return None
+        ring = self.ring
+        try:
+            owner = ring.route(room)
+        except EmptyRing:
+            return None
+        if owner.id == self.member_id:
+            return None
+        return protocol.moved(room, owner.url, ring.epoch)
+
+    async def handle_route(self, request: web.Request) -> web.Response:
+        return respond(answers.route(self.ring, request.query.get("room"), self.decoder))
+
+    async def handle_ring(self, request: web.Request) -> web.Response:
+        return respond(answers.ring_view(self.ring))

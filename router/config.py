@@ -1,0 +1,41 @@
+"""The route service's settings: every bound and knob of one `ringcast router`.
+
+Owns the `RouterConfig` dataclass: one field per setting, its unit in its
+name, its default and the one-line help `ringcast router --help` prints.
+Loading (flags, `RINGCAST_*` environment, TOML section `[router]`) is
+`node.settings`' job; this module only declares and validates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from node.settings import SettingsError, setting
+from router.membership import NODES_SYNTAX, parse_nodes
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    host: str = setting("127.0.0.1", "address the route service binds to")
+    port: int = setting(8800, "port of the route service")
+    redis: str = setting("", "Redis URL where the control plane publishes the ring; empty: use --nodes only")
+    nodes: list[str] = setting([], f"static members, {NODES_SYNTAX}, repeatable or comma-separated; with --redis, used until a ring is published")
+    key_prefix: str = setting("ringcast:", "prefix of Redis keys; the ring is read from {key_prefix}ring")
+    ring_poll_interval_s: float = setting(0.5, "how often the published ring is read from Redis")
+    redis_timeout_s: float = setting(1.0, "longest one read of the ring from Redis waits")
+    max_room_name_chars: int = setting(128, "longest room name accepted (keep equal to the nodes' setting)")
+    listen_backlog: int = setting(1024, "TCP accept backlog of the route service's socket")
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+
+    def validate(self) -> None:
+        for name in ("port", "ring_poll_interval_s", "redis_timeout_s", "max_room_name_chars", "listen_backlog"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_room_name_chars > 1024:
+            raise SettingsError("max_room_name_chars must be <= 1024")
+        try:
+            members = parse_nodes(self.nodes)
+        except ValueError as exc:
+            raise SettingsError(f"nodes: {exc}") from None
+        if not self.redis and not members:
+            raise SettingsError("give --redis (follow the control plane's ring) or --nodes (a static ring), or both")

@@ -1,0 +1,88 @@
+"""The route service: `ringcast router`, a stateless HTTP answer to "where does room R live?".
+
+Owns the aiohttp application of one router process: `GET /route?room=R`,
+`GET /ring`, `GET /healthz`, CORS preflight, and following the ring through a
+`RingSource`. Answers themselves are `router.answers`; placement is
+`router.ring`. It keeps no state but its copy of the ring, so any number of
+routers can run side by side. It must not hold WebSockets or publish rings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from node.protocol import Decoder, ProtocolLimits
+from router import answers
+from router.config import RouterConfig
+from router.membership import RedisRingSource, RingSource, make_ring_source
+
+log = logging.getLogger("ringcast.router")
+
+
+def respond(answer: answers.Answer) -> web.Response:
+    status, body, headers = answer
+    return web.json_response(body, status=status, headers={**answers.CORS_HEADERS, **headers})
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=answers.CORS_HEADERS)
+
+
+class RouteService:
+    def __init__(self, config: RouterConfig, source: RingSource | None = None) -> None:
+        self.config = config
+        self.source = source or make_ring_source(
+            config.redis, config.nodes, config.key_prefix, config.ring_poll_interval_s, config.redis_timeout_s
+        )
+        if self.source is None:
+            raise ValueError("the route service needs --redis or --nodes")
+        self.decoder = Decoder(ProtocolLimits(max_room_name_chars=config.max_room_name_chars))
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/route", self.handle_route)
+        app.router.add_get("/ring", self.handle_ring)
+        app.router.add_get("/healthz", self.handle_healthz)
+        app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        await self.source.start()
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        await self.source.close()
+
+    async def handle_route(self, request: web.Request) -> web.Response:
+        return respond(answers.route(self.source.ring, request.query.get("room"), self.decoder))
+
+    async def handle_ring(self, request: web.Request) -> web.Response:
+        return respond(answers.ring_view(self.source.ring))
+
+    async def handle_healthz(self, request: web.Request) -> web.Response:
+        ring = self.source.ring
+        body = {"ok": True, "epoch": ring.epoch, "members": len(ring)}
+        if isinstance(self.source, RedisRingSource):
+            body["redisReachable"] = self.source.redis_reachable
+        return respond((200, body, {}))
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT."""
+        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=self.config.listen_backlog, reuse_address=True)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("router ready on %s:%d (ring epoch %d, %d members)",
+                 self.config.host, self.config.port, self.source.ring.epoch, len(self.source.ring))
+        await stop.wait()
+        await runner.cleanup()
+        log.info("router stopped")
