@@ -259,3 +259,74 @@ class RouterProcess:
         code = stop_process(self.proc, timeout_s)
         self.proc = None
         return code
+
+
+@dataclass
+class ControlProcess:
+    """A `ringcast control` replica (the operator API and, while it holds the lease, the leader)."""
+
+    port: int
+    redis_url: str
+    admin_token: str
+    args: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen | None = None
+    log_path: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, ready_timeout_s: float = 30.0) -> "ControlProcess":
+        log = tempfile.NamedTemporaryFile(prefix="ringcast-control-", suffix=".log", delete=False)
+        self.log_path = log.name
+        cmd = [sys.executable, "-m", "ringcast_cli", "control", "--host", self.host, "--port", str(self.port),
+               "--redis", self.redis_url, *self.args]
+        env = dict(os.environ, RINGCAST_ADMIN_TOKEN=self.admin_token)  # not on the command line: ps would show it
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"ringcast control exited with {self.proc.returncode}; log:\n{self.log()}")
+            return http_json(self.url + "/healthz")[0] == 200
+        wait_until(healthy, ready_timeout_s, f"control replica on port {self.port}")
+        return self
+
+    def get(self, path: str) -> tuple[int, dict]:
+        return http_json(self.url + path)
+
+    def call(self, method: str, path: str, body: dict | None = None, token: str | None = "") -> tuple[int, dict]:
+        """One API call; `token` "" means this replica's admin token, None means no Authorization header."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        token = self.admin_token if token == "" else token
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            return exc.code, (json.loads(raw) if raw else {})
+
+    def is_leader(self) -> bool:
+        return bool(self.get("/healthz")[1].get("leader"))
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text()[-5000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL, the crash drill: no lease release, no goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        code = stop_process(self.proc, timeout_s)
+        self.proc = None
+        return code

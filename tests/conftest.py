@@ -52,3 +52,21 @@ def start_router():
     yield start
     for router in started:
         router.stop()
+
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture
+def start_control(redis_server):
+    """Start `ringcast control` replicas against the test Redis; stopped (by PID) after the test."""
+    started: list[ControlProcess] = []
+
+    def start(*args: str) -> ControlProcess:
+        control = ControlProcess(port=free_port(), redis_url=redis_server.url, admin_token=ADMIN_TOKEN, args=list(args))
+        started.append(control)
+        return control.start()
+
+    yield start
+    for control in started:
+        control.stop()

@@ -1,0 +1,223 @@
+"""The operator HTTP API (JSON): read the cluster's state, drain, undrain, rebalance.
+
+Owns the routes, their JSON shapes and error codes (docs/control.md and
+docs/openapi-control.yaml list them), bearer-token checks in constant time,
+and the follower rule: every replica answers reads from Redis; a mutation
+sent to a follower is refused with 409 NOT_LEADER naming the leader (the CLI
+follows it). It decides nothing itself: mutations go to `control.leader`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from control.config import ControlConfig
+from control.leader import Controller, NodeStillAlive, UnknownNode
+from control.lease import LeaderLease
+from control.metrics import ControlMetrics
+from control.store import ControlStore, NotLeader
+from router.ring import EmptyRing
+
+log = logging.getLogger("ringcast.control.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, code: str, message: str, **extra) -> web.Response:
+    return web.json_response({"error": code, "message": message, **extra}, status=status)
+
+
+class ControlApi:
+    def __init__(
+        self, config: ControlConfig, store: ControlStore, lease: LeaderLease, controller: Controller,
+        metrics: ControlMetrics,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.lease = lease
+        self.controller = controller
+        self.metrics = metrics
+        self.token = config.token.encode()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics_page)
+        r.add_get("/v1/nodes", self.nodes)
+        r.add_get("/v1/ring", self.ring)
+        r.add_get("/v1/rooms/{room}", self.room)
+        r.add_get("/v1/events", self.events)
+        r.add_get("/v1/rebalance", self.rebalance_progress)
+        r.add_post("/v1/nodes/{id}/drain", self._mutation(self.drain))
+        r.add_post("/v1/nodes/{id}/undrain", self._mutation(self.undrain))
+        r.add_post("/v1/rebalance", self._mutation(self.rebalance))
+        r.add_delete("/v1/nodes/{id}", self._mutation(self.forget))
+        return app
+
+    # --- cross-cutting ------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = error(exc.status, "NOT_FOUND" if exc.status == 404 else "BAD_REQUEST", exc.reason)
+        except (RedisError, OSError) as exc:
+            log.warning("Redis unavailable while serving %s: %s", route, exc)
+            response = error(503, "REDIS_UNAVAILABLE", f"the control plane cannot reach Redis: {exc}")
+        self.metrics.api_requests.labels(route, str(response.status)).inc()
+        return response
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if not self.token or scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(presented.strip().encode(), self.token)
+
+    def _mutation(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not self._authorized(request):
+                return web.json_response(
+                    {"error": "UNAUTHORIZED", "message": "send Authorization: Bearer <admin token>"},
+                    status=401, headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not self.lease.is_leader:
+                leader = await self.lease.holder()
+                if leader is None:
+                    return error(503, "NO_LEADER", "no replica holds the leader lease right now; retry shortly",
+                                 leader=None)
+                return error(409, "NOT_LEADER", f"mutations go to the leader {leader['id']} at {leader['url']}",
+                             leader=leader)
+            try:
+                return await handler(request)
+            except UnknownNode as exc:
+                return error(404, "NODE_NOT_FOUND", f"no node {exc.args[0]!r} is known to the control plane")
+            except NodeStillAlive as exc:
+                return error(409, "NODE_ALIVE", f"node {exc.args[0]!r} is still heartbeating; stop it before removing it")
+            except NotLeader:
+                return error(503, "NO_LEADER", "the leader lease was lost during the request; retry", leader=None)
+        return guarded
+
+    async def _body(self, request: web.Request) -> dict:
+        if not request.can_read_body:
+            return {}
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(reason="the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(reason="the body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _seconds(body: dict, name: str, default: float) -> float:
+        value = body.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise web.HTTPBadRequest(reason=f"{name} must be a number of seconds >= 0")
+        return float(value)
+
+    # --- reads (any replica) ------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        body = {"ok": True, "replica": self.config.name, "leader": self.lease.is_leader}
+        try:
+            body["leaderReplica"] = await self.lease.holder()
+            body["redisConnected"] = True
+        except (RedisError, OSError):
+            body["redisConnected"] = False
+        self.metrics.leader.set(1 if self.lease.is_leader else 0)
+        return web.json_response(body)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        self.metrics.leader.set(1 if self.lease.is_leader else 0)
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        snap = await self.store.snapshot()
+        rows = []
+        for node_id in sorted(set(snap.records) | set(snap.heartbeats)):
+            record = snap.records.get(node_id)
+            beat = snap.heartbeats.get(node_id, {})
+            seen = snap.seen_ms.get(node_id)
+            rows.append({
+                "id": node_id,
+                "url": record.url if record else beat.get("url"),
+                "health": record.health if record else "unknown",
+                "desired": record.desired if record else None,
+                "state": beat.get("state"),
+                "inRing": node_id in snap.ring,
+                "holdUntilMs": record.hold_until_ms if record else 0,
+                "lastSeenAgoMs": snap.now_ms - seen if seen is not None else None,
+                "connections": beat.get("connections"),
+                "rooms": beat.get("rooms"),
+                "cpuPercent": beat.get("cpuPercent"),
+                "rssBytes": beat.get("rssBytes"),
+                "pid": beat.get("pid"),
+                "steering": beat.get("steering"),
+            })
+        self.metrics.observe(snap.ring, snap.records)
+        return web.json_response({"ringEpoch": snap.ring.epoch, "nodes": rows})
+
+    async def ring(self, request: web.Request) -> web.Response:
+        return web.json_response((await self.store.ring()).to_dict())
+
+    async def room(self, request: web.Request) -> web.Response:
+        room = request.match_info["room"]
+        snap = await self.store.snapshot()
+        try:
+            owner = snap.ring.route(room).to_dict()
+        except EmptyRing:
+            owner = None
+        hosts = await self.store.room_hosts(room, sorted(snap.heartbeats))
+        return web.json_response({
+            "room": room, "ringEpoch": snap.ring.epoch, "owner": owner,
+            "hosts": [{"node": node_id, "members": count} for node_id, count in sorted(hosts.items())],
+            "members": sum(hosts.values()),
+        })
+
+    async def events(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", self.config.max_events_page))
+            since = int(request.query.get("since", 0))
+        except ValueError:
+            return error(400, "BAD_REQUEST", "limit and since are integers")
+        limit = max(1, min(limit, self.config.max_events_page))
+        return web.json_response({"events": await self.store.events(limit, since)})
+
+    async def rebalance_progress(self, request: web.Request) -> web.Response:
+        snap = await self.store.snapshot()
+        generation = await self.store.rebalance_generation()
+        nodes = []
+        for node_id, beat in sorted(snap.heartbeats.items()):
+            steering = beat.get("steering") or {}
+            if steering.get("kind") == "rebalance":
+                nodes.append({"node": node_id, **steering})
+        done = all(n["done"] for n in nodes if n["generation"] == generation)
+        return web.json_response({"generation": generation, "ringEpoch": snap.ring.epoch, "done": done, "nodes": nodes})
+
+    # --- mutations (leader only, bearer token) -------------------------------------------
+
+    async def drain(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        window_s = self._seconds(body, "windowS", self.config.drain_window_s)
+        timeout_s = self._seconds(body, "timeoutS", self.config.drain_timeout_s)
+        result = await self.controller.drain(request.match_info["id"], window_s, timeout_s)
+        return web.json_response(result, status=202)
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.controller.undrain(request.match_info["id"]), status=202)
+
+    async def rebalance(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.controller.rebalance(), status=202)
+
+    async def forget(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.controller.forget(request.match_info["id"]))

@@ -1,0 +1,182 @@
+"""`ringcast ctl`: drive the control plane's operator API from a shell.
+
+Owns the command-line client: one subcommand per API call, readable tables
+(or `--json` for scripts), and exit codes a script can rely on: 0 the call
+succeeded, 1 it failed (refused, unknown node, unreachable, no leader), 2 the
+command line was wrong. A mutation answered with 409 NOT_LEADER is sent once
+more to the leader the answer names. It uses only the HTTP API: no Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from control.config import ADMIN_TOKEN_ENV
+
+URL_ENV = "RINGCAST_CONTROL_URL"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Failed(Exception):
+    def __init__(self, message: str, body: dict | None = None) -> None:
+        super().__init__(message)
+        self.body = body
+
+
+def call(base_url: str, method: str, path: str, token: str | None, body: dict | None, timeout_s: float) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base_url.rstrip("/") + path, data=data, method=method)
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            answer = json.loads(exc.read() or b"{}")
+        except ValueError:
+            answer = {}
+        leader = answer.get("leader")
+        if exc.code == 409 and answer.get("error") == "NOT_LEADER" and leader and leader.get("url") != base_url:
+            return call(leader["url"], method, path, token, body, timeout_s)
+        raise Failed(f"HTTP {exc.code} {answer.get('error', '')}: {answer.get('message', exc.reason)}", answer) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise Failed(f"cannot reach the control plane at {base_url}: {exc}") from None
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A plain text table: header, then one line per row; None shows as '-'."""
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:.1f}"
+        return str(value)
+    grid = [[title for _, title in columns]] + [[cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
+    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in grid)
+
+
+def _progress(steering: dict | None) -> str | None:
+    if not steering:
+        return None
+    state = "done" if steering.get("done") else "running"
+    return f"{steering['kind']} {steering['steered']}/{steering['total']} {state}"
+
+
+def render(command: str, answer: dict) -> str:
+    if command == "nodes":
+        rows = []
+        for node in answer["nodes"]:
+            rss = node.get("rssBytes")
+            rows.append({**node, "rssMiB": f"{rss / 2**20:.0f}" if rss else None,
+                         "seen": f"{node['lastSeenAgoMs'] / 1000:.1f}s" if node.get("lastSeenAgoMs") is not None else None,
+                         "progress": _progress(node.get("steering"))})
+        return f"ring epoch {answer['ringEpoch']}\n" + table(rows, [
+            ("id", "NODE"), ("health", "HEALTH"), ("state", "STATE"), ("desired", "DESIRED"), ("inRing", "IN RING"),
+            ("connections", "CONNS"), ("rooms", "ROOMS"), ("cpuPercent", "CPU%"), ("rssMiB", "RSS MiB"),
+            ("seen", "SEEN"), ("progress", "STEERING"), ("url", "URL"),
+        ])
+    if command == "ring":
+        return f"ring epoch {answer['epoch']}, {len(answer['members'])} members\n" + table(
+            answer["members"], [("id", "NODE"), ("weight", "WEIGHT"), ("url", "URL")])
+    if command == "room":
+        owner = answer.get("owner") or {}
+        head = f"room {answer['room']}: owner {owner.get('id', '-')} ({owner.get('url', '-')}), ring epoch " \
+               f"{answer['ringEpoch']}, {answer['members']} members"
+        return head + "\n" + table(answer["hosts"], [("node", "HOSTED ON"), ("members", "MEMBERS")])
+    if command == "events":
+        rows = [{**e, "detail": json.dumps(e.get("detail"), separators=(",", ":"))} for e in answer["events"]]
+        return table(rows, [("seq", "SEQ"), ("ts", "TIME"), ("kind", "KIND"), ("node", "NODE"), ("detail", "DETAIL")])
+    return "\n".join(f"{key}: {value}" for key, value in answer.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringcast ctl",
+        description="Operate the ringcast control plane. Exit codes: 0 ok, 1 the call failed, 2 usage error.",
+    )
+    parser.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8600"),
+                        help=f"control API base URL (env {URL_ENV}; default http://127.0.0.1:8600)")
+    parser.add_argument("--token", default=os.environ.get(ADMIN_TOKEN_ENV),
+                        help=f"admin token for mutations (env {ADMIN_TOKEN_ENV})")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer instead of a table")
+    parser.add_argument("--timeout-s", type=float, default=10.0, help="HTTP timeout in seconds (default 10)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("nodes", help="list workers: health, state, ring membership, load")
+    sub.add_parser("ring", help="show the current ring and its epoch")
+    room = sub.add_parser("room", help="where a room lives: owner, hosting workers, member counts")
+    room.add_argument("room")
+    drain = sub.add_parser("drain", help="drain a worker: it leaves the ring and steers its clients away")
+    drain.add_argument("id")
+    drain.add_argument("--window-s", type=float, default=None, help="spread reconnect notices over this window")
+    drain.add_argument("--timeout-s", dest="drain_timeout_s", type=float, default=None, help="drain deadline")
+    drain.add_argument("--wait", action="store_true", help="wait until the worker reports drained")
+    undrain = sub.add_parser("undrain", help="return a drained worker to service")
+    undrain.add_argument("id")
+    sub.add_parser("rebalance", help="steer clients of rooms whose owner changed to their owner")
+    sub.add_parser("events", help="recent membership changes, drains, rebalances").add_argument(
+        "--limit", type=int, default=50)
+    remove = sub.add_parser("remove", help="forget a dead worker (DELETE /v1/nodes/ID)")
+    remove.add_argument("id")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    c = args.command
+    get = lambda path: call(args.url, "GET", path, None, None, args.timeout_s)  # noqa: E731
+    post = lambda path, body=None: call(args.url, "POST", path, args.token, body, args.timeout_s)  # noqa: E731
+    quote = urllib.request.quote
+    if c == "nodes":
+        return get("/v1/nodes")
+    if c == "ring":
+        return get("/v1/ring")
+    if c == "room":
+        return get(f"/v1/rooms/{quote(args.room, safe='')}")
+    if c == "events":
+        return get(f"/v1/events?limit={args.limit}")
+    if c == "drain":
+        body = {k: v for k, v in (("windowS", args.window_s), ("timeoutS", args.drain_timeout_s)) if v is not None}
+        answer = post(f"/v1/nodes/{quote(args.id, safe='')}/drain", body)
+        if args.wait:
+            deadline = time.monotonic() + (args.drain_timeout_s or 600) + 10
+            while time.monotonic() < deadline:
+                nodes = {n["id"]: n for n in get("/v1/nodes")["nodes"]}
+                if nodes.get(args.id, {}).get("state") == "drained":
+                    return {**answer, "state": "drained"}
+                time.sleep(0.5)
+            raise Failed(f"{args.id} did not report drained in time")
+        return answer
+    if c == "undrain":
+        return post(f"/v1/nodes/{quote(args.id, safe='')}/undrain")
+    if c == "rebalance":
+        return post("/v1/rebalance")
+    if c == "remove":
+        return call(args.url, "DELETE", f"/v1/nodes/{quote(args.id, safe='')}", args.token, None, args.timeout_s)
+    raise AssertionError(c)
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    try:
+        answer = run(args)
+    except Failed as exc:
+        print(f"ringcast ctl {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(answer, indent=2) if args.json else render(args.command, answer))
+    return EXIT_OK

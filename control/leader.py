@@ -1,0 +1,164 @@
+"""The leader's work: keep the ring true, and carry out operator mutations.
+
+Owns the leader's loop (each tick: read a snapshot, let the detector judge
+it, write back changed membership records and events, publish a new ring
+epoch when the members changed, and start an automatic rebalance when a
+worker joined) and the mutations the API forwards to it: drain, undrain,
+rebalance, forget a node. One lock serialises ticks and mutations, so they
+never interleave their reads and writes. Only the lease holder runs any of
+it; a follower only serves reads. It does no HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from control.config import ControlConfig
+from control.detector import Assessment, MemberRecord, assess
+from control.keys import ACTIVE, ALIVE, DRAINING
+from control.lease import LeaderLease
+from control.metrics import ControlMetrics
+from control.store import ControlStore, NotLeader, Snapshot
+from router.ring import Ring
+
+log = logging.getLogger("ringcast.control.leader")
+
+
+class UnknownNode(LookupError):
+    pass
+
+
+class NodeStillAlive(RuntimeError):
+    pass
+
+
+class Controller:
+    def __init__(self, config: ControlConfig, store: ControlStore, lease: LeaderLease, metrics: ControlMetrics) -> None:
+        self.config = config
+        self.store = store
+        self.lease = lease
+        self.metrics = metrics
+        self.lock = asyncio.Lock()
+
+    # --- the loop -----------------------------------------------------------------
+
+    async def tick(self) -> Ring:
+        async with self.lock:
+            return await self._tick_locked()
+
+    async def _tick_locked(self, snapshot: Snapshot | None = None) -> Ring:
+        if not self.lease.is_leader:
+            raise NotLeader("not the lease holder")
+        snap = snapshot or await self.store.snapshot()
+        verdict: Assessment = assess(
+            snap.records, snap.heartbeats, snap.seen_ms, snap.now_ms,
+            int(self.config.dead_after_s * 1000), int(self.config.rejoin_hold_down_s * 1000),
+        )
+        await self.store.write_records([verdict.records[i] for i in verdict.changed])
+        generation = None
+        for kind, node, detail in verdict.events:
+            log.info("node %s %s %s", node, kind, detail)
+            if kind == "dead":
+                self.metrics.declared_dead.inc()
+            await self.store.add_event(kind, node, detail)
+            if kind in ("joined", "returned"):
+                # Give it a command to start from, so the next rebalance generation is news to it.
+                generation = await self.store.rebalance_generation() if generation is None else generation
+                command = await self.store.command(node)
+                command.setdefault("version", 0)
+                command.setdefault("state", verdict.records[node].desired)
+                command.setdefault("rebalance", generation)
+                await self.store.set_command(node, command)
+        ring = snap.ring.with_members(verdict.ring_members)
+        if ring is not snap.ring:
+            await self.store.publish_ring(ring, self.lease.value)
+            added = sorted(set(ring.members) - set(snap.ring.members))
+            removed = sorted(set(snap.ring.members) - set(ring.members))
+            self.metrics.ring_publications.inc()
+            log.info("ring epoch %d: +%s -%s", ring.epoch, added, removed)
+            await self.store.add_event("ring", None, {"epoch": ring.epoch, "added": added, "removed": removed,
+                                                      "members": sorted(ring.members)})
+            if added and self.config.auto_rebalance and len(snap.ring):
+                await self._rebalance_locked(ring, verdict.records, reason="join")
+        self.metrics.observe(ring, verdict.records)
+        return ring
+
+    async def run(self) -> None:
+        while True:
+            if self.lease.is_leader:
+                try:
+                    await self.tick()
+                except NotLeader:
+                    pass
+                except Exception:  # Redis down or a bug: log, keep the loop alive, try again next tick
+                    log.exception("leader tick failed")
+            await asyncio.sleep(self.config.tick_interval_s)
+
+    # --- mutations ----------------------------------------------------------------
+
+    async def _record(self, node_id: str) -> tuple[Snapshot, MemberRecord]:
+        snap = await self.store.snapshot()
+        record = snap.records.get(node_id)
+        if record is None:
+            raise UnknownNode(node_id)
+        return snap, record
+
+    async def drain(self, node_id: str, window_s: float, timeout_s: float) -> dict:
+        async with self.lock:
+            snap, record = await self._record(node_id)
+            record.desired = DRAINING
+            await self.store.write_records([record])
+            snap.records[node_id] = record
+            ring = await self._tick_locked(snap)
+            command = await self.store.command(node_id)
+            command.update(state=DRAINING, version=int(command.get("version", 0)) + 1, drainWindowS=window_s,
+                           drainTimeoutS=timeout_s, ringEpoch=ring.epoch)
+            await self.store.set_command(node_id, command)
+            await self.store.add_event("drain", node_id, {"windowS": window_s, "timeoutS": timeout_s, "epoch": ring.epoch})
+            return {"node": node_id, "desired": DRAINING, "ringEpoch": ring.epoch, "windowS": window_s, "timeoutS": timeout_s}
+
+    async def undrain(self, node_id: str) -> dict:
+        async with self.lock:
+            snap, record = await self._record(node_id)
+            record.desired = ACTIVE
+            await self.store.write_records([record])
+            command = await self.store.command(node_id)
+            command.update(state=ACTIVE, version=int(command.get("version", 0)) + 1)
+            await self.store.set_command(node_id, command)
+            await self.store.add_event("undrain", node_id, {})
+            snap.records[node_id] = record
+            # It rejoins the ring once its heartbeat reports it accepting again (next tick after that).
+            ring = await self._tick_locked(snap)
+            return {"node": node_id, "desired": ACTIVE, "ringEpoch": ring.epoch}
+
+    async def rebalance(self) -> dict:
+        async with self.lock:
+            ring = await self._tick_locked()
+            snap = await self.store.snapshot()
+            return await self._rebalance_locked(ring, snap.records, reason="operator")
+
+    async def _rebalance_locked(self, ring: Ring, records: dict[str, MemberRecord], reason: str) -> dict:
+        generation = await self.store.next_rebalance_generation()
+        nodes = sorted(node_id for node_id, record in records.items() if record.health == ALIVE)
+        for node_id in nodes:
+            command = await self.store.command(node_id)
+            command.update(rebalance=generation, ringEpoch=ring.epoch, rebalanceWindowS=self.config.drain_window_s)
+            command.setdefault("version", 0)
+            command.setdefault("state", records[node_id].desired)
+            await self.store.set_command(node_id, command)
+        self.metrics.rebalances.inc()
+        await self.store.add_event("rebalance", None, {"generation": generation, "epoch": ring.epoch,
+                                                       "reason": reason, "nodes": nodes})
+        return {"generation": generation, "ringEpoch": ring.epoch, "nodes": nodes, "reason": reason}
+
+    async def forget(self, node_id: str) -> dict:
+        async with self.lock:
+            snap, record = await self._record(node_id)
+            seen = snap.seen_ms.get(node_id)
+            if seen is not None and snap.now_ms - seen <= self.config.dead_after_s * 1000:
+                raise NodeStillAlive(node_id)
+            await self.store.forget_node(node_id)
+            await self.store.add_event("removed", node_id, {})
+            ring = await self._tick_locked()
+            return {"node": node_id, "removed": True, "ringEpoch": ring.epoch}

@@ -1,0 +1,83 @@
+"""One control replica: wires Redis, the lease, the leader loop and the API, and runs them.
+
+Owns the replica's lifetime: start the API (every replica serves reads), keep
+refreshing the leader lease, run the leader loop while holding it, and on
+SIGTERM/SIGINT stop serving and release the lease so a follower takes over
+at once instead of after the lease runs out. It holds no state of its own:
+everything is in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from control.api import ControlApi
+from control.config import ControlConfig
+from control.keys import Keys
+from control.leader import Controller
+from control.lease import LeaderLease
+from control.metrics import ControlMetrics
+from control.store import ControlStore
+
+log = logging.getLogger("ringcast.control")
+
+
+class ControlService:
+    def __init__(self, config: ControlConfig) -> None:
+        self.config = config
+        self.keys = Keys(config.key_prefix)
+        self.redis = aioredis.Redis.from_url(
+            config.redis, socket_timeout=config.redis_timeout_s, socket_connect_timeout=config.redis_timeout_s
+        )
+        self.metrics = ControlMetrics(config.name)
+        self.store = ControlStore(self.redis, self.keys, config.max_events)
+        self.lease = LeaderLease(self.redis, self.keys.leader, config.name, config.url, config.lease_s)
+        self.controller = Controller(config, self.store, self.lease, self.metrics)
+        self.api = ControlApi(config, self.store, self.lease, self.controller, self.metrics)
+        self._stop = asyncio.Event()
+
+    async def _keep_lease(self) -> None:
+        was_leader = False
+        while True:
+            leading = await self.lease.refresh()
+            self.metrics.leader.set(1 if leading else 0)
+            if leading and not was_leader:
+                log.info("replica %s leads", self.config.name)
+                try:
+                    await self.store.add_event("leader", None, {"replica": self.config.name, "url": self.config.url})
+                except Exception:  # noqa: BLE001 - the event log is best effort; leading is not
+                    log.warning("could not log the leadership event")
+            elif was_leader and not leading:
+                log.warning("replica %s no longer leads", self.config.name)
+            was_leader = leading
+            await asyncio.sleep(self.config.lease_renew_interval_s)
+
+    async def run(self) -> int:
+        if not self.config.token:
+            log.warning("no admin token set: every mutation will be refused (set --admin-token or RINGCAST_ADMIN_TOKEN)")
+        runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        tasks = [
+            asyncio.create_task(self._keep_lease(), name="lease"),
+            asyncio.create_task(self.controller.run(), name="leader-loop"),
+        ]
+        log.info("control replica %s serving on %s", self.config.name, self.config.url)
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.lease.release()
+        await runner.cleanup()
+        await self.redis.aclose()
+        log.info("control replica %s stopped", self.config.name)
+        return 0
