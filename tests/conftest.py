@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.cluster import NodeProcess, RedisServer, RouterProcess, free_port, free_port_range
+from chaos.cluster import ControlProcess, NodeProcess, RedisServer, RouterProcess, free_port, free_port_range
 
 
 @pytest.fixture
