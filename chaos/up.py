@@ -1,8 +1,8 @@
 """`ringcast up`: a whole local cluster in one command, in the foreground.
 
 Owns starting, for a developer's machine, a redis-server on loopback (unless
---redis points at one) and the cluster's services, printing where they
-listen, and stopping every process it started (by PID) on Ctrl-C/SIGTERM.
+--redis points at one) and the cluster's services (node workers and a route
+service), printing where they listen, and stopping every process it started (by PID) on Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from chaos.cluster import NodeProcess, RedisServer
+from chaos.cluster import NodeProcess, RedisServer, RouterProcess
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="node worker processes (default: 2)")
     parser.add_argument("--redis-port", type=int, default=6379, help="port of the redis-server it starts (default: 6379)")
     parser.add_argument("--redis", default=None, help="use this Redis URL instead of starting a redis-server")
+    parser.add_argument("--router-port", type=int, default=8800, help="port of the route service (default: 8800)")
     return parser
 
 
@@ -38,13 +39,20 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     redis = None
     node = None
+    router = None
     try:
         redis_url = args.redis
         if redis_url is None:
             redis = RedisServer(port=args.redis_port, host=args.host).start()
             redis_url = redis.url
             print(f"redis     {redis_url} (pid {redis.proc.pid})", flush=True)
-        node = NodeProcess(port=args.port, workers=args.workers, host=args.host, args=["--redis", redis_url]).start()
+        # The static ring of these workers places rooms until a control plane publishes one.
+        nodes = ",".join(f"{args.host}:{args.port + i}" for i in range(args.workers))
+        node = NodeProcess(
+            port=args.port, workers=args.workers, host=args.host, args=["--redis", redis_url, "--nodes", nodes]
+        ).start()
+        router = RouterProcess(port=args.router_port, host=args.host, args=["--redis", redis_url, "--nodes", nodes]).start()
+        print(f"router    {router.url('/route?room=general')}", flush=True)
         for index in range(args.workers):
             print(f"worker {index}  {node.ws_url(index)}  metrics {node.http_url(index, '/metrics')}", flush=True)
         print(f"node log  {node.log_path}", flush=True)
@@ -55,6 +63,8 @@ def main(argv: list[str]) -> int:
                 return 1
         return 0
     finally:
+        if router is not None:
+            router.stop()
         if node is not None:
             node.stop()
         if redis is not None:
