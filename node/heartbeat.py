@@ -53,7 +53,7 @@ return {now, redis.call('GET', KEYS[4])}
 """
 
 RING_WAIT_S = 5.0  # longest a drain/rebalance waits for the ring epoch its command names
-RING_RETRY_S = 0.1
+RING_RETRY_S = 0.05
 
 
 class HeartbeatReporter:
@@ -173,18 +173,17 @@ class HeartbeatReporter:
         self.task = None
 
     async def _ring_at_least(self, epoch: int) -> Ring | None:
-        """The published ring once its epoch reaches `epoch` (None if it never does in RING_WAIT_S)."""
+        """The worker's ring (placement's copy, polled from Redis) once its epoch reaches `epoch`.
+
+        None if it does not get there within RING_WAIT_S: the clients are then told
+        to ask the router instead of being sent to a stale owner.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RING_WAIT_S
         while True:
-            try:
-                raw = await self.redis.get(self.keys.ring)
-                if raw:
-                    ring = Ring.from_json(raw)
-                    if ring.epoch >= epoch:
-                        return ring
-            except (RedisError, OSError, ValueError) as exc:
-                log.warning("cannot read the ring: %s", exc)
+            ring = self.worker.placement.ring
+            if ring.epoch >= epoch and len(ring):
+                return ring
             if loop.time() >= deadline:
                 return None
             await asyncio.sleep(RING_RETRY_S)

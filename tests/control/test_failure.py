@@ -1,0 +1,48 @@
+"""A worker killed with SIGKILL leaves the ring; routing and its clients follow."""
+
+import os
+import signal
+
+from chaos.cluster import http_json, wait_until
+from chaos.fleet import Fleet
+from tests.control.helpers import node_view, ring_of, route_via, wait_ring
+
+
+async def test_sigkilled_worker_leaves_the_ring_and_its_clients_land_on_the_new_owner(
+    start_node, start_control, start_router, redis_server
+):
+    control = start_control()
+    # A long restart backoff keeps the killed worker dead for the whole test.
+    node = start_node(2, "--restart-backoff-base-s", "60")
+    before = wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
+    router = start_router("--redis", redis_server.url)
+    survivor, victim = f"127.0.0.1:{node.port}", f"127.0.0.1:{node.port + 1}"
+    rooms = [f"failover-{i}" for i in range(40)]
+    victim_rooms = [room for room in rooms if before.owner_id(room) == victim]
+    assert victim_rooms and len(victim_rooms) < len(rooms)
+
+    fleet = Fleet(rooms, lambda room: before.route(room).url, route_via(router.url()))
+    await fleet.start()
+    try:
+        await fleet.wait(fleet.all_joined, 20, "every client joined on its room's owner")
+        os.kill(node.worker_pid(1), signal.SIGKILL)
+
+        after = wait_ring(control, lambda r: victim not in r, "the killed worker to leave the ring")
+        assert after.epoch > before.epoch and list(after.members) == [survivor]
+        assert node_view(control, victim)["health"] == "dead"
+        events = control.get("/v1/events")[1]["events"]
+        assert any(e["kind"] == "dead" and e["node"] == victim for e in events)
+
+        for room in victim_rooms:
+            wait_until(lambda: http_json(router.url(f"/route?room={room}"))[1].get("node") == survivor, 10,
+                       f"the route service to answer the new owner of {room}")
+
+        def moved_and_rejoined() -> bool:
+            return fleet.all_joined() and all(c.worker == survivor for c in fleet.clients)
+        await fleet.wait(moved_and_rejoined, 30, "every client of the dead worker connected again on the survivor")
+        for client in fleet.clients:
+            assert client.errors == []
+            assert client.unexpected_closes == (1 if client.room in victim_rooms else 0)
+    finally:
+        await fleet.stop()
+    assert ring_of(control).epoch == after.epoch  # nothing flapped afterwards
