@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 
+import orjson
 from aiohttp import web
 
 from node.protocol import Decoder, ProtocolLimits
@@ -25,7 +26,10 @@ log = logging.getLogger("ringcast.router")
 
 def respond(answer: answers.Answer) -> web.Response:
     status, body, headers = answer
-    return web.json_response(body, status=status, headers={**answers.CORS_HEADERS, **headers})
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json",
+        headers={**answers.CORS_HEADERS, **headers},
+    )
 
 
 async def preflight(request: web.Request) -> web.Response:
