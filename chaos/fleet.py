@@ -39,6 +39,7 @@ class FleetClient:
     errors: list[dict] = field(default_factory=list)  # error frames received
     refused: list[str] = field(default_factory=list)  # failed connection attempts
     unexpected_closes: int = 0  # sockets that closed without a reconnect notice first
+    resolves: int = 0  # times it had to ask `resolve` where its room lives
     workers_seen: list[str] = field(default_factory=list)
 
 
@@ -133,6 +134,7 @@ class Fleet:
                 client.url = await self._resolve(client)
 
     async def _resolve(self, client: FleetClient) -> str:
+        client.resolves += 1
         try:
             return await self.resolve(client.room)
         except Exception:  # noqa: BLE001 - the route may be briefly unknown; retry the old URL
