@@ -201,7 +201,9 @@ class ControlApi:
             steering = beat.get("steering") or {}
             if steering.get("kind") == "rebalance":
                 nodes.append({"node": node_id, **steering})
-        done = all(n["done"] for n in nodes if n["generation"] == generation)
+        current = [n for n in nodes if n["generation"] == generation]
+        # Done once a worker has reported this generation and none still runs it.
+        done = bool(current) and all(n["done"] for n in current)
         return web.json_response({"generation": generation, "ringEpoch": snap.ring.epoch, "done": done, "nodes": nodes})
 
     # --- mutations (leader only, bearer token) -------------------------------------------
