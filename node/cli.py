@@ -9,11 +9,14 @@ an in-process bus.
 from __future__ import annotations
 
 import asyncio
+import os
 
 from node import settings
 from node.config import NodeConfig
 from node.logs import setup_logging
 from node.supervisor import Supervisor
+
+SECRETS_ENV = "RINGCAST_JWT_SECRETS"
 
 DESCRIPTION = """\
 Run an edge node: a supervisor and --workers worker processes. Worker i
@@ -24,6 +27,12 @@ host:port. Each worker serves GET /ws (WebSocket), /healthz, /readyz and
 
 
 def main(argv: list[str]) -> int:
-    config = settings.load(NodeConfig, argv, prog="ringcast node", description=DESCRIPTION, section="node")
+    # The documented name of the signing keys' variable is plural (it holds a list).
+    environ = dict(os.environ)
+    if SECRETS_ENV in environ:
+        environ.setdefault(settings.env_name("jwt_secret"), environ[SECRETS_ENV])
+    config = settings.load(
+        NodeConfig, argv, prog="ringcast node", description=DESCRIPTION, section="node", environ=environ
+    )
     setup_logging(config.log_level, component="supervisor")
     return asyncio.run(Supervisor(config).run())

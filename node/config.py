@@ -12,6 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from node.auth import parse_secrets
 from node.history import HistoryPolicy, HistoryRules
 from node.settings import SettingsError, setting
 from router.membership import parse_nodes
@@ -48,6 +49,19 @@ class NodeConfig:
     max_outbound_bytes: int = setting(512 * 1024, "per-connection bytes queued for a slow reader; past it close 1013 (slow consumer)")
     socket_send_buffer_bytes: int = setting(128 * 1024, "SO_SNDBUF per client socket (kernel doubles it); 0 keeps the kernel's autotuning")
     listen_backlog: int = setting(4096, "TCP accept backlog of each worker's listening socket")
+
+    # --- security (node.auth, node.admission; docs/security.md) ------------
+    auth: str = setting("auto", "connection tokens: required, off, or auto (required once a --jwt-secret is set; off warns loudly)", choices=("auto", "required", "off"))
+    jwt_secret: list[str] = setting([], "HS256 token key KID=SECRET (>= 32 bytes), repeatable for rotation; env RINGCAST_JWT_SECRETS, comma-separated")
+    jwt_leeway_s: float = setting(0.0, "clock skew tolerated on a token's exp/nbf, in seconds")
+    allowed_origins: list[str] = setting([], "browser Origins (exact or glob, e.g. https://*.example.com) that may upgrade, repeatable; empty: any Origin")
+    accept_rate_per_s: float = setting(1_000.0, "new WebSockets per second one worker admits (token bucket refill); past it HTTP 503 + Retry-After")
+    accept_burst: int = setting(2_000, "new WebSockets one worker admits at once before accept_rate_per_s applies")
+    handshake_timeout_s: float = setting(10.0, "seconds from TCP accept to a complete upgrade request (slowloris); also the idle timeout of plain HTTP keep-alive")
+    max_http_header_bytes: int = setting(8190, "longest request line and longest header line of an upgrade request; past it HTTP 400")
+    user_message_rate_per_s: float = setting(200.0, "sustained frames per second of one token's `sub` over all its connections on a worker")
+    user_message_burst: int = setting(400, "per-user token bucket size")
+    max_idle_user_buckets: int = setting(10_000, "per-user buckets kept after a user's last connection closes (LRU), so a reconnect does not refill them")
 
     # --- liveness -------------------------------------------------------
     heartbeat_interval_s: float = setting(30.0, "seconds between server pings to each client")
@@ -96,6 +110,8 @@ class NodeConfig:
             "bus_reconnect_base_s", "bus_reconnect_cap_s", "room_state_ttl_s", "shutdown_timeout_s",
             "restart_backoff_base_s", "restart_backoff_cap_s", "ready_timeout_s", "listen_backlog",
             "max_history_page", "max_join_buffer_messages", "heartbeat_max_rooms_reported", "steer_max_rate_per_s",
+            "accept_rate_per_s", "accept_burst", "handshake_timeout_s", "max_http_header_bytes",
+            "user_message_rate_per_s", "user_message_burst", "max_idle_user_buckets",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -119,9 +135,24 @@ class NodeConfig:
         if self.ring_poll_interval_s <= 0:
             raise SettingsError(f"ring_poll_interval_s must be > 0, got {self.ring_poll_interval_s!r}")
         try:
+            parse_secrets(self.jwt_secret)
+        except ValueError as exc:
+            raise SettingsError(f"jwt_secret: {exc}") from None
+        if self.auth == "required" and not self.jwt_secret:
+            raise SettingsError("--auth required needs at least one --jwt-secret KID=SECRET (or RINGCAST_JWT_SECRETS)")
+        if self.jwt_leeway_s < 0:
+            raise SettingsError("jwt_leeway_s must be >= 0")
+        try:
             parse_nodes(self.nodes)
         except ValueError as exc:
             raise SettingsError(f"nodes: {exc}") from None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "required" or (self.auth == "auto" and bool(self.jwt_secret))
+
+    def token_keys(self) -> dict[str, bytes]:
+        return parse_secrets(self.jwt_secret)
 
     def history_rules(self) -> HistoryRules:
         return HistoryRules(HistoryPolicy(self.history_size, self.history_ttl_s), list(self.history_rule))

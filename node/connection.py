@@ -1,7 +1,7 @@
 """One client connection's state on a worker.
 
 Owns what the worker remembers per socket: its id, codec, transport, joined
-rooms, rate-limit bucket, heartbeat timestamps and queued outbound frames.
+rooms, rate-limit buckets, verified identity, heartbeat timestamps and queued outbound frames.
 It is deliberately small (`__slots__`, no per-connection tasks or timers):
 idle memory per connection is a product number. It does no I/O itself; the
 outbox writes its frames and the worker reads its socket.
@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from node import frames, protocol
+from node.auth import Identity
 from node.ratelimit import TokenBucket
 
 
@@ -22,6 +23,7 @@ class Connection:
     __slots__ = (
         "id", "codec", "binary", "ws", "transport", "ip", "rooms", "bucket", "rejections",
         "pending", "closed", "ping_sent_at", "last_ping_at", "close_reason",
+        "identity", "user_bucket",
     )
 
     def __init__(
@@ -49,6 +51,8 @@ class Connection:
         self.ping_sent_at: float | None = None  # a ping is outstanding since then
         self.last_ping_at = now
         self.close_reason = "client"
+        self.identity: Identity | None = None  # the verified token's holder; None when auth is off
+        self.user_bucket: TokenBucket | None = None  # shared by this user's connections on the worker
 
     def frame(self, server_frame: dict[str, Any]) -> bytes:
         """Encode one server frame for this connection's codec, WebSocket header included."""

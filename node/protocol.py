@@ -51,6 +51,7 @@ class ErrorCode(str, enum.Enum):
     RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"  # token bucket empty; see retryAfter
     BUS_UNAVAILABLE = "BUS_UNAVAILABLE"  # Redis cannot be reached; nothing was published; retry later
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a server bug; logged with the connection id
+    FORBIDDEN = "FORBIDDEN"  # join/history/publish outside the connection token's `rooms`/`publish` scope
 
 
 class CloseCode(enum.IntEnum):
@@ -58,7 +59,9 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000  # the client asked to close
     GOING_AWAY = 1001  # the worker is shutting down or draining; reconnect (see the reconnect frame)
-    POLICY_VIOLATION = 1008  # sustained flooding past the rate limit
+    PROTOCOL_ERROR = 1002  # a malformed WebSocket frame (RSV bits, bad opcode, unmasked, bad control frame); sent by aiohttp's reader
+    INVALID_PAYLOAD = 1007  # a text frame (or close reason) that is not valid UTF-8; sent by aiohttp's reader
+    POLICY_VIOLATION = 1008  # sustained flooding past the rate limit (per connection or per user)
     MESSAGE_TOO_BIG = 1009  # a frame larger than max_frame_bytes
     INTERNAL_ERROR = 1011  # a server bug
     TRY_AGAIN_LATER = 1013  # worker full (max_connections) or slow consumer (max_outbound_bytes)

@@ -1,9 +1,12 @@
-"""Token buckets: the per-connection message-rate limit. No I/O, no clock.
+"""Token buckets: the message-rate limits. No I/O, no clock.
 
-Owns the arithmetic only; callers pass the current monotonic time in seconds.
+Owns the arithmetic only (per connection, and per user across a user's connections);
+callers pass the current monotonic time in seconds.
 """
 
 from __future__ import annotations
+
+import collections
 
 
 class TokenBucket:
@@ -28,3 +31,44 @@ class TokenBucket:
             return 0.0
         self.tokens = tokens
         return (1.0 - tokens) / self.rate_per_s
+
+
+class UserBuckets:
+    """Per-user token buckets shared by all of a user's connections on one worker.
+
+    Bounded: a user with open connections keeps its bucket (so it is bounded by
+    the worker's connections); once its last connection closes the bucket
+    waits in an idle LRU of `max_idle_users` entries, so a quick reconnect
+    does not refill it, and the least recently used idle bucket is evicted.
+    """
+
+    __slots__ = ("rate_per_s", "burst", "max_idle_users", "live", "idle")
+
+    def __init__(self, rate_per_s: float, burst: int, max_idle_users: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_idle_users = max_idle_users
+        self.live: dict[str, list] = {}  # user -> [bucket, open connections]
+        self.idle: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+
+    def acquire(self, user: str, now: float) -> TokenBucket:
+        entry = self.live.get(user)
+        if entry is None:
+            bucket = self.idle.pop(user, None) or TokenBucket(self.rate_per_s, self.burst, now)
+            entry = self.live[user] = [bucket, 0]
+        entry[1] += 1
+        return entry[0]
+
+    def release(self, user: str) -> None:
+        entry = self.live.get(user)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self.live[user]
+            self.idle[user] = entry[0]
+            while len(self.idle) > self.max_idle_users:
+                self.idle.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self.live) + len(self.idle)

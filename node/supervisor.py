@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from node.config import NodeConfig
-from node.worker import RESTARTS_ENV, config_to_json
+from node.worker import RESTARTS_ENV, config_to_json, secrets_env
 
 log = logging.getLogger("ringcast.supervisor")
 
@@ -43,7 +43,7 @@ class Supervisor:
         self._stopped = asyncio.Event()
 
     async def _spawn(self, slot: WorkerSlot) -> None:
-        env = dict(os.environ, **{RESTARTS_ENV: str(slot.restarts)})
+        env = dict(os.environ, **{RESTARTS_ENV: str(slot.restarts)}, **secrets_env(slot.config))
         slot.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "node.worker", config_to_json(slot.config), env=env,
         )

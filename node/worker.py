@@ -12,7 +12,6 @@ Run by the supervisor as `python -m node.worker CONFIG_JSON`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import json
 import logging
@@ -28,6 +27,8 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node import envelope, frames, protocol, steering
+from node.admission import Admission, Refusal
+from node.auth import Identity, TokenVerifier
 from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable
 from node.bus_memory import MemoryBus
 from node.bus_redis import RedisBus, RedisBusSettings
@@ -40,7 +41,7 @@ from node.logs import setup_logging
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.placement import Placement
-from node.ratelimit import TokenBucket
+from node.ratelimit import TokenBucket, UserBuckets
 
 log = logging.getLogger("ringcast.worker")
 
@@ -49,6 +50,7 @@ DRAINING = "draining"
 SHUTTING_DOWN = "shutting_down"
 
 RESTARTS_ENV = "RINGCAST_WORKER_RESTARTS"  # set by the supervisor for each (re)start
+SECRETS_ENV = "RINGCAST_WORKER_JWT_SECRETS"  # the supervisor hands the signing keys over here, not in argv
 SWEEP_INTERVAL_S = 1.0  # heartbeat/sampling sweep period; per-connection timers would cost memory
 
 
@@ -88,7 +90,15 @@ class Worker:
         self.placement = Placement(config, self.decoder)
         self.state = ACTIVE
         self.connections: dict[str, Connection] = {}
-        self.connections_per_ip: collections.Counter[str] = collections.Counter()
+        self.admission = Admission(
+            allowed_origins=tuple(config.allowed_origins),
+            max_connections_per_ip=config.max_connections_per_ip,
+            accept_rate_per_s=config.accept_rate_per_s,
+            accept_burst=config.accept_burst,
+            verifier=TokenVerifier(config.token_keys(), config.jwt_leeway_s) if config.auth_enabled else None,
+            now=time.monotonic(),
+        )
+        self.user_buckets = UserBuckets(config.user_message_rate_per_s, config.user_message_burst, config.max_idle_user_buckets)
         self.outbox: Outbox | None = None
         self.hub: Hub | None = None
         self._background: list[asyncio.Task] = []
@@ -131,6 +141,11 @@ class Worker:
             self.heartbeat = HeartbeatReporter(self)
             self._background.append(asyncio.create_task(self.heartbeat.run(), name="control-heartbeat"))
         log.info("worker %s ready on %s:%d (bus=%s)", self.worker_id, self.config.host, self.config.port, self.config.bus)
+        if self.admission.verifier is None:
+            log.warning(
+                "AUTH IS OFF on worker %s: anyone who reaches this port may join and publish to any room; "
+                "set --jwt-secret KID=SECRET (or --auth required) in production (docs/security.md)", self.worker_id,
+            )
 
     async def _on_cleanup(self, app: web.Application) -> None:
         for task in self._background:
@@ -161,20 +176,23 @@ class Worker:
 
     # --- admission --------------------------------------------------------------
 
-    def _refuse(self, status: int, reason: str, text: str, retry_after_s: int) -> web.Response:
+    def _refuse(self, status: int, reason: str, text: str, retry_after_s: int | None) -> web.Response:
         self.metrics.connections_rejected.labels(reason).inc()
-        return web.json_response(
-            {"error": reason, "message": text}, status=status, headers={"Retry-After": str(retry_after_s)}
-        )
+        headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="ringcast"'
+        return web.json_response({"error": reason, "message": text}, status=status, headers=headers)
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         if self.state != ACTIVE:
             return self._refuse(503, "NOT_ACCEPTING", f"worker is {self.state}; ask the router for another", 1)
         ip = request.remote or "unknown"
-        if self.connections_per_ip[ip] >= self.config.max_connections_per_ip:
-            return self._refuse(
-                429, "TOO_MANY_CONNECTIONS_FROM_IP", f"at most {self.config.max_connections_per_ip} connections per IP", 5
-            )
+        decision = self.admission.check(
+            ip=ip, origin=request.headers.get("Origin"), authorization=request.headers.get("Authorization"),
+            query_token=request.query.get("token"), now_monotonic=time.monotonic(), now_unix=time.time(),
+        )
+        if isinstance(decision, Refusal):
+            return self._refuse(decision.status, decision.code, decision.message, decision.retry_after_s)
         transport = request.transport
         if transport is None:
             return web.Response(status=400)
@@ -185,18 +203,16 @@ class Worker:
             autoping=False,  # pings and pongs are handled here, cheaply, with pre-built frames
             heartbeat=None,  # one sweep for all connections instead of a timer each
         )
-        self.connections_per_ip[ip] += 1
+        self.admission.opened(ip)
         try:
             await ws.prepare(request)
             if len(self.connections) >= self.config.max_connections:
                 self.metrics.connections_rejected.labels("WORKER_FULL").inc()
                 await ws.close(code=protocol.CloseCode.TRY_AGAIN_LATER, message=b"worker full")
                 return ws
-            await self._serve(ws, transport, ip)
+            await self._serve(ws, transport, ip, decision.identity)
         finally:
-            self.connections_per_ip[ip] -= 1
-            if self.connections_per_ip[ip] <= 0:
-                del self.connections_per_ip[ip]
+            self.admission.closed(ip)
         return ws
 
     def _tune_socket(self, transport: asyncio.Transport) -> None:
@@ -212,7 +228,7 @@ class Worker:
 
     # --- one connection -------------------------------------------------------
 
-    async def _serve(self, ws: web.WebSocketResponse, transport: asyncio.Transport, ip: str) -> None:
+    async def _serve(self, ws: web.WebSocketResponse, transport: asyncio.Transport, ip: str, identity: Identity | None) -> None:
         assert self.hub is not None and self.outbox is not None
         self._tune_socket(transport)
         loop = asyncio.get_running_loop()
@@ -222,6 +238,9 @@ class Worker:
             secrets.token_hex(8), codec, ws, transport, ip,
             TokenBucket(self.config.message_rate_per_s, self.config.message_burst, now), now,
         )
+        if identity is not None:
+            conn.identity = identity
+            conn.user_bucket = self.user_buckets.acquire(identity.user, now)
         self.connections[conn.id] = conn
         self.metrics.connections.set(len(self.connections))
         self.metrics.connections_opened.inc()
@@ -246,6 +265,8 @@ class Worker:
         finally:
             conn.closed = True
             self.hub.leave_all(conn)
+            if conn.identity is not None:
+                self.user_buckets.release(conn.identity.user)
             self.connections.pop(conn.id, None)
             self.metrics.connections.set(len(self.connections))
             self.metrics.connections_closed.labels(conn.close_reason).inc()
@@ -255,6 +276,8 @@ class Worker:
     async def _on_frame(self, conn: Connection, data: str | bytes, loop: asyncio.AbstractEventLoop) -> None:
         started = loop.time()
         wait_s = conn.bucket.take(started)
+        if not wait_s and conn.user_bucket is not None:
+            wait_s = conn.user_bucket.take(started)  # one user's connections share one budget
         if wait_s:
             conn.rejections += 1
             self.metrics.rate_limited.inc()
@@ -288,6 +311,8 @@ class Worker:
 
     async def _join(self, conn: Connection, frame: protocol.Join) -> None:
         assert self.hub is not None
+        if conn.identity is not None and not conn.identity.may_join(frame.room):
+            raise protocol.ProtocolError(protocol.ErrorCode.FORBIDDEN, f"your token does not allow joining {frame.room}", frame.request_id)
         if frame.room in conn.rooms:
             raise protocol.ProtocolError(protocol.ErrorCode.ALREADY_JOINED, f"already in {frame.room}", frame.request_id)
         if len(conn.rooms) >= self.config.max_rooms_per_connection:
@@ -328,6 +353,8 @@ class Worker:
 
     async def _history(self, conn: Connection, frame: protocol.History) -> None:
         assert self.hub is not None
+        if conn.identity is not None and not conn.identity.may_join(frame.room):
+            raise protocol.ProtocolError(protocol.ErrorCode.FORBIDDEN, f"your token does not allow reading {frame.room}", frame.request_id)
         limit = min(frame.limit or self.config.max_history_page, self.config.max_history_page)
         since = frame.since
         since_seq, since_epoch = (LATEST, "") if since is None else (since.seq, since.epoch)
@@ -362,10 +389,12 @@ class Worker:
                     frame.request_id,
                 )
             room = next(iter(conn.rooms))
-        elif room not in conn.rooms:
+        if conn.identity is not None and not conn.identity.may_publish(room):
+            raise protocol.ProtocolError(protocol.ErrorCode.FORBIDDEN, f"your token does not allow publishing to {room}", frame.request_id)
+        if room not in conn.rooms:
             raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"join {room} before publishing to it", frame.request_id)
         try:
-            body = envelope.pack(envelope.Envelope(int(time.time() * 1000), conn.id, frame.data_key, frame.data))
+            body = envelope.pack(envelope.Envelope(int(time.time() * 1000), conn.identity.user if conn.identity else conn.id, frame.data_key, frame.data))
         except (TypeError, ValueError, OverflowError):
             raise protocol.ProtocolError(
                 protocol.ErrorCode.INVALID_MESSAGE_FORMAT, "data holds a value that cannot be delivered", frame.request_id
@@ -495,7 +524,13 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0,
+            # aiohttp arms keepalive_timeout at accept and only a complete request disarms it:
+            # it is the header-read (slowloris) timeout. Upgraded sockets are not affected.
+            keepalive_timeout=self.config.handshake_timeout_s,
+            max_line_size=self.config.max_http_header_bytes, max_field_size=self.config.max_http_header_bytes,
+        )
         await runner.setup()
         site = web.TCPSite(
             runner, self.config.host, self.config.port, backlog=self.config.listen_backlog, reuse_address=True
@@ -520,13 +555,21 @@ def run_worker(config: NodeConfig) -> None:
 
 
 def main(argv: list[str]) -> int:
-    config = NodeConfig(**json.loads(argv[0]))
+    values = json.loads(argv[0])
+    values["jwt_secret"] = json.loads(os.environ.get(SECRETS_ENV, "[]"))
+    config = NodeConfig(**values)
     run_worker(config)
     return 0
 
 
 def config_to_json(config: NodeConfig) -> str:
-    return json.dumps(dataclasses.asdict(config))
+    """The worker's settings for its command line, without the signing keys (argv is world-readable)."""
+    return json.dumps(dict(dataclasses.asdict(config), jwt_secret=[]))
+
+
+def secrets_env(config: NodeConfig) -> dict[str, str]:
+    """The signing keys for the worker's environment (readable only by its user)."""
+    return {SECRETS_ENV: json.dumps(config.jwt_secret)}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,172 @@
+"""Connection tokens: verification rules (pure) and what a real worker does with them."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import jwt
+import psutil
+import pytest
+
+from chaos.rawws import RawWebSocket, UpgradeRefused
+from node.auth import AuthError, TokenVerifier, parse_secrets, token_from
+from tests.security.tokens import KEY1, KEY2, bearer, flag, token
+from tests.wsclient import WsClient
+
+KEYS = {KEY1[0]: KEY1[1].encode(), KEY2[0]: KEY2[1].encode()}
+
+
+# --- the rules, without a worker ------------------------------------------------
+
+def test_a_valid_token_gives_its_identity_and_scopes():
+    identity = TokenVerifier(KEYS).verify(token(KEY2, sub="bob", rooms=["chat:*"], publish=["chat:general"]), time.time())
+    assert identity.user == "bob"
+    assert identity.may_join("chat:random") and not identity.may_join("admin:x")
+    assert identity.may_publish("chat:general") and not identity.may_publish("chat:random")
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (token(exp_in_s=-5), "expired"),
+        (token(KEY1, kid="k2"), "signature"),  # signed with k1's secret, claims to be k2
+        (token(kid="nope"), "unknown key"),
+        (token(kid=None), "no `kid`"),  # two keys configured: kid is required
+        ("not.a.token", "malformed"),
+        (jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, None, algorithm="none"), "algorithm"),
+        (jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, KEY1[1] * 2, algorithm="HS512", headers={"kid": "k1"}), "algorithm"),
+        (jwt.encode({"sub": "a"}, KEY1[1], algorithm="HS256", headers={"kid": "k1"}), "exp"),
+        (token(sub=""), "sub"),
+        (token(sub="a\nb"), "control"),
+        (token(rooms="chat:*"), "rooms"),  # a string, not a list
+        (token(publish=[1]), "publish"),
+    ],
+)
+def test_bad_tokens_are_refused_with_a_reason(bad, why):
+    with pytest.raises(AuthError, match=why):
+        TokenVerifier(KEYS).verify(bad, time.time())
+
+
+def test_with_one_key_the_kid_may_be_left_out():
+    verifier = TokenVerifier({KEY1[0]: KEY1[1].encode()})
+    assert verifier.verify(token(KEY1, kid=None), time.time()).user == "alice"
+
+
+def test_absent_scopes_allow_nothing():
+    identity = TokenVerifier(KEYS).verify(token(rooms=None, publish=None), time.time())
+    assert not identity.may_join("a") and not identity.may_publish("a")
+
+
+def test_secrets_are_parsed_and_short_or_duplicate_ones_refused():
+    assert parse_secrets([flag(KEY1), flag(KEY2)]) == KEYS
+    for bad in (["k1=short"], ["nokid"], [flag(KEY1), flag(KEY1)], ["=" + KEY1[1]]):
+        with pytest.raises(ValueError):
+            parse_secrets(bad)
+
+
+def test_the_header_wins_over_the_query_and_must_say_bearer():
+    assert token_from("Bearer abc", "xyz") == "abc"
+    assert token_from(None, "xyz") == "xyz"
+    for header, query in (("Basic abc", None), (None, None), ("Bearer ", None), (None, "x" * 5000)):
+        with pytest.raises(AuthError):
+            token_from(header, query)
+
+
+# --- a real worker ------------------------------------------------------------------
+
+def _auth_node(start_node, *extra: str):
+    return start_node(1, "--auth", "required", "--jwt-secret", flag(KEY1), "--jwt-secret", flag(KEY2), *extra)
+
+
+async def _refused_status(node, headers=None, path="/ws") -> tuple[int, dict]:
+    with pytest.raises(UpgradeRefused) as refused:
+        await RawWebSocket.connect(node.host, node.port, path, headers)
+    return refused.value.answer.status, refused.value.answer.headers
+
+
+async def test_missing_malformed_expired_or_badly_signed_tokens_get_401_before_the_upgrade(start_node):
+    node = _auth_node(start_node)
+    cases = [
+        ({}, "/ws"),
+        (bearer("garbage"), "/ws"),
+        (bearer(token(exp_in_s=-30)), "/ws"),
+        (bearer(token(KEY1, kid="k2")), "/ws"),
+        ({}, "/ws?token=" + token(exp_in_s=-30)),
+        ({"Authorization": "Basic dXNlcjpwdw=="}, "/ws"),
+    ]
+    for headers, path in cases:
+        status, answer_headers = await _refused_status(node, headers, path)
+        assert status == 401, (headers, path)
+        assert answer_headers.get("www-authenticate", "").startswith("Bearer")
+    assert node.metric(0, "ringcast_connections_rejected_total", 'reason="UNAUTHORIZED"') == len(cases)
+
+
+async def test_a_token_in_the_header_or_the_query_opens_the_socket_and_keys_rotate(start_node):
+    node = _auth_node(start_node)
+    for url, headers in (
+        (node.ws_url(), bearer(token(KEY1))),
+        (node.ws_url() + "?token=" + token(KEY1), {}),
+        (node.ws_url(), bearer(token(KEY2))),  # the new key, while the old one still works
+    ):
+        client = await WsClient.connect(url, headers=headers)
+        assert (await client.join("lobby"))["room"] == "lobby"
+        await client.close()
+
+
+async def test_join_history_and_publish_outside_the_scope_are_forbidden(start_node):
+    node = _auth_node(start_node)
+    alice = await WsClient.connect(
+        node.ws_url(), headers=bearer(token(sub="alice", rooms=["chat:*", "news"], publish=["chat:*"]))
+    )
+    bob = await WsClient.connect(node.ws_url(), headers=bearer(token(sub="bob", rooms=["chat:*"], publish=[])))
+    try:
+        await alice.send({"type": "join", "room": "admin:ops", "id": 1})
+        refused = await alice.expect("error")
+        assert (refused["code"], refused["id"]) == ("FORBIDDEN", 1)
+        await alice.send({"type": "history", "room": "admin:ops", "id": 2})
+        assert (await alice.expect("error"))["code"] == "FORBIDDEN"
+
+        await alice.join("news")
+        await alice.send({"type": "message", "room": "news", "text": "hi", "id": 3})
+        refused = await alice.expect("error")
+        assert (refused["code"], refused["id"]) == ("FORBIDDEN", 3)
+
+        await alice.join("chat:general")
+        await bob.join("chat:general")
+        await bob.send({"type": "message", "room": "chat:general", "text": "bob here", "id": 4})
+        assert (await bob.expect("error"))["code"] == "FORBIDDEN"
+
+        await alice.send({"type": "message", "room": "chat:general", "text": "hello", "id": 5})
+        delivered = await bob.expect("message")
+        # Members see the token's `sub`, not a connection id.
+        assert (delivered["from"], delivered["text"]) == ("alice", "hello")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_secrets_from_the_environment_and_never_in_a_workers_command_line(start_node, monkeypatch):
+    monkeypatch.setenv("RINGCAST_JWT_SECRETS", f"{flag(KEY1)},{flag(KEY2)}")
+    node = start_node(2)
+    for index in range(2):
+        client = await WsClient.connect(node.ws_url(index), headers=bearer(token(KEY2)))
+        await client.close()
+        with pytest.raises(UpgradeRefused):
+            await RawWebSocket.connect(node.host, node.port + index)
+        cmdline = " ".join(psutil.Process(node.worker_pid(index)).cmdline())
+        assert KEY1[1] not in cmdline and KEY2[1] not in cmdline
+
+
+async def test_auth_off_is_said_loudly_at_start(start_node):
+    node = start_node(1)
+    client = await WsClient.connect(node.ws_url())  # no token needed
+    await client.close()
+    assert "AUTH IS OFF" in node.log()
+
+
+async def test_a_token_given_to_a_worker_without_auth_is_ignored(start_node):
+    node = start_node(1, "--auth", "off", "--jwt-secret", flag(KEY1))
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(node.ws_url(), headers=bearer("garbage")) as ws:
+            assert (await ws.receive_json())["type"] == "welcome"
