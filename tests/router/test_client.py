@@ -114,6 +114,31 @@ async def test_a_client_whose_worker_is_killed_reconnects_and_keeps_receiving(re
         await publisher.close()
 
 
+async def test_a_reconnect_notice_is_honoured_with_its_delay(redis_server, start_node, start_router):
+    jitter_ms = 800
+    node = start_node(1, "--reconnect-jitter-ms", str(jitter_ms), "--shutdown-window-s", "0")
+    router = start_router("--nodes", f"127.0.0.1:{node.ports[0]}")
+    loop = asyncio.get_running_loop()
+    changes: list[tuple[float, StateChange]] = []
+    async with Client(router.url(), backoff=FAST, on_state=lambda c: changes.append((loop.time(), c))) as client:
+        await client.join("lobby")
+        old_pid = node.worker_pid(0)
+        os.kill(old_pid, signal.SIGTERM)  # graceful: the worker sends `reconnect` with a delayMs, then closes
+        await asyncio.wait_for(_until(lambda: any(c.reason == "reconnect:shutdown" for _, c in changes)), 15)
+        waited_at, waiting = next((t, c) for t, c in changes if c.reason == "reconnect:shutdown")
+        assert waiting.state is ConnectionState.WAITING and 0 <= waiting.delay_s <= jitter_ms / 1000
+        # The next attempt does not start before the notice's delay has passed.
+        await asyncio.wait_for(_until(lambda: changes[-1][1].state is ConnectionState.CONNECTING
+                                      or client.state.state is ConnectionState.CONNECTED), 15)
+        next_attempt_at = next(t for t, c in changes if t >= waited_at and c.state is ConnectionState.CONNECTING)
+        assert next_attempt_at - waited_at >= waiting.delay_s
+        # And it comes back once the supervisor has restarted the worker.
+        await asyncio.wait_for(_until(lambda: client.state.state is ConnectionState.CONNECTED
+                                      and node.worker_pid(0) != old_pid), 30)
+        await client.publish("lobby", "back")
+        assert (await next_message(client))["text"] == "back"
+
+
 async def test_state_changes_are_also_an_async_iterator(start_router):
     router = start_router("--nodes", "127.0.0.1:9")  # nothing listens on port 9: every connect fails
     async with Client(router.url(), backoff=FAST) as client:
