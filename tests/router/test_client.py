@@ -114,6 +114,29 @@ async def test_a_client_whose_worker_is_killed_reconnects_and_keeps_receiving(re
         await publisher.close()
 
 
+async def test_a_client_whose_worker_dies_lands_on_the_new_owner_once_the_ring_drops_it(
+    redis_server, start_node, start_router
+):
+    # The supervisor waits long before restarting, so only the ring change can bring the client back.
+    node = start_node(2, "--restart-backoff-base-s", "60")
+    ring = publish_ring(redis_server, node, epoch=1)
+    router = start_router("--redis", redis_server.url, "--ring-poll-interval-s", "0.1")
+    victim_port, survivor_port = node.ports
+    room = room_owned_by(ring, victim_port)
+    async with Client(router.url(), backoff=FAST) as client:
+        await client.join(room)
+        assert client.url == f"ws://127.0.0.1:{victim_port}/ws"
+        os.kill(node.worker_pid(0), signal.SIGKILL)
+        await asyncio.wait_for(_until(lambda: client.state.state is not ConnectionState.CONNECTED), 10)
+        # What the control plane does when the worker's heartbeats stop: a ring without it.
+        survivor = Ring([Member(f"127.0.0.1:{survivor_port}", f"ws://127.0.0.1:{survivor_port}/ws")], 2)
+        redis_server.command("SET", ring_key("ringcast:"), survivor.to_json())
+        await asyncio.wait_for(_until(lambda: client.state.state is ConnectionState.CONNECTED), 30)
+        assert client.worker_id == f"127.0.0.1:{survivor_port}"
+        await client.publish(room, "on the new owner")
+        assert (await next_message(client))["text"] == "on the new owner"
+
+
 async def test_a_reconnect_notice_is_honoured_with_its_delay(redis_server, start_node, start_router):
     jitter_ms = 800
     node = start_node(1, "--reconnect-jitter-ms", str(jitter_ms), "--shutdown-window-s", "0")
