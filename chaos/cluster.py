@@ -261,6 +261,9 @@ class RouterProcess:
         return code
 
 
+OWN_TOKEN = object()  # ControlProcess.call's default: authenticate with the replica's own admin token
+
+
 @dataclass
 class ControlProcess:
     """A `ringcast control` replica (the operator API and, while it holds the lease, the leader)."""
@@ -295,11 +298,12 @@ class ControlProcess:
     def get(self, path: str) -> tuple[int, dict]:
         return http_json(self.url + path)
 
-    def call(self, method: str, path: str, body: dict | None = None, token: str | None = "") -> tuple[int, dict]:
-        """One API call; `token` "" means this replica's admin token, None means no Authorization header."""
+    def call(self, method: str, path: str, body: dict | None = None, token: "str | None | object" = OWN_TOKEN
+             ) -> tuple[int, dict]:
+        """One API call with this replica's admin token, another `token`, or none (`token=None`)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method)
-        token = self.admin_token if token == "" else token
+        token = self.admin_token if token is OWN_TOKEN else token
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
         try:
