@@ -1,18 +1,20 @@
 """`ringcast up`: a whole local cluster in one command, in the foreground.
 
 Owns starting, for a developer's machine, a redis-server on loopback (unless
---redis points at one) and the cluster's services (node workers and a route
-service), printing where they listen, and stopping every process it started (by PID) on Ctrl-C/SIGTERM.
+--redis points at one) and the cluster's services (node workers, a route
+service and a control plane replica), printing where they listen, and stopping every process it started (by PID) on Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import signal
 import sys
 import threading
 
-from chaos.cluster import NodeProcess, RedisServer, RouterProcess
+from chaos.cluster import ControlProcess, NodeProcess, RedisServer, RouterProcess
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis-port", type=int, default=6379, help="port of the redis-server it starts (default: 6379)")
     parser.add_argument("--redis", default=None, help="use this Redis URL instead of starting a redis-server")
     parser.add_argument("--router-port", type=int, default=8800, help="port of the route service (default: 8800)")
+    parser.add_argument("--control-port", type=int, default=8600, help="port of the control plane API (default: 8600)")
+    parser.add_argument("--admin-token", default=os.environ.get("RINGCAST_ADMIN_TOKEN"),
+                        help="control plane admin token (env RINGCAST_ADMIN_TOKEN; default: a random one, printed)")
     return parser
 
 
@@ -40,6 +45,7 @@ def main(argv: list[str]) -> int:
     redis = None
     node = None
     router = None
+    control = None
     try:
         redis_url = args.redis
         if redis_url is None:
@@ -53,6 +59,11 @@ def main(argv: list[str]) -> int:
         ).start()
         router = RouterProcess(port=args.router_port, host=args.host, args=["--redis", redis_url, "--nodes", nodes]).start()
         print(f"router    {router.url('/route?room=general')}", flush=True)
+        token = args.admin_token or secrets.token_urlsafe(16)
+        control = ControlProcess(port=args.control_port, host=args.host, redis_url=redis_url, admin_token=token).start()
+        print(f"control   {control.url}/v1/nodes  (ringcast ctl --url {control.url} nodes)", flush=True)
+        if not args.admin_token:
+            print(f"admin token (for ringcast ctl --token / RINGCAST_ADMIN_TOKEN): {token}", flush=True)
         for index in range(args.workers):
             print(f"worker {index}  {node.ws_url(index)}  metrics {node.http_url(index, '/metrics')}", flush=True)
         print(f"node log  {node.log_path}", flush=True)
@@ -63,6 +74,8 @@ def main(argv: list[str]) -> int:
                 return 1
         return 0
     finally:
+        if control is not None:
+            control.stop()
         if router is not None:
             router.stop()
         if node is not None:
