@@ -1,0 +1,286 @@
+"""`ringcast drill SCENARIO`: break a cluster on purpose under verified load, and say whether it held.
+
+Owns the command line, the run order every drill shares and its time bound:
+start the cluster (or use the one named by --urls), bring the resuming
+client population up, publish steadily, let the scenario inject its fault,
+wait for recovery, keep going a while, stop publishing, let members catch
+up, then measure, judge, and write the JSON, Markdown and PNG reports. It
+also owns the live progress line and cleanup: every process the drill
+started is stopped by PID on success, failure, Ctrl-C or SIGTERM.
+
+It must not define faults or thresholds (chaos/drill_scenarios.py) nor the
+meaning of the numbers (chaos/drill_measure.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import secrets
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+from chaos.drill_cluster import DrillCluster
+from chaos.drill_measure import judge, measure
+from chaos.drill_population import Population, PopulationSize
+from chaos.drill_report import write_all
+from chaos.drill_scenarios import SCENARIOS, DrillContext, Scenario, start_control
+from chaos.resuming_client import Ledger
+
+EXIT_PASS, EXIT_FAIL, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SAMPLE_INTERVAL_S = 0.25  # connected-members sampling; worker RSS every 4th sample
+PROGRESS_INTERVAL_S = 0.5
+STARTUP_SLACK_S = 60.0  # time bound on top of the scenario's phases: connecting, settling, reports
+
+
+def _epilog() -> str:
+    lines = ["scenarios (thresholds: full run | --short):", ""]
+    for scenario in SCENARIOS.values():
+        lines.append(f"  {scenario.name:<16} {scenario.summary}")
+        lines.append(f"  {'':<16} injects: {scenario.injects}")
+        full, short = scenario.thresholds(False).describe(), scenario.thresholds(True).describe()
+        lines.append(f"  {'':<16} pass if: {'; '.join(full)}")
+        if short != full:
+            lines.append(f"  {'':<16} --short: {'; '.join(short)}")
+        lines.append("")
+    lines += [
+        "Exit code: 0 PASS, 1 FAIL, 2 scenario not available (or bad flags), 130 interrupted.",
+        "Reports: drill-<scenario>-<UTC time>.json / .md / .png in --out. See docs/drills.md.",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringcast drill",
+        description="Run one failover drill: steady verified load with resuming clients, one injected fault, "
+                    "then PASS or FAIL against the scenario's thresholds, with JSON, Markdown and PNG reports.",
+        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("scenario", choices=list(SCENARIOS), help="the fault to inject")
+    parser.add_argument("--short", action="store_true", help="the CI-sized version (small population, short phases)")
+    parser.add_argument("--out", default=".", help="directory for the reports (default: the current directory)")
+    parser.add_argument("--clients", type=int, help="override the number of verifying members")
+    parser.add_argument("--rooms", type=int, help="override the number of rooms")
+    parser.add_argument("--publishers", type=int, help="override the number of publishers")
+    parser.add_argument("--rate", type=float, help="override the total publish rate (messages per second)")
+    parser.add_argument("--urls", help="comma-separated worker WebSocket URLs of a running cluster to drill "
+                                       "instead of starting one (kill-worker, redis-pause, reconnect-storm, slow-consumer)")
+    parser.add_argument("--redis-url", default="", help="with --urls: the cluster's Redis URL (for reports)")
+    parser.add_argument("--redis-pid", type=int, help="with --urls: PID of its redis-server (redis-pause needs it)")
+    parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    return parser
+
+
+def _size(scenario: Scenario, args: argparse.Namespace) -> PopulationSize:
+    size = scenario.size(args.short)
+    overrides = {"clients": args.clients, "rooms": args.rooms, "publishers": args.publishers,
+                 "publish_rate_per_s": args.rate}
+    return dataclasses.replace(size, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class Progress:
+    """One status line, rewritten in place on a terminal, printed every few seconds otherwise."""
+
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name = name
+        self.quiet = quiet
+        self.phase = "starting"
+        self.tty = sys.stderr.isatty()
+        self._last_print = 0.0
+
+    def show(self, ctx: DrillContext | None, rss_mb: float | None) -> None:
+        if self.quiet or ctx is None:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self._last_print < 5.0:
+            return
+        self._last_print = now
+        ledger = ctx.ledger
+        second = int(ledger.now()) - 1
+        line = (f"[{self.name}] {self.phase:<11} t={ledger.now():6.1f}s connected={ledger.connected}/"
+                f"{len(ctx.population.members)} delivered/s={ledger.delivered_per_s.get(second, 0)} "
+                f"acked={sum(len(v) for v in ledger.acked.values())} errors={sum(ledger.errors.values())} "
+                f"gaps={ledger.gaps_while_connected} dup={ledger.duplicates}"
+                + (f" workers_rss={rss_mb:.0f}MB" if rss_mb is not None else ""))
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(150)[:150])
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty and not self.quiet:
+            sys.stderr.write("\n")
+
+
+async def _sample(ctx: DrillContext, samples: list[dict], progress: Progress) -> None:
+    count = 0
+    rss: dict[int, int] = {}
+    while True:
+        if count % 4 == 0:
+            rss = await asyncio.to_thread(ctx.cluster.worker_rss)
+        samples.append({"t": round(ctx.ledger.now(), 3), "connected": ctx.ledger.connected, "rss": rss})
+        if count % int(PROGRESS_INTERVAL_S / SAMPLE_INTERVAL_S) == 0:
+            progress.show(ctx, sum(rss.values()) / 1e6 if rss else None)
+        count += 1
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+
+def _receiving_again(ctx: DrillContext) -> bool:
+    members = ctx.population.members
+    return ctx.population.all_connected() and all(m.first_after_fault_s is not None for m in members)
+
+
+async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: DrillCluster, control) -> dict:
+    """Run the drill's phases against `cluster`; returns the report (not yet written)."""
+    started = time.time()
+    ledger = Ledger()
+    size = _size(scenario, args)
+    timing = scenario.timing(args.short)
+    population = Population(size, cluster.urls, f"drill:{scenario.name}:{secrets.token_hex(3)}:", ledger)
+    ctx = DrillContext(cluster, population, ledger, args.short, control=control)
+    progress = Progress(scenario.name, args.quiet)
+    samples: list[dict] = []
+    failures: list[str] = []
+    connect_timeout_s = 30.0 + size.clients / 50
+    bound_s = connect_timeout_s + timing.warmup_s + timing.recovery_bound_s + timing.after_s + timing.settle_s \
+        + STARTUP_SLACK_S
+    sampler = asyncio.create_task(_sample(ctx, samples, progress))
+    lost, lost_detail = 0, []
+    try:
+        async with asyncio.timeout(bound_s):
+            progress.phase = "connecting"
+            await population.start(connect_timeout_s)
+            ctx.mark("publish_start")
+            population.publish(True)
+            progress.phase = "warm-up"
+            await asyncio.sleep(timing.warmup_s)
+            progress.phase = "fault"
+            await scenario.inject(ctx)
+            progress.phase = "recovering"
+            recovery_deadline = ledger.now() + timing.recovery_bound_s
+            while ledger.now() < recovery_deadline and not _receiving_again(ctx):
+                await asyncio.sleep(0.1)
+            progress.phase = "after"
+            await asyncio.sleep(timing.after_s)
+            population.publish(False)
+            ctx.mark("publish_stop")
+            progress.phase = "settling"
+            await population.settle(timing.settle_s)
+            ctx.mark("settled")
+            progress.phase = "measuring"
+            if ctx.watchers:
+                await asyncio.wait(ctx.watchers, timeout=timing.recovery_bound_s)
+    except TimeoutError:
+        failures.append(f"the drill hit its time bound ({bound_s:.0f} s) in phase {progress.phase!r}")
+    finally:
+        sampler.cancel()
+        for task in ctx.watchers:
+            task.cancel()
+        await asyncio.gather(sampler, *ctx.watchers, return_exceptions=True)
+        progress.done()
+        await scenario.cleanup(ctx)
+        lost, lost_detail = population.missing(), population.missing_detail()
+        await population.close()
+
+    for mark in ("publish_start", "fault_start", "fault_end", "publish_stop"):
+        ctx.marks.setdefault(mark, ledger.now())
+    results = measure(ledger, population.members, size.clients, ctx.marks, samples, lost, lost_detail)
+    if not failures:
+        failures += judge(results, scenario.thresholds(args.short))
+        failures += scenario.judge_extra(ctx, results)
+    last_second = int(max(ledger.now(), 1)) + 1
+    return {
+        "scenario": scenario.name,
+        "verdict": "FAIL" if failures else "PASS",
+        "failures": failures,
+        "command": "ringcast drill " + " ".join(shlex.quote(a) for a in args.argv),
+        "injects": scenario.injects,
+        "measures": scenario.measures,
+        "short": args.short,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+        "duration_s": time.time() - started,
+        "size": dataclasses.asdict(size),
+        "cluster": {"urls": cluster.urls, "redis": cluster.redis_url, "started_by_drill": cluster.owned,
+                    "node_logs": [n.log_path for n in cluster.nodes]},
+        "thresholds": scenario.thresholds(args.short).describe(),
+        "marks": {k: round(v, 3) for k, v in ctx.marks.items()},
+        "details": {k: v for k, v in ctx.details.items() if not k.startswith("_")},
+        "results": results,
+        "timeline": {
+            "seconds": list(range(last_second)),
+            "delivered_per_s": [ledger.delivered_per_s.get(s, 0) for s in range(last_second)],
+            "acked_per_s": [ledger.acked_per_s.get(s, 0) for s in range(last_second)],
+            "sample_t": [s["t"] for s in samples],
+            "connected": [s["connected"] for s in samples],
+            "workers_rss_mb": [round(sum(s["rss"].values()) / 1e6, 1) for s in samples],
+        },
+    }
+
+
+async def _run_cancellable(scenario: Scenario, args: argparse.Namespace, cluster: DrillCluster, control) -> dict:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)  # unwinds through every finally: clients closed, then processes
+    return await run_drill(scenario, args, cluster, control)
+
+
+def _interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    scenario = SCENARIOS[args.scenario]
+    why_not = scenario.unavailable()
+    if why_not:
+        print(f"ringcast drill {scenario.name}: not available yet: {why_not}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.urls and scenario.needs_local_cluster:
+        print(f"ringcast drill {scenario.name}: needs a cluster it starts itself (drop --urls)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    out_dir = Path(args.out)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # while starting processes: unwind and stop them
+    cluster: DrillCluster | None = None
+    control = None
+    try:
+        if args.urls:
+            cluster = DrillCluster.external([u.strip() for u in args.urls.split(",") if u.strip()], args.redis_url,
+                                            args.redis_pid)
+        else:
+            cluster = DrillCluster.start_local(scenario.layout)
+        if scenario.needs_control:
+            control = start_control(cluster)
+        try:
+            import uvloop
+            report = uvloop.run(_run_cancellable(scenario, args, cluster, control))
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            report = asyncio.run(_run_cancellable(scenario, args, cluster, control))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"\nringcast drill {scenario.name}: interrupted; stopped every process it started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # do not interrupt the cleanup itself
+        if control is not None:
+            control.stop()
+        if cluster is not None:
+            cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
+    files = write_all(out_dir, report)
+    results = report["results"]
+    print(f"{report['verdict']} {scenario.name}: recovery {results['recovery_s']} s, lost {results['lost']}, "
+          f"duplicates {results['duplicates']}, client errors {results['client_errors_total']}, "
+          f"p99 before/during/after {results['latency']['before']['p99_ms']}/{results['latency']['during']['p99_ms']}/"
+          f"{results['latency']['after']['p99_ms']} ms")
+    for failure in report["failures"]:
+        print(f"  reason: {failure}")
+    print(f"  reports: {files['json']} {files['md']} {files['png']}")
+    return EXIT_PASS if report["verdict"] == "PASS" else EXIT_FAIL

@@ -1,0 +1,143 @@
+"""The drill's client population: N resuming members in R rooms and P publishers, spread over worker URLs.
+
+Owns creating the population (member i joins room i mod R through worker
+URL i mod W), bringing it up in a bounded ramp, switching publishing on and
+off, waiting for the stream to settle, and counting what each member is
+still missing of what was acked in its room. It must not inject faults or
+judge results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from dataclasses import dataclass
+
+import aiohttp
+
+from chaos.resuming_client import Backoff, Ledger, Publisher, RoomMember
+
+CONNECT_CONCURRENCY = 200  # sockets opened at once while ramping up; more only queues in the accept backlog
+
+
+@dataclass(frozen=True)
+class PopulationSize:
+    clients: int  # verifying room members
+    rooms: int
+    publishers: int
+    publish_rate_per_s: float  # all publishers together, messages per second
+    payload_bytes: int = 0  # padding added to each message's data
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's soft open-files limit toward `wanted` (capped by the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, max(soft, wanted)) if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+class Population:
+    def __init__(self, size: PopulationSize, urls: list[str], room_prefix: str, ledger: Ledger,
+                 backoff: Backoff = Backoff()) -> None:
+        self.size = size
+        self.urls = urls
+        self.ledger = ledger
+        self.rooms = [f"{room_prefix}{i}" for i in range(size.rooms)]
+        self.session: aiohttp.ClientSession | None = None
+        self.members: list[RoomMember] = []
+        self.publishers: list[Publisher] = []
+        self._tasks: list[asyncio.Task] = []
+        self.backoff = backoff
+
+    async def start(self, timeout_s: float) -> None:
+        """Connect every member and publisher and wait until all are joined (publishing still off)."""
+        raise_fd_limit(self.size.clients + self.size.publishers + 1024)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5),
+        )
+        size = self.size
+        self.members = [
+            RoomMember(self.ledger, self.session, self.urls, i, self.rooms[i % size.rooms], self.backoff)
+            for i in range(size.clients)
+        ]
+        per_publisher = size.publish_rate_per_s / size.publishers
+        self.publishers = [
+            Publisher(self.ledger, self.session, self.urls, i, f"p{i}", self.rooms[i::size.publishers] or [self.rooms[0]],
+                      per_publisher, size.payload_bytes, self.backoff)
+            for i in range(size.publishers)
+        ]
+        ramp = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def ramped(client, joined: asyncio.Event) -> None:
+            async with ramp:
+                task = asyncio.create_task(client.run())
+                self._tasks.append(task)
+                waiter = asyncio.create_task(joined.wait())
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+
+        async with asyncio.timeout(timeout_s):
+            await asyncio.gather(*(ramped(m, m.joined_once) for m in self.members),
+                                 *(ramped(p, p.ready) for p in self.publishers))
+            await asyncio.gather(*(m.joined_once.wait() for m in self.members),
+                                 *(p.ready.wait() for p in self.publishers))
+
+    def publish(self, on: bool) -> None:
+        for publisher in self.publishers:
+            if on:
+                publisher.publishing.set()
+            else:
+                publisher.publishing.clear()
+
+    def all_connected(self) -> bool:
+        return all(m.connected for m in self.members)
+
+    def missing(self) -> int:
+        """Acked (room, epoch, seq) a member of that room has not accepted, summed over members."""
+        acked = self.ledger.acked
+        missing = 0
+        for member in self.members:
+            stream = member.stream
+            for epoch, seq in acked.get(member.room, {}):
+                if not stream.has(epoch, seq):
+                    missing += 1
+        return missing
+
+    def missing_detail(self, limit: int = 20) -> list[dict]:
+        out = []
+        for index, member in enumerate(self.members):
+            lost = [pos for pos in self.ledger.acked.get(member.room, {}) if not member.stream.has(*pos)]
+            if lost:
+                out.append({"member": index, "room": member.room, "missing": len(lost), "first": sorted(lost)[:5],
+                            "accepted": {e: iv[-3:] for e, iv in member.stream.intervals.items()}})
+            if len(out) >= limit:
+                break
+        return out
+
+    async def settle(self, timeout_s: float) -> float:
+        """Wait (publishing off) until no member misses an acked message, or the timeout; returns seconds waited."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while loop.time() - started < timeout_s:
+            if self.all_connected() and self.missing() == 0:
+                break
+            await asyncio.sleep(0.5)
+        return loop.time() - started
+
+    def drop_all(self) -> None:
+        """Every member's socket dropped at once, client side, without a close frame."""
+        for member in self.members:
+            member.abort()
+
+    async def close(self) -> None:
+        for client in [*self.members, *self.publishers]:
+            client.stopping = True
+        await asyncio.gather(*(c.stop() for c in [*self.members, *self.publishers]), return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()

@@ -1,0 +1,435 @@
+"""The failover drills: what each one runs on, what it breaks, and what it must achieve.
+
+Owns, per scenario: the cluster layout it starts, the population size (full
+and `--short`), how long it runs before and after the fault, the fault
+itself (`inject`), the server-side signals it times (worker back, bus down
+and back, slow consumers cut, drain complete), and its pass thresholds
+beyond the common ones (no loss, no duplicate, no disorder, everyone
+receiving again). The runner (chaos/drill.py) does everything else the
+same way for all of them.
+
+It must not own the clients (chaos/resuming_client.py) nor the arithmetic
+of results (chaos/drill_measure.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from chaos.cluster import ControlProcess, free_port, wait_until
+from chaos.drill_cluster import DrillCluster, http_url, get_json
+from chaos.drill_measure import Thresholds
+from chaos.drill_population import Population, PopulationSize
+from chaos.drill_stalled_reader import StalledReader
+from chaos.resuming_client import Ledger
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup_s: float  # steady verified load before the fault ("before" latency window)
+    after_s: float  # steady load after recovery ("after" latency window)
+    recovery_bound_s: float  # longest the runner waits for recovery before giving up (FAIL)
+    settle_s: float = 10.0  # longest it waits, publishing stopped, for members to catch up
+
+
+@dataclass
+class DrillContext:
+    cluster: DrillCluster
+    population: Population
+    ledger: Ledger
+    short: bool
+    marks: dict[str, float] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # scenario-specific measurements, seconds from the fault
+    control: ControlProcess | None = None
+    watchers: list[asyncio.Task] = field(default_factory=list)  # server-side signals timed while the drill goes on
+
+    def watch(self, name: str, coro) -> None:
+        """Run `coro` alongside the drill; its result is stored as details[name] (seconds from the fault)."""
+        async def record() -> None:
+            self.details[name] = await coro
+        self.watchers.append(asyncio.create_task(record()))
+
+    def mark(self, name: str) -> float:
+        self.marks[name] = self.ledger.now()
+        return self.marks[name]
+
+    def fault_started(self) -> None:
+        self.mark("fault_start")
+
+    def fault_ended(self) -> None:
+        self.mark("fault_end")
+        self.ledger.fault_end_ms = time.time() * 1000
+
+    def since_fault(self) -> float:
+        return self.ledger.now() - self.marks["fault_start"]
+
+
+async def poll_until(predicate, ctx: DrillContext, timeout_s: float, interval_s: float = 0.05) -> float | None:
+    """Seconds from the fault until `predicate()` (run in a thread: it may do HTTP) holds; None on timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if await asyncio.to_thread(predicate):
+            return round(ctx.since_fault(), 3)
+        await asyncio.sleep(interval_s)
+    return None
+
+
+class Scenario:
+    name = ""
+    summary = ""  # one line for --help
+    injects = ""
+    measures = ""
+    layout: list[tuple[str, int]] = [("127.0.0.1", 2)]  # (loopback host, workers) per `ringcast node`
+    needs_local_cluster = False  # the fault needs processes the drill started (not a cluster named by flags)
+    needs_control = False
+
+    def size(self, short: bool) -> PopulationSize:
+        if short:
+            return PopulationSize(clients=40, rooms=4, publishers=2, publish_rate_per_s=40)
+        return PopulationSize(clients=1000, rooms=50, publishers=10, publish_rate_per_s=200)
+
+    def timing(self, short: bool) -> Timing:
+        return Timing(warmup_s=2.0, after_s=2.0, recovery_bound_s=20.0) if short else \
+            Timing(warmup_s=10.0, after_s=10.0, recovery_bound_s=60.0)
+
+    def thresholds(self, short: bool) -> Thresholds:
+        # Short (CI) runs judge correctness; their only time bound is generous, since CI machines are noisy.
+        return Thresholds(max_recovery_s=20.0) if short else Thresholds(max_recovery_s=10.0, max_p99_after_ms=250.0)
+
+    def unavailable(self) -> str | None:
+        return None
+
+    async def inject(self, ctx: DrillContext) -> None:
+        raise NotImplementedError
+
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        return []
+
+    async def cleanup(self, ctx: DrillContext) -> None:
+        pass
+
+
+class KillWorker(Scenario):
+    name = "kill-worker"
+    summary = "SIGKILL one worker; its supervisor restarts it; its clients resume elsewhere"
+    injects = "SIGKILL to worker 0 of a 2-worker node (no goodbye, no reconnect notice)"
+    measures = "client detection, worker back (/readyz with a new PID), reconnect, recovery, loss, latency"
+
+    async def inject(self, ctx: DrillContext) -> None:
+        pid = ctx.cluster.worker_pid(0)
+        assert pid is not None, "worker 0 is not running"
+        ctx.details["killed_pid"] = pid
+        ctx.fault_started()
+        os.kill(pid, signal.SIGKILL)
+        ctx.fault_ended()
+        cluster = ctx.cluster
+        ctx.watch("worker_back_s", poll_until(
+            lambda: cluster.worker_pid(0) not in (None, pid) and cluster.ready(0), ctx, 30))
+
+
+class KillNode(Scenario):
+    name = "kill-node"
+    summary = "a whole second node (supervisor and workers, on 127.0.0.2) dies at once"
+    injects = "SIGKILL to the supervisor and both workers of the node on 127.0.0.2 (a host lost)"
+    measures = "client detection, reconnect to the surviving node, recovery, loss, latency"
+    layout = [("127.0.0.1", 2), ("127.0.0.2", 2)]
+    needs_local_cluster = True
+
+    async def inject(self, ctx: DrillContext) -> None:
+        node = ctx.cluster.nodes[1]
+        assert node.proc is not None
+        supervisor = psutil.Process(node.proc.pid)
+        pids = [supervisor.pid] + [child.pid for child in supervisor.children()]
+        ctx.details["killed_pids"] = pids
+        ctx.fault_started()
+        for pid in pids:  # the supervisor first, so that nothing restarts the workers
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        ctx.fault_ended()
+        node.proc.wait(timeout=10)
+
+
+class RedisRestart(Scenario):
+    name = "redis-restart"
+    summary = "Redis stops and starts again empty (no persistence): new epochs, resume says so"
+    injects = "SIGTERM to redis-server, then a new one on the same port, empty"
+    measures = "bus down/back on every worker (/healthz), publish errors, recovery, loss, resume reasons"
+    needs_local_cluster = True
+
+    async def inject(self, ctx: DrillContext) -> None:
+        ctx.watch("bus", watch_bus(ctx))
+        ctx.fault_started()
+        assert ctx.cluster.redis is not None
+        await asyncio.to_thread(ctx.cluster.redis.restart)
+        ctx.fault_ended()
+        ctx.details["redis_back_s"] = round(ctx.since_fault(), 3)
+
+
+class RedisPause(Scenario):
+    name = "redis-pause"
+    summary = "SIGSTOP Redis for a few seconds, then SIGCONT: a hung (not dead) bus"
+    injects = "SIGSTOP to redis-server, SIGCONT after pause_s (5 s; 3 s with --short)"
+    measures = "bus down/back on every worker (/healthz), publish errors, recovery, loss"
+
+    def pause_s(self, short: bool) -> float:
+        return 3.0 if short else 5.0
+
+    async def inject(self, ctx: DrillContext) -> None:
+        ctx.watch("bus", watch_bus(ctx))
+        ctx.fault_started()
+        ctx.cluster.pause_redis()
+        try:
+            await asyncio.sleep(self.pause_s(ctx.short))
+        finally:
+            ctx.cluster.resume_redis()
+        ctx.fault_ended()
+        ctx.details["paused_s"] = self.pause_s(ctx.short)
+
+
+async def watch_bus(ctx: DrillContext, timeout_s: float = 40.0) -> dict:
+    """When the first worker reports its bus down (/healthz busConnected) and when all report it up again."""
+    cluster = ctx.cluster
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while "fault_start" not in ctx.marks:
+        await asyncio.sleep(0.01)
+    down_at: dict[int, float] = {}
+    result: dict = {"back_on_all_workers_s": None}
+    while loop.time() < deadline:
+        states = await asyncio.to_thread(lambda: [cluster.healthz(i).get("busConnected") for i in range(len(cluster.urls))])
+        for index, connected in enumerate(states):
+            if connected is False and index not in down_at:
+                down_at[index] = round(ctx.since_fault(), 3)
+        if "fault_end" in ctx.marks and all(states):
+            result["back_on_all_workers_s"] = round(ctx.since_fault(), 3)
+            break
+        await asyncio.sleep(0.05)
+    result["down_detected_s"] = min(down_at.values()) if down_at else None
+    result["workers_that_saw_it_down"] = len(down_at)
+    return result
+
+
+class ReconnectStorm(Scenario):
+    name = "reconnect-storm"
+    summary = "every client's socket dropped at once (client side); thousands reconnect and resume together"
+    injects = "transport.abort() on every member's socket in the same loop turn (a network blip or LB reset)"
+    measures = "reconnect spread (p50/p99/max, peak reconnects per second), refusals, recovery, loss"
+
+    def size(self, short: bool) -> PopulationSize:
+        if short:
+            return PopulationSize(clients=300, rooms=10, publishers=2, publish_rate_per_s=40)
+        return PopulationSize(clients=3000, rooms=100, publishers=10, publish_rate_per_s=100)
+
+    def thresholds(self, short: bool) -> Thresholds:
+        return Thresholds(max_recovery_s=30.0) if short else Thresholds(max_recovery_s=15.0, max_p99_after_ms=250.0)
+
+    async def inject(self, ctx: DrillContext) -> None:
+        ctx.details["worker_pids_before"] = ctx.cluster.worker_pids()
+        ctx.fault_started()
+        ctx.population.drop_all()
+        ctx.fault_ended()
+
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        fault = ctx.marks["fault_start"]
+        times = sorted(t - fault for t in ctx.ledger.reconnects if t >= fault)
+        per_second: dict[int, int] = {}
+        for t in times:
+            per_second[int(t)] = per_second.get(int(t), 0) + 1
+        ctx.details["reconnects"] = len(times)
+        if times:
+            ctx.details["reconnect_spread_s"] = {
+                "p50": round(times[len(times) // 2], 3), "p99": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+                "max": round(times[-1], 3)}
+            ctx.details["peak_reconnects_per_s"] = max(per_second.values())
+        failures = []
+        if len(times) < results["clients"]:
+            failures.append(f"only {len(times)} of {results['clients']} members reconnected after the drop")
+        after = ctx.cluster.worker_pids()
+        ctx.details["worker_pids_after"] = after
+        if sorted(after) != sorted(ctx.details["worker_pids_before"]):
+            failures.append(f"a worker restarted during the storm: PIDs {ctx.details['worker_pids_before']} -> {after}")
+        return failures
+
+
+class SlowConsumer(Scenario):
+    name = "slow-consumer"
+    summary = "clients that stop reading: they are cut, worker memory stays bounded, others are unaffected"
+    injects = "stalled readers (4 KiB receive buffer, never read) join every room on worker 0"
+    measures = "time until every stalled reader is cut, worker RSS growth, other members' loss/latency/disconnects"
+    MAX_WORKER_GROWTH_MB = 100.0  # a stalled reader may cost at most max_outbound_bytes (512 KiB) plus kernel buffers
+
+    def stalled(self, short: bool) -> int:
+        return 4 if short else 20
+
+    def size(self, short: bool) -> PopulationSize:
+        if short:
+            return PopulationSize(clients=30, rooms=3, publishers=3, publish_rate_per_s=90, payload_bytes=2000)
+        return PopulationSize(clients=200, rooms=10, publishers=5, publish_rate_per_s=200, payload_bytes=2000)
+
+    def thresholds(self, short: bool) -> Thresholds:
+        base = super().thresholds(short)
+        base.extra = {"stalled readers cut": "all, within the recovery bound",
+                      "other members disconnected": "0",
+                      "worker RSS growth": f"<= {self.MAX_WORKER_GROWTH_MB:g} MB"}
+        return base
+
+    async def inject(self, ctx: DrillContext) -> None:
+        cluster = ctx.cluster
+        before = await asyncio.to_thread(cluster.metric, 0, "ringcast_slow_consumer_disconnects_total")
+        readers = [StalledReader(cluster.urls[0], ctx.population.rooms) for _ in range(self.stalled(ctx.short))]
+        ctx.details["stalled_readers"] = len(readers)
+        ctx.details["_readers"] = readers
+        ctx.fault_started()
+        await asyncio.gather(*(reader.open() for reader in readers))
+        ctx.fault_ended()
+        ctx.watch("all_cut_s", poll_until(
+            lambda: cluster.metric(0, "ringcast_slow_consumer_disconnects_total") - before >= len(readers),
+            ctx, self.timing(ctx.short).recovery_bound_s, interval_s=0.2))
+
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        failures = []
+        if ctx.details.get("all_cut_s") is None:
+            failures.append("not every stalled reader was cut off as a slow consumer")
+        disconnects = [t for t in ctx.ledger.disconnects if t >= ctx.marks["fault_start"]]
+        ctx.details["member_disconnects_after_fault"] = len(disconnects)
+        if disconnects:
+            failures.append(f"{len(disconnects)} ordinary members were disconnected by the slow consumers")
+        growth = results["memory"]["max_worker_growth_mb"]
+        if growth is not None and growth > self.MAX_WORKER_GROWTH_MB:
+            failures.append(f"a worker's RSS grew {growth} MB (max {self.MAX_WORKER_GROWTH_MB:g} MB)")
+        return failures
+
+    async def cleanup(self, ctx: DrillContext) -> None:
+        for reader in ctx.details.pop("_readers", []):
+            reader.close()
+
+
+class _WithControl(Scenario):
+    """Drills that need the control plane: they start a `ringcast control` replica next to the cluster."""
+
+    needs_local_cluster = True
+    needs_control = True
+
+    def unavailable(self) -> str | None:
+        try:
+            import control.cli  # noqa: F401
+            from chaos.cluster import ControlProcess  # noqa: F401,F811
+        except ImportError as exc:
+            return f"the control plane is not available in this build ({exc})"
+        return None
+
+
+def start_control(cluster: DrillCluster) -> ControlProcess:
+    return ControlProcess(port=free_port(), redis_url=cluster.redis_url, admin_token=secrets.token_hex(16)).start()
+
+
+def ring_ids(ctx: DrillContext) -> list[str]:
+    assert ctx.control is not None
+    status, body = ctx.control.get("/v1/ring")
+    return [member["id"] for member in body.get("members", body.get("nodes", []))] if status == 200 else []
+
+
+def worker_id(ctx: DrillContext, url_index: int) -> str:
+    url = ctx.cluster.urls[url_index]
+    return url.split("//", 1)[1].split("/", 1)[0]
+
+
+class Drain(_WithControl):
+    name = "drain"
+    summary = "drain worker 0 through the control API; its clients are steered away without loss"
+    injects = "POST /v1/nodes/{worker 0}/drain (windowS 2; 1 with --short) on `ringcast control`"
+    measures = "drain complete (worker reports drained), reconnect, recovery, loss, client errors (must be none)"
+
+    def window_s(self, short: bool) -> float:
+        return 1.0 if short else 2.0
+
+    def thresholds(self, short: bool) -> Thresholds:
+        base = super().thresholds(short)
+        base.extra = {"client-visible errors": "0 (reconnect notices are expected, refusals and cuts are not)",
+                      "drain completes": "worker 0 reports drained within the recovery bound"}
+        return base
+
+    async def inject(self, ctx: DrillContext) -> None:
+        assert ctx.control is not None
+        control = ctx.control
+        drained = worker_id(ctx, 0)
+        await asyncio.to_thread(wait_until, lambda: drained in _node_states(control), 20, "worker 0 known to control")
+        ctx.fault_started()
+        status, answer = await asyncio.to_thread(control.call, "POST", f"/v1/nodes/{drained}/drain",
+                                                 {"windowS": self.window_s(ctx.short)})
+        ctx.fault_ended()
+        ctx.details["drain_answer"] = {"status": status, **answer}
+        if status != 202:
+            return
+        ctx.watch("drained_s", poll_until(
+            lambda: _node_states(control).get(drained) == "drained", ctx, self.timing(ctx.short).recovery_bound_s, 0.1))
+
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        failures = []
+        if ctx.details.get("drain_answer", {}).get("status") != 202:
+            failures.append(f"the control API refused the drain: {ctx.details.get('drain_answer')}")
+        elif ctx.details.get("drained_s") is None:
+            failures.append("worker 0 never reported drained")
+        if results["client_errors_total"]:
+            failures.append(f"clients saw errors during a drain: {results['client_errors']}")
+        return failures
+
+
+def _node_states(control: ControlProcess) -> dict[str, str]:
+    status, body = control.get("/v1/nodes")
+    return {n["id"]: n.get("state", "") for n in body.get("nodes", [])} if status == 200 else {}
+
+
+class ControlKill(_WithControl):
+    name = "control-kill"
+    summary = "the control plane is SIGKILLed while traffic flows; the data plane keeps serving on the last ring"
+    injects = "SIGKILL to the only `ringcast control` replica"
+    measures = "member disconnects (must be none), workers' ring still served, loss, latency"
+
+    def thresholds(self, short: bool) -> Thresholds:
+        base = super().thresholds(short)
+        base.extra = {"member disconnects": "0", "workers' ring after the kill": "unchanged, both workers in it"}
+        return base
+
+    async def inject(self, ctx: DrillContext) -> None:
+        assert ctx.control is not None
+        await asyncio.to_thread(wait_until, lambda: len(_worker_ring(ctx)) == len(ctx.cluster.urls), 20,
+                                "every worker in the ring the workers serve")
+        ctx.details["ring_before"] = _worker_ring(ctx)
+        ctx.fault_started()
+        ctx.control.kill()
+        ctx.fault_ended()
+
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        failures = []
+        disconnects = [t for t in ctx.ledger.disconnects if t >= ctx.marks["fault_start"]]
+        if disconnects:
+            failures.append(f"{len(disconnects)} members were disconnected after the control plane died")
+        after = _worker_ring(ctx)
+        ctx.details["ring_after"] = after
+        if after != ctx.details["ring_before"]:
+            failures.append(f"the workers' ring changed without a control plane: {ctx.details['ring_before']} -> {after}")
+        return failures
+
+
+def _worker_ring(ctx: DrillContext) -> list[str]:
+    status, body = get_json(http_url(ctx.cluster.urls[-1], "/ring"))
+    if status != 200:
+        return []
+    members = body.get("members") or body.get("nodes") or []
+    return sorted(m.get("id", "") for m in members)
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    KillWorker(), KillNode(), Drain(), RedisRestart(), RedisPause(), ControlKill(), ReconnectStorm(), SlowConsumer(),
+)}
