@@ -60,7 +60,7 @@ _MAX_STATE_EVENTS = 256  # state changes buffered per `states()` iterator; the o
 class ConnectionState(str, enum.Enum):
     IDLE = "idle"  # no room joined yet: nothing to connect to
     CONNECTING = "connecting"  # asking the router, opening the socket, waiting for `welcome`
-    CONNECTED = "connected"  # `welcome` received; rooms are (re)joined from here
+    CONNECTED = "connected"  # `welcome` received and every room's (re-)join sent; publishes go out
     WAITING = "waiting"  # disconnected; waiting `delay_s` (backoff or a hint's delay) before the next attempt
     CLOSED = "closed"  # closed by the application; final
 
@@ -395,9 +395,13 @@ class Client:
             self._ws = ws
             self.url = url
             self.worker_id = welcome.get("workerId")
+            # Re-join before publishes may go out: the worker handles one connection's frames in
+            # order, so a publish sent after its room's join never meets NOT_JOINED.
+            for room in sorted(self._rooms):
+                await self._send_join(room)
             self._connected.set()
             self._set_state(ConnectionState.CONNECTED, "connected", url)
-            for room in sorted(self._rooms):
+            for room in sorted(self._rooms):  # rooms join() added while the loop above awaited
                 await self._send_join(room)
             return await self._read(ws)
         finally:
