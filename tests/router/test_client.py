@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from chaos.cluster import NodeProcess, http_json, wait_until
+from chaos.cluster import NodeProcess, free_port, http_json, wait_until
 from router.backoff import BackoffPolicy
 from router.client import Client, ConnectionState, StateChange
 from router.membership import ring_key
@@ -160,6 +160,34 @@ async def test_a_reconnect_notice_is_honoured_with_its_delay(redis_server, start
                                       and node.worker_pid(0) != old_pid), 30)
         await client.publish("lobby", "back")
         assert (await next_message(client))["text"] == "back"
+
+
+async def test_moved_ping_pong_between_disagreeing_workers_is_bounded(redis_server):
+    # Two single-worker nodes whose static rings each name only the other: each hints every room away.
+    first = free_port()
+    second = next(port for port in iter(free_port, None) if port != first)
+    nodes = [
+        NodeProcess(port=first, workers=1, args=["--redis", redis_server.url, "--nodes", f"127.0.0.1:{second}"]),
+        NodeProcess(port=second, workers=1, args=["--redis", redis_server.url, "--nodes", f"127.0.0.1:{first}"]),
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        changes: list[StateChange] = []
+        # Any worker is a valid entry point: it answers /route from its own ring.
+        async with Client(f"http://127.0.0.1:{first}", backoff=FAST, max_moved_follows=3,
+                          on_state=changes.append) as client:
+            await client.join("lobby")
+            await asyncio.wait_for(_until(lambda: sum(c.reason == "moved" for c in changes) >= 3
+                                          and client.state.state is ConnectionState.CONNECTED), 20)
+            # It stays put after three moves in a row and keeps working where it is.
+            await client.publish("lobby", "settled")
+            assert (await next_message(client))["text"] == "settled"
+            assert sum(c.reason == "moved" for c in changes) == 3
+            assert client.state.state is ConnectionState.CONNECTED
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 async def test_state_changes_are_also_an_async_iterator(start_router):
