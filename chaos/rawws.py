@@ -135,9 +135,12 @@ class RawWebSocket:
                 return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
 
     async def at_eof(self, timeout_s: float = 10.0) -> bool:
-        """True once the server has closed the TCP connection (reads until EOF)."""
+        """True once the server has closed the TCP connection (EOF or reset; reads until then)."""
         async with asyncio.timeout(timeout_s):
-            while await self.reader.read(65536):
+            try:
+                while await self.reader.read(65536):
+                    pass
+            except ConnectionResetError:  # closed with our unread frames in its buffer: RST
                 pass
         return True
 
