@@ -194,7 +194,7 @@ class Decoder:
             raise ProtocolError(ErrorCode.WRONG_FRAME_TYPE, "this connection speaks msgpack: send binary frames")
         size = self.limits.max_frame_bytes
         try:
-            return msgpack.unpackb(
+            obj = msgpack.unpackb(
                 frame,
                 raw=False,
                 strict_map_key=True,
@@ -205,9 +205,13 @@ class Decoder:
                 max_ext_len=0,
             )
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
+            obj = _NOT_MSGPACK
+        # A limit of 0 still lets an *empty* bin or ext through (msgpack checks `len > max`).
+        if obj is _NOT_MSGPACK or _holds_binary(obj):
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE_FORMAT, "frame is not a valid msgpack map (bin and ext are not allowed)"
             ) from None
+        return obj
 
     @staticmethod
     def _since(value: Any, request_id: RequestId | None) -> Since | None:
@@ -257,6 +261,25 @@ class Decoder:
         if room is not None:
             room = self.room(room, request_id)
         return Publish(room, key, data, request_id)
+
+
+_NOT_MSGPACK = object()
+_BINARY = (bytes, msgpack.ExtType)
+
+
+def _holds_binary(value: Any) -> bool:
+    """Whether a decoded msgpack value holds bytes or an ext value anywhere (keys included)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _BINARY):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def nesting_depth(value: Any, give_up_past: int) -> int:
