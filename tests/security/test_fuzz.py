@@ -1,0 +1,36 @@
+"""The short fuzz run (CI): a few thousand random and mutated frames at a live worker.
+
+The long run (>= 100,000 frames) is `python -m chaos.fuzz --frames 100000`;
+its numbers are recorded in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from chaos import fuzz
+from tests.security.bystanders import Bystanders
+
+SHORT_RUN_FRAMES = 3000
+RSS_GROWTH_BOUND_BYTES = 64 * 1024 * 1024  # generous: a leak per frame would show as far more over a long run
+
+
+async def test_every_fuzz_frame_gets_its_documented_answer_and_the_worker_lives_on(start_node):
+    node = start_node(1, *fuzz.WORKER_FLAGS)
+    pid = node.worker_pid(0)
+    bystanders = await Bystanders.join(node.ws_url())
+    run = asyncio.ensure_future(fuzz.run(node.host, node.port, pid, SHORT_RUN_FRAMES, seed=7, connections=3))
+    while not run.done():
+        await bystanders.publish()
+        await asyncio.wait({run}, timeout=0.05)
+    report = run.result()
+    print(report.as_dict())
+    assert report.frames == SHORT_RUN_FRAMES
+    assert report.failures == 0, report.failure_samples
+    # The oracle was exercised: decoder-predicted errors and every kind of close were seen.
+    assert {"INVALID_MESSAGE_FORMAT", "INVALID_ROOM", "WRONG_FRAME_TYPE", "UNKNOWN_TYPE"} <= set(report.errors)
+    assert {1002, 1007, 1009} <= set(report.closes)
+    assert node.worker_pid(0) == pid  # never crashed or restarted
+    assert report.rss_after_bytes - report.rss_before_bytes < RSS_GROWTH_BOUND_BYTES
+    await bystanders.assert_all_received()
+    await bystanders.close()
