@@ -164,7 +164,7 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
             await scenario.inject(ctx)
             progress.phase = "recovering"
             recovery_deadline = ledger.now() + timing.recovery_bound_s
-            while ledger.now() < recovery_deadline and not _receiving_again(ctx):
+            while ledger.now() < recovery_deadline and not (_receiving_again(ctx) and scenario.server_side_done(ctx)):
                 await asyncio.sleep(0.1)
             progress.phase = "after"
             await asyncio.sleep(timing.after_s)

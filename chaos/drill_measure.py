@@ -20,6 +20,7 @@ the marks the runner took.
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass, field
 
@@ -137,6 +138,8 @@ def measure(ledger: Ledger, members: list, clients: int, marks: dict[str, float]
         "client_errors": dict(ledger.errors),
         "client_errors_total": sum(v for k, v in ledger.errors.items() if k != "reconnect_notice"),
         "client_error_samples": dict(ledger.error_samples),
+        "client_errors_after_fault": dict(collections.Counter(k for t, k in ledger.error_times if t >= fault)),
+        "gap_samples": ledger.gap_samples,
         "latency": latency,
         "memory": memory,
         "settle_s": _round(marks.get("settled", stop) - stop),

@@ -72,6 +72,7 @@ class Ledger:
         self.out_of_order = 0  # a message of an epoch the member had already left
         self.gaps_while_connected = 0  # jumps seen on a live connection (repaired by re-joining with since)
         self.declared_losses = 0  # joins answered recovered:false that skipped positions
+        self.gap_samples: list[dict] = []  # the first few gaps, as evidence for a server bug report
         self.publish_attempts = 0
         self.fault_end_ms: float | None = None  # wall-clock ms; messages sent after it prove recovery
 
@@ -81,8 +82,11 @@ class Ledger:
     def error(self, kind: str, evidence: dict | None = None) -> None:
         self.errors[kind] += 1
         self.error_times.append((self.now(), kind))
-        if evidence is not None and len(self.error_samples[kind]) < 3:
-            self.error_samples[kind].append({"t": round(self.now(), 3), **evidence})
+        if evidence is not None:  # keep the first few of each distinct (kind, message), as evidence
+            samples = self.error_samples[kind]
+            same = [s for s in samples if s.get("message") == evidence.get("message")]
+            if len(same) < 2 and len(samples) < 8:
+                samples.append({"t": round(self.now(), 3), **evidence})
 
     def ack(self, room: str, epoch: str, seq: int, sent_ms: float) -> None:
         self.acked[room][(epoch, seq)] = sent_ms
@@ -130,6 +134,8 @@ class _Connection:
         self.stopping = False
         self.redirect_url: str | None = None  # from a `reconnect` frame
         self.notice_delay_s: float | None = None  # from a `reconnect` frame
+        self.dropped_by_us = False  # abort() cut the socket: its close code is not the server's doing
+        self.left_by_choice = False  # the session ended on our decision (a notice, a failed join): not a cut
 
     async def run(self) -> None:
         attempt = 0
@@ -162,8 +168,9 @@ class _Connection:
                     await ws.close()
             if self.stopping:
                 return
-            if ws.close_code not in (None, 1000, 1001):
-                self.ledger.error(f"close_{ws.close_code}")
+            if ws.close_code not in (None, 1000, 1001) and not (self.dropped_by_us or self.left_by_choice):
+                self.ledger.error(f"close_{ws.close_code}")  # the server cut us (or the socket died)
+            self.dropped_by_us = self.left_by_choice = False
             if self.notice_delay_s is not None:  # the server said how long to wait
                 delay, self.notice_delay_s = self.notice_delay_s, None
                 attempt = 0
@@ -176,6 +183,7 @@ class _Connection:
         """Drop the socket without a close frame (a network blip, as the server sees it)."""
         ws = self.ws
         if ws is not None:
+            self.dropped_by_us = True
             transport = ws._response.connection.transport if ws._response.connection else None  # noqa: SLF001
             if transport is not None:
                 transport.abort()
@@ -194,6 +202,7 @@ class _Connection:
 
     def follow_notice(self, frame: dict) -> None:
         self.ledger.errors["reconnect_notice"] += 1  # not an error, but client-visible: counted with them
+        self.left_by_choice = True
         self.notice_delay_s = float(frame.get("delayMs", 0)) / 1000
         self.redirect_url = frame.get("url")
 
@@ -250,6 +259,7 @@ class RoomMember(_Connection):
                 self.ledger.error(code, {"url": str(ws._response.url), "during": "join" if not self.live else "member",
                                          **frame})
                 if not self.live:  # the join failed (BUS_UNAVAILABLE): reconnect and try again
+                    self.left_by_choice = True
                     break
         return served
 
@@ -281,7 +291,7 @@ class RoomMember(_Connection):
                 self.ledger.duplicates += 1
                 return
             if seq != stream.last_seq + 1:
-                await self._rejoin(ws)
+                await self._rejoin(ws, epoch, seq)
                 return
         elif epoch in stream.intervals:
             self.ledger.out_of_order += 1
@@ -289,7 +299,7 @@ class RoomMember(_Connection):
         elif seq == 1:
             stream.start(epoch, 0)  # a new stream: the room's state was lost (e.g. Redis restarted empty)
         else:
-            await self._rejoin(ws)
+            await self._rejoin(ws, epoch, seq)
             return
         stream.accept(seq)
         data = frame.get("data")
@@ -299,9 +309,12 @@ class RoomMember(_Connection):
                 and sent_ms >= self.ledger.fault_end_ms:
             self.first_after_fault_s = self.ledger.now()
 
-    async def _rejoin(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _rejoin(self, ws: aiohttp.ClientWebSocketResponse, epoch: str, seq: int) -> None:
         """A gap on a live connection: leave and join again with `since`, so the server replays the missing part."""
         self.ledger.gaps_while_connected += 1
+        if len(self.ledger.gap_samples) < 10:
+            self.ledger.gap_samples.append({"t": round(self.ledger.now(), 3), "room": self.room, "url": str(ws._response.url),
+                                            "last": [self.stream.epoch, self.stream.last_seq], "got": [epoch, seq]})
         self.live = False
         await ws.send_str(orjson.dumps({"type": "leave", "room": self.room}).decode())
         await ws.send_str(self._join_frame())
@@ -364,6 +377,7 @@ class Publisher(_Connection):
                 reply = await self._request(ws, {"type": "join", "room": room, "id": f"join:{room}"})
                 if reply["type"] == "error":
                     self.ledger.error(reply.get("code", "?"), {"url": str(ws._response.url), "during": "join", **reply})
+                    self.left_by_choice = True
                     return False
             self.connected = True
             self.ready.set()
