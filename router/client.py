@@ -191,6 +191,7 @@ class Client:
         self._closed = False
         self._moved_follows = 0
         self._moved_epoch = -1
+        self._ring_epoch = -1  # newest ring epoch seen (route answers, followed hints): older hints are stale
         self.url: str | None = None  # the worker currently connected to
         self.worker_id: str | None = None  # its shard id, from `welcome`
         self.last_moved: dict[str, dict[str, Any]] = {}  # room -> the last `moved` frame for it
@@ -373,6 +374,8 @@ class Client:
             raise _LookupFailed(f"{url}: {exc!r}") from None
         if response.status != 200 or not isinstance(body, dict) or not isinstance(body.get("url"), str):
             raise _LookupFailed(f"{url}: HTTP {response.status} {body!r}")
+        if isinstance(body.get("epoch"), int):
+            self._ring_epoch = max(self._ring_epoch, body["epoch"])
         return body["url"]
 
     async def _connection(self, url: str) -> _Hint | None:
@@ -439,12 +442,17 @@ class Client:
         if not self._rooms or room != min(self._rooms) or url == self.url:
             return None
         ring_epoch = epoch if isinstance(epoch, int) else -1
+        if ring_epoch < self._ring_epoch:
+            # A worker that has not caught up with the ring yet: the router already knew better.
+            log.info("ignoring stale moved to %s (ring epoch %s < %d)", url, epoch, self._ring_epoch)
+            return None
         if ring_epoch > self._moved_epoch:
             self._moved_epoch, self._moved_follows = ring_epoch, 0
         if self._moved_follows >= self.max_moved_follows:
             log.warning("ignoring moved to %s: followed %d in a row at ring epoch %s", url, self._moved_follows, epoch)
             return None
         self._moved_follows += 1
+        self._ring_epoch = max(self._ring_epoch, ring_epoch)
         return _Hint(url, 0.0, "moved")
 
     def _on_reply(self, frame: dict[str, Any]) -> None:
@@ -512,8 +520,12 @@ class Client:
         async with asyncio.timeout(self.request_timeout_s):
             await self._connected.wait()
             future = asyncio.get_running_loop().create_future()
-            frame["id"] = self._register(_Pending(kind, room, future))
-            await self._send(frame)
+            request_id = frame["id"] = self._register(_Pending(kind, room, future))
+            try:
+                await self._send(frame)
+            except ConnectionLost:
+                self._pending.pop(request_id, None)
+                raise
             return await future
 
     def _register(self, pending: _Pending) -> int:

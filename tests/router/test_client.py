@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from chaos.cluster import NodeProcess, free_port, http_json, wait_until
+from chaos.cluster import NodeProcess, free_port, free_port_range, http_json, wait_until
 from router.backoff import BackoffPolicy
 from router.client import Client, ConnectionState, StateChange
 from router.membership import ring_key
@@ -188,6 +188,33 @@ async def test_moved_ping_pong_between_disagreeing_workers_is_bounded(redis_serv
     finally:
         for node in nodes:
             node.stop()
+
+
+async def test_a_moved_hint_from_an_older_ring_than_the_routers_is_ignored(redis_server, start_router):
+    port = free_port_range(2)
+    static = f"127.0.0.1:{port},127.0.0.1:{port + 1}"
+    # The workers place by a static ring (epoch 0); the router follows a newer ring (epoch 5)
+    # that holds only worker 1 (as if worker 0 had been removed and the workers lagged behind).
+    node = NodeProcess(port=port, workers=2, args=["--redis", redis_server.url, "--nodes", static]).start()
+    try:
+        newer = Ring([Member(f"127.0.0.1:{port + 1}", f"ws://127.0.0.1:{port + 1}/ws")], 5)
+        redis_server.command("SET", ring_key("newer:"), newer.to_json())
+        router = start_router("--redis", redis_server.url, "--key-prefix", "newer:")
+        workers_ring = Ring([Member(f"127.0.0.1:{p}", f"ws://127.0.0.1:{p}/ws") for p in (port, port + 1)], 0)
+        room = room_owned_by(workers_ring, port)
+        changes: list[StateChange] = []
+        async with Client(router.url(), backoff=FAST, on_state=changes.append) as client:
+            await client.join(room)
+            assert client.url == f"ws://127.0.0.1:{port + 1}/ws"
+            # Worker 1 hints the room to worker 0 at epoch 0, right after `joined`: frames arrive in
+            # order, so once our own message is back the hint has been read (and must be ignored).
+            await client.publish(room, "stay")
+            assert (await next_message(client))["text"] == "stay"
+            assert client.last_moved[room]["epoch"] == 0
+            assert not any(c.reason == "moved" for c in changes)
+            assert client.state.state is ConnectionState.CONNECTED and client.url == f"ws://127.0.0.1:{port + 1}/ws"
+    finally:
+        node.stop()
 
 
 async def test_state_changes_are_also_an_async_iterator(start_router):
