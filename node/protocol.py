@@ -65,6 +65,7 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009  # a frame larger than max_frame_bytes
     INTERNAL_ERROR = 1011  # a server bug
     TRY_AGAIN_LATER = 1013  # worker full (max_connections) or slow consumer (max_outbound_bytes)
+    TOKEN_EXPIRED = 4001  # the connection token's `exp` passed while connected; reconnect with a fresh token
 
 
 class ProtocolError(Exception):

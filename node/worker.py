@@ -460,10 +460,15 @@ class Worker:
         while True:
             await asyncio.sleep(min(SWEEP_INTERVAL_S, interval, timeout))
             now = loop.time()
+            wall_s = time.time()
             buffered = 0
             assert self.outbox is not None
             for conn in list(self.connections.values()):
                 if conn.closed:
+                    continue
+                if conn.identity is not None and wall_s >= conn.identity.expires_at:
+                    # A token is checked at the upgrade; without this a connection would outlive it forever.
+                    self._close(conn, protocol.CloseCode.TOKEN_EXPIRED, "token expired", "token_expired")
                     continue
                 if conn.ping_sent_at is not None:
                     if now - conn.ping_sent_at > timeout:

@@ -11,6 +11,7 @@ import pytest
 
 from chaos.rawws import RawWebSocket, UpgradeRefused
 from node.auth import AuthError, TokenVerifier, parse_secrets, token_from
+from tests.security.bystanders import Bystanders
 from tests.security.tokens import KEY1, KEY2, bearer, flag, token
 from tests.wsclient import WsClient
 
@@ -170,3 +171,17 @@ async def test_a_token_given_to_a_worker_without_auth_is_ignored(start_node):
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(node.ws_url(), headers=bearer("garbage")) as ws:
             assert (await ws.receive_json())["type"] == "welcome"
+
+
+async def test_a_connection_is_closed_4001_when_its_token_expires(start_node):
+    node = _auth_node(start_node)
+    bystanders = await Bystanders.join(node.ws_url(), headers=bearer(token(sub="carol")))
+    short = await WsClient.connect(node.ws_url(), headers=bearer(token(sub="dave", exp_in_s=3)))
+    await short.join("lobby")
+    while not short.ws.closed:
+        await bystanders.publish()
+        msg = await short.ws.receive(timeout=20)
+    assert short.ws.close_code == 4001 and msg.extra == "token expired"
+    await short.close()
+    await bystanders.assert_all_received()  # carol's token is long-lived: she stays
+    await bystanders.close()
