@@ -13,7 +13,7 @@ import sys
 # subcommand -> (module, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("node.cli", "run an edge node: a supervisor and its worker processes"),
-    "up": ("chaos.up", "start a local cluster (redis, node workers) in the foreground"),
+    "up": ("chaos.up", "start a local cluster (redis, node workers, router) in the foreground"),
     "control": ("control.cli", "run a control plane replica: membership, ring epochs, drain, operator API"),
     "ctl": ("control.ctl", "operate the control plane: nodes, ring, room, drain, undrain, rebalance, events"),
     "router": ("router.cli", "run the route service: GET /route?room=R -> the worker that owns R"),
