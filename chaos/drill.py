@@ -178,6 +178,8 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
                 await asyncio.wait(ctx.watchers, timeout=timing.recovery_bound_s)
     except TimeoutError:
         failures.append(f"the drill hit its time bound ({bound_s:.0f} s) in phase {progress.phase!r}")
+    except Exception as exc:  # noqa: BLE001 - a drill that breaks is a FAIL with its reason, never a traceback
+        failures.append(f"the drill failed in phase {progress.phase!r}: {exc!r}")
     finally:
         sampler.cancel()
         for task in ctx.watchers:

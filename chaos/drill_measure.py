@@ -35,7 +35,8 @@ class Thresholds:
     max_duplicates: int = 0
     max_out_of_order: int = 0
     max_recovery_s: float | None = None
-    max_p99_after_ms: float | None = None
+    max_p99_after_ms: float | None = None  # floor of the after-latency bound ...
+    max_p99_after_vs_before: float = 2.0  # ... which is max(floor, this x p99 before): "back to its pre-fault level"
     extra: dict = field(default_factory=dict)  # scenario-specific, judged by the scenario
 
     def describe(self) -> list[str]:
@@ -45,7 +46,8 @@ class Thresholds:
         if self.max_recovery_s is not None:
             lines.append(f"recovery <= {self.max_recovery_s:g} s")
         if self.max_p99_after_ms is not None:
-            lines.append(f"p99 latency after recovery <= {self.max_p99_after_ms:g} ms")
+            lines.append(f"p99 latency after recovery <= max({self.max_p99_after_ms:g} ms, "
+                         f"{self.max_p99_after_vs_before:g} x p99 before the fault)")
         lines += [f"{k}: {v}" for k, v in self.extra.items()]
         return lines
 
@@ -165,6 +167,10 @@ def judge(results: dict, thresholds: Thresholds) -> list[str]:
     elif thresholds.max_recovery_s is not None and results["recovery_s"] > thresholds.max_recovery_s:
         failures.append(f"recovery took {results['recovery_s']:.2f} s (max {thresholds.max_recovery_s:g} s)")
     p99_after = results["latency"]["after"]["p99_ms"]
-    if thresholds.max_p99_after_ms is not None and p99_after is not None and p99_after > thresholds.max_p99_after_ms:
-        failures.append(f"p99 latency after recovery {p99_after:.1f} ms (max {thresholds.max_p99_after_ms:g} ms)")
+    p99_before = results["latency"]["before"]["p99_ms"] or 0.0
+    if thresholds.max_p99_after_ms is not None and p99_after is not None:
+        bound = max(thresholds.max_p99_after_ms, thresholds.max_p99_after_vs_before * p99_before)
+        if p99_after > bound:
+            failures.append(f"p99 latency after recovery {p99_after:.1f} ms (max {bound:.1f} ms: "
+                            f"{thresholds.max_p99_after_ms:g} ms or {thresholds.max_p99_after_vs_before:g} x before)")
     return failures

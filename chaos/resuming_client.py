@@ -221,6 +221,7 @@ class RoomMember(_Connection):
         self.accept_jump = False  # the server declared a gap (recovered:false); the next message restarts the stream
         self.first_after_fault_s: float | None = None
         self.ever_disconnected = False
+        self.join_failures = 0  # consecutive refused joins (reset by a `joined`)
 
     def on_disconnected(self) -> None:
         self.live = False
@@ -258,12 +259,25 @@ class RoomMember(_Connection):
                 code = frame.get("code", "?")
                 self.ledger.error(code, {"url": str(ws._response.url), "during": "join" if not self.live else "member",
                                          **frame})
-                if not self.live:  # the join failed (BUS_UNAVAILABLE): reconnect and try again
-                    self.left_by_choice = True
-                    break
+                if not self.live:  # the join failed (BUS_UNAVAILABLE): try it again on this connection, later
+                    self.join_failures += 1
+                    delay = self.backoff.delay_s(min(self.join_failures, 6))
+                    asyncio.get_running_loop().call_later(delay, self._retry_join, ws)
         return served
 
+    def _retry_join(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if not ws.closed and ws is self.ws and not self.live:
+            asyncio.ensure_future(self._send_quietly(ws, self._join_frame()))
+
+    @staticmethod
+    async def _send_quietly(ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+        try:
+            await ws.send_str(text)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            pass  # the read loop sees the closed socket and reconnects
+
     def _on_joined(self, frame: dict) -> None:
+        self.join_failures = 0
         if "recovered" in frame:
             self.ledger.resumes["recovered" if frame["recovered"] else frame.get("reason", "?")] += 1
             if not frame["recovered"]:
