@@ -199,7 +199,7 @@ class Worker:
         ws = web.WebSocketResponse(
             protocols=protocol.SUBPROTOCOLS,
             compress=False,  # permessage-deflate costs CPU per member and opens decompression bombs
-            max_msg_size=self.config.max_frame_bytes,
+            max_msg_size=self.config.max_frame_bytes + 1,  # aiohttp refuses a payload >= max_msg_size
             autoping=False,  # pings and pongs are handled here, cheaply, with pre-built frames
             heartbeat=None,  # one sweep for all connections instead of a timer each
         )
@@ -258,7 +258,9 @@ class Worker:
                 elif kind is WSMsgType.PONG:
                     conn.ping_sent_at = None
                 elif kind is WSMsgType.ERROR:
-                    conn.close_reason = "too_big" if ws.close_code == protocol.CloseCode.MESSAGE_TOO_BIG else "error"
+                    # msg.data is aiohttp's WebSocketError; ws.close_code is by now the code the peer echoed back.
+                    too_big = getattr(msg.data, "code", None) == protocol.CloseCode.MESSAGE_TOO_BIG
+                    conn.close_reason = "too_big" if too_big else "error"
                     break
                 else:  # CLOSE, CLOSING, CLOSED
                     break
