@@ -20,8 +20,13 @@ hints for other rooms are recorded (`last_moved`) and ignored, since those
 rooms are served correctly wherever the connection is.
 
 It keeps, per room, the last stream position (`seq`, `epoch`) it saw
-(`position(room)`); with `resume=True` a re-join carries it as `since` so the
-server can replay what was missed (see docs/protocol.md, "Delivery promise").
+(`position(room)`), and every re-join (after a reconnect, a `moved` or a
+`reconnect` hint) carries it as `since`, so the server replays what was missed
+in order (see docs/protocol.md, "Delivery promise"). Messages at or before the
+position (same epoch) are dropped as duplicates (`duplicates_dropped`). When a
+resume cannot be complete, the iterator yields that room's `joined` frame
+(`recovered: false`, `reason`) at the very place of the gap, and
+`unrecovered` records it; `resume=False` turns all of this off.
 
 Publishing is at most once from the SDK's side: a publish that was in flight
 when the connection dropped fails with `ConnectionLost` and is not retried
@@ -140,7 +145,7 @@ class Client:
         codec: str = JSON,
         backoff: BackoffPolicy = BackoffPolicy(),
         on_state: Callable[[StateChange], None] | None = None,
-        resume: bool = False,
+        resume: bool = True,
         request_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
         ping_interval_s: float | None = 20.0,
@@ -153,7 +158,8 @@ class Client:
         codec: "json" (text frames) or "msgpack" (binary frames).
         backoff: reconnect schedule; default 1 s doubling to a 30 s cap, 30 % jitter.
         on_state: called (synchronously, on the event loop) with every StateChange.
-        resume: re-join with `since` = the last position seen, so missed messages are replayed.
+        resume: re-join with `since` = the last position seen, so missed messages are replayed
+            (and duplicates dropped); False re-joins at the live position.
         request_timeout_s: longest join()/publish()/leave() wait, including waiting for a connection.
         connect_timeout_s: longest a route lookup, a WebSocket handshake or the `welcome` may take.
         ping_interval_s: WebSocket ping period to notice a dead peer; None disables it.
@@ -195,6 +201,8 @@ class Client:
         self.url: str | None = None  # the worker currently connected to
         self.worker_id: str | None = None  # its shard id, from `welcome`
         self.last_moved: dict[str, dict[str, Any]] = {}  # room -> the last `moved` frame for it
+        self.duplicates_dropped = 0  # messages at or before a room's position, not yielded
+        self.unrecovered: dict[str, dict[str, Any]] = {}  # room -> the last `joined` with recovered: false
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -420,8 +428,14 @@ class Client:
             frame = self._decode(msg)
             kind = frame.get("type")
             if kind == "message":
-                self._note_position(frame)
+                if not self._note_position(frame):
+                    self.duplicates_dropped += 1
+                    continue
                 await self._messages.put(frame)  # blocks when full: backpressure, not memory growth
+            elif kind == "joined" and frame.get("recovered") is False:
+                self.unrecovered[str(frame.get("room"))] = frame
+                self._on_reply(frame)
+                await self._messages.put(frame)  # the gap's place in the stream
             elif kind == "reconnect":
                 url = frame.get("url") if isinstance(frame.get("url"), str) else None
                 delay_s = max(0, int(frame.get("delayMs") or 0)) / 1000
@@ -462,7 +476,7 @@ class Client:
             if room is not None:
                 room.joined_once = True
                 if isinstance(frame.get("seq"), int):
-                    self._advance(room, Position(frame["seq"], str(frame.get("epoch", ""))))
+                    self._on_joined_position(room, Position(frame["seq"], str(frame.get("epoch", ""))))
                 if room.waiter is not None and not room.waiter.done():
                     room.waiter.set_result(frame)
                 room.waiter = None
@@ -557,16 +571,28 @@ class Client:
             raise ConnectionError("server sent a frame that is not an object")
         return frame
 
-    def _note_position(self, frame: dict[str, Any]) -> None:
+    def _note_position(self, frame: dict[str, Any]) -> bool:
+        """Advance the room's position; False for a message at or before it (a duplicate)."""
         room = self._rooms.get(frame.get("room"))  # type: ignore[arg-type]
-        if room is not None and isinstance(frame.get("seq"), int):
-            self._advance(room, Position(frame["seq"], str(frame.get("epoch", ""))))
+        if room is None or not isinstance(frame.get("seq"), int):
+            return True
+        return self._advance(room, Position(frame["seq"], str(frame.get("epoch", ""))))
 
-    @staticmethod
-    def _advance(room: _Room, position: Position) -> None:
+    def _on_joined_position(self, room: _Room, joined_at: Position) -> None:
+        """A `joined` names where the live stream starts; on a resume the replay comes first."""
+        current = room.position
+        if current is None or not self.resume:
+            room.position = joined_at
+        elif current.epoch != joined_at.epoch:
+            room.position = Position(0, joined_at.epoch)  # a new stream: its replay starts at seq 1
+        # else: same stream; the replayed messages advance the position one by one
+
+    def _advance(self, room: _Room, position: Position) -> bool:
         current = room.position
         if current is None or current.epoch != position.epoch or position.seq > current.seq:
             room.position = position
+            return True
+        return not self.resume
 
     # --- plumbing -----------------------------------------------------------------------------
 
