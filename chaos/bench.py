@@ -1,0 +1,436 @@
+"""`ringcast bench`: the load generator's coordinator.
+
+Owns the plan of a run (which connection goes to which worker URL, room,
+source address and process; who publishes; which connections are sampled),
+starting a local cluster when asked (`--start-cluster`, via chaos/cluster.py,
+stopped by PID afterwards), spawning the load processes
+(chaos/load_worker.py), the live progress line, sampling the server's
+memory and CPU (psutil on worker PIDs, or each worker's `/metrics`), and the
+result: loss, duplicates and gaps computed from what every member received,
+the tutorial's columns, JSON and Markdown reports (chaos/load_report.py).
+Every run is bounded: the ramp, the publishing time and the settling each
+have a deadline. It must not speak WebSocket itself (chaos/load_wire.py does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_pipes
+from urllib.parse import urlparse
+
+from chaos.load_report import markdown, write_reports
+from chaos.load_stats import Tally, mean_ms, merge_histograms, percentile_ms
+from chaos.load_worker import ArrivalPlan, ConnectionPlan, ProcessPlan, Target, run
+
+# Flags a benchmark node needs, and why: the defaults protect a production
+# worker from one abusive client; here one machine plays thousands of clients.
+BENCH_NODE_FLAGS = [
+    "--max-connections", "19000",  # a worker holds at most ~19,900 sockets (fd limit 20,000)
+    "--max-connections-per-ip", "19000",  # every client comes from a few 127.0.0.x addresses
+    "--accept-rate-per-s", "5000", "--accept-burst", "20000",  # the ramp opens thousands of sockets at once
+    "--message-rate-per-s", "100000", "--message-burst", "100000",  # saturation runs publish fast from one socket
+    "--control-heartbeat-interval-s", "0",  # no control plane in a benchmark cluster
+]
+CONNECTIONS_PER_PROCESS = 15_000  # under the 20,000 descriptors one process may hold
+CONNECTIONS_PER_SOURCE_IP = 20_000  # under the ~28,000 ephemeral ports per (source, destination) pair
+IDLE_SETTLE_S = 2.0  # after the ramp, before the "connected" memory sample
+
+
+@dataclass(frozen=True)
+class WorkerUrl:
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> "WorkerUrl":
+        parts = urlparse(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/ws")
+
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+
+class ServerSampler:
+    """Resident memory and CPU seconds of each worker: psutil on PIDs if known, else `/metrics`."""
+
+    def __init__(self, urls: list[WorkerUrl], pids: list[int]) -> None:
+        self.urls = urls
+        self.pids = pids
+
+    def sample(self) -> list[tuple[float, float]]:
+        """[(rss_bytes, cpu_seconds)] per worker."""
+        if self.pids:
+            import psutil
+
+            out = []
+            for pid in self.pids:
+                proc = psutil.Process(pid)
+                times = proc.cpu_times()
+                out.append((float(proc.memory_info().rss), times.user + times.system))
+            return out
+        return [self._scrape(url) for url in self.urls]
+
+    @staticmethod
+    def _scrape(url: WorkerUrl) -> tuple[float, float]:
+        with urllib.request.urlopen(url.metrics_url(), timeout=5) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith(("process_resident_memory_bytes ", "process_cpu_seconds_total ")):
+                name, value = line.split(" ", 1)
+                values[name] = float(value)
+        return values.get("process_resident_memory_bytes", 0.0), values.get("process_cpu_seconds_total", 0.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringcast bench",
+        description="Load generator: N verifying WebSocket members in R rooms, P publishers (fixed population), "
+                    "or the tutorial's arrival phases (--phase). Prints a live progress line; writes JSON + Markdown.")
+    where = parser.add_argument_group("target")
+    where.add_argument("--url", action="append", default=[], help="a worker's ws:// URL, repeatable")
+    where.add_argument("--host", default="127.0.0.1", help="node host (with --port/--workers)")
+    where.add_argument("--port", type=int, default=8700, help="port of worker 0 (worker i listens on port + i)")
+    where.add_argument("--workers", type=int, default=1, help="worker count of the node (or of --start-cluster)")
+    where.add_argument("--pid", type=int, action="append", default=[],
+                       help="a worker PID for memory/CPU via psutil, repeatable (default: read each worker's /metrics)")
+    where.add_argument("--start-cluster", action="store_true",
+                       help="start a redis-server and `ringcast node --workers N` with benchmark limits; stop them after")
+    where.add_argument("--node-arg", action="append", default=[],
+                       help="extra flag for the started node, repeatable (e.g. --node-arg=--history-size=0)")
+    pop = parser.add_argument_group("fixed population")
+    pop.add_argument("--connections", type=int, default=1000, help="members in total (publishers included)")
+    pop.add_argument("--rooms", type=int, default=10)
+    pop.add_argument("--publishers", type=int, default=10, help="members that also publish to their room")
+    pop.add_argument("--rate", type=float, default=10.0, help="messages per second per publisher")
+    pop.add_argument("--spread", choices=("rooms", "members"), default="rooms",
+                     help="rooms: every member of a room on the same worker (room r -> worker r mod W); "
+                          "members: members of one room spread over the workers (cross-worker fan-out)")
+    arr = parser.add_argument_group("arrival phases (the tutorial's Artillery scenario)")
+    arr.add_argument("--phase", action="append", default=[], metavar="DURATION_S:ARRIVALS_PER_S",
+                     help="a phase of virtual-user arrivals, repeatable; switches to arrival mode")
+    arr.add_argument("--think-min", type=float, default=1.0)
+    arr.add_argument("--think-max", type=float, default=5.0)
+    arr.add_argument("--messages-per-user", type=int, default=100)
+    arr.add_argument("--max-users", type=int, default=10_000, help="most virtual users alive at once (all processes)")
+    run_ = parser.add_argument_group("run")
+    run_.add_argument("--duration", type=float, default=10.0, help="measured seconds (fixed population)")
+    run_.add_argument("--warmup", type=float, default=2.0, help="seconds of publishing before measuring")
+    run_.add_argument("--procs", type=int, default=0, help="load processes (default: enough for the fd limit, >= 2)")
+    run_.add_argument("--source-ips", type=int, default=0, help="loopback source addresses 127.0.0.1.. (default: by count)")
+    run_.add_argument("--sample-every", type=int, default=10,
+                      help="decode and verify every frame of 1 connection in this many (publishers always)")
+    run_.add_argument("--ramp-timeout", type=float, default=120.0, help="longest the connect ramp may take")
+    run_.add_argument("--out", default="", help="directory for bench.json and bench.md (default: no files)")
+    run_.add_argument("--label", default="", help="name of the run in the reports")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cluster = None
+    try:
+        if args.start_cluster:
+            cluster = _start_cluster(args)
+            urls = [WorkerUrl.parse(cluster[1].ws_url(i)) for i in range(args.workers)]
+            pids = [cluster[1].worker_pid(i) for i in range(args.workers)]
+            node_flags = BENCH_NODE_FLAGS + args.node_arg
+        else:
+            urls = [WorkerUrl.parse(u) for u in args.url] or [
+                WorkerUrl(args.host, args.port + i, "/ws") for i in range(args.workers)]
+            pids = args.pid
+            node_flags = []
+        result = Coordinator(args, urls, ServerSampler(urls, pids)).run()
+        result["node_flags"] = node_flags
+        result["command"] = "ringcast bench " + " ".join(sys.argv[2:] if argv is None else argv)
+        print(markdown(result))
+        if args.out:
+            paths = write_reports(result, args.out)
+            print("reports: " + ", ".join(paths))
+        return 0 if result["connect_failures"] == 0 else 1
+    finally:
+        if cluster is not None:
+            cluster[1].stop()
+            cluster[0].stop()
+
+
+def _start_cluster(args):
+    from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
+
+    redis = RedisServer(free_port()).start()
+    node = NodeProcess(free_port_range(args.workers), args.workers,
+                       ["--redis", redis.url, *BENCH_NODE_FLAGS, *args.node_arg])
+    try:
+        node.start()
+    except BaseException:
+        node.stop()
+        redis.stop()
+        raise
+    print(f"started redis-server on {redis.port} and ringcast node on ports {node.ports} "
+          f"with {' '.join(BENCH_NODE_FLAGS + args.node_arg)}")
+    return redis, node
+
+
+class Coordinator:
+    def __init__(self, args: argparse.Namespace, urls: list[WorkerUrl], sampler: ServerSampler) -> None:
+        self.args = args
+        self.urls = urls
+        self.sampler = sampler
+        self.arrival = bool(args.phase)
+        population = args.max_users if self.arrival else args.connections
+        self.procs = args.procs or max(2, math.ceil(population / CONNECTIONS_PER_PROCESS))
+        self.source_ips = [f"127.0.0.{i + 1}" for i in
+                           range(args.source_ips or max(1, math.ceil(population / CONNECTIONS_PER_SOURCE_IP)))]
+        self.progress: dict[int, tuple] = {}
+        self.interval_latency: dict[int, int] = {}
+        self.last_progress: tuple[float | None, int] = (None, 0)
+
+    # --- plan --------------------------------------------------------------
+    def plans(self) -> list[ProcessPlan]:
+        args = self.args
+        ramp = dict(ramp_timeout_s=args.ramp_timeout)
+        if self.arrival:
+            phases = []
+            for spec in args.phase:
+                duration, rate = spec.split(":")
+                phases.append((float(duration), float(rate) / self.procs))
+            targets = [Target(u.host, u.port, u.path, f"bench-{r}")
+                       for r in range(args.rooms) for u in [self.urls[r % len(self.urls)]]]
+            arrival = ArrivalPlan(phases, targets, self.source_ips, 1.0, args.think_min, args.think_max,
+                                  args.messages_per_user, max(1, args.max_users // self.procs), args.sample_every)
+            return [ProcessPlan(i, arrival=arrival, **ramp) for i in range(self.procs)]
+        per_process: list[list[ConnectionPlan]] = [[] for _ in range(self.procs)]
+        workers = len(self.urls)
+        for i in range(args.connections):
+            room_index = i % args.rooms
+            member_of_room = i // args.rooms
+            worker = room_index % workers if args.spread == "rooms" else (room_index + member_of_room) % workers
+            url = self.urls[worker]
+            publishes = i < args.publishers
+            per_process[i % self.procs].append(ConnectionPlan(
+                url.host, url.port, url.path, f"bench-{room_index}", self.source_ips[i % len(self.source_ips)],
+                sampled=publishes or i % args.sample_every == 0, publishes=publishes))
+        return [ProcessPlan(i, connections=c, publish_rate_per_s=args.rate, **ramp)
+                for i, c in enumerate(per_process)]
+
+    # --- run ---------------------------------------------------------------
+    def run(self) -> dict:
+        args = self.args
+        ctx = multiprocessing.get_context("spawn")
+        rss_before = self.sampler.sample()
+        pipes, processes = [], []
+        for plan in self.plans():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=run, args=(plan, child), daemon=True)
+            proc.start()
+            child.close()
+            pipes.append(parent)
+            processes.append(proc)
+        try:
+            return self._drive(pipes, processes, rss_before)
+        finally:
+            for proc in processes:
+                proc.join(timeout=10)
+                if proc.is_alive():  # only our own children, by their handles
+                    proc.kill()
+                    proc.join(timeout=5)
+
+    def _drive(self, pipes, processes, rss_before) -> dict:
+        args = self.args
+        ramp_started = time.monotonic()
+        ready = self._collect(pipes, "ready", args.ramp_timeout + 60)
+        ramp_s = time.monotonic() - ramp_started
+        connected = sum(r[2] for r in ready.values())
+        failures = sum(r[3] for r in ready.values())
+        self._line(f"ramp done: {connected} connected, {failures} failed in {ramp_s:.1f}s", final=True)
+        time.sleep(IDLE_SETTLE_S)
+        rss_connected = self.sampler.sample()
+        if self.arrival:
+            total_s = sum(float(p.split(":")[0]) for p in args.phase)
+            run_s = total_s + args.think_max * 2 + 2  # last arrivals finish at most a couple of thinks later
+            measure_s = total_s - args.warmup
+        else:
+            run_s = args.warmup + args.duration
+            measure_s = args.duration
+        now = time.monotonic_ns()
+        window_start = now + int(args.warmup * 1e9)
+        window_end = window_start + int(measure_s * 1e9)
+        for pipe in pipes:
+            pipe.send(("go", window_start, window_end, now + int(run_s * 1e9)))
+        cpu_start = cpu_end = None
+        client_cpu_start = client_cpu_end = None
+        results: dict[int, tuple] = {}
+        deadline = time.monotonic() + run_s + 60
+        while len(results) < len(pipes) and time.monotonic() < deadline:
+            self._pump(pipes, results, 0.5)
+            now = time.monotonic_ns()
+            if cpu_start is None and now >= window_start:
+                cpu_start, client_cpu_start = self.sampler.sample(), _client_cpu(processes)
+            if cpu_end is None and now >= window_end:
+                cpu_end, client_cpu_end = self.sampler.sample(), _client_cpu(processes)
+        rss_end = self.sampler.sample()
+        self._line("", final=True)
+        return self._result(results, ready, ramp_s, measure_s, rss_before, rss_connected, rss_end,
+                            cpu_start, cpu_end, client_cpu_start, client_cpu_end)
+
+    def _collect(self, pipes, kind: str, timeout_s: float) -> dict[int, tuple]:
+        got: dict[int, tuple] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(got) < len(pipes) and time.monotonic() < deadline:
+            for pipe in wait_pipes(pipes, timeout=0.5):
+                try:
+                    message = pipe.recv()
+                except EOFError:
+                    raise RuntimeError("a load process died during the ramp") from None
+                if message[0] == kind:
+                    got[message[1]] = message
+                elif message[0] == "progress":
+                    self._on_progress(message)
+        return got
+
+    def _pump(self, pipes, results: dict[int, tuple], timeout_s: float) -> None:
+        for pipe in wait_pipes([p for i, p in enumerate(pipes) if i not in results], timeout=timeout_s):
+            try:
+                message = pipe.recv()
+            except EOFError:
+                continue
+            if message[0] == "result":
+                results[message[1]] = message
+            elif message[0] == "progress":
+                self._on_progress(message)
+
+    def _on_progress(self, message: tuple) -> None:
+        _, index, connected, frames, published, latency_delta = message
+        self.progress[index] = (connected, frames, published)
+        merge_histograms(self.interval_latency, latency_delta)
+        if index != 0:
+            return
+        # every process reports once a second; print the whole picture when process 0 does
+        now = time.monotonic()
+        total_frames = sum(p[1] for p in self.progress.values())
+        last_time, last_frames = self.last_progress
+        self.last_progress = (now, total_frames)
+        if last_time is None:
+            return
+        rate = (total_frames - last_frames) / (now - last_time)
+        p99 = percentile_ms(self.interval_latency, 0.99)
+        self.interval_latency = {}
+        self._line(f"connections {sum(p[0] for p in self.progress.values()):>6}  delivered/s ~{rate:>9,.0f}  "
+                   f"p99 {'-' if p99 is None else f'{p99:.1f} ms'}")
+
+    @staticmethod
+    def _line(text: str, final: bool = False) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[K" + text + ("\n" if final else ""))
+        elif text:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    # --- result ------------------------------------------------------------
+    def _result(self, results, ready, ramp_s, measure_s, rss_before, rss_connected, rss_end,
+                cpu_start, cpu_end, client_cpu_start, client_cpu_end) -> dict:
+        args = self.args
+        tally = Tally()
+        members = []
+        for message in results.values():
+            tally.merge(Tally.from_dict(message[2]))
+            members.extend(message[3])
+        # the room's last position is the highest seq any sampled member (publishers included) saw
+        join_seq: dict[str, int] = {}
+        final_seq: dict[str, int] = {}
+        for room, joined, _, sampled, last in members:
+            join_seq[room] = min(join_seq.get(room, joined), joined)
+            if sampled:
+                final_seq[room] = max(final_seq.get(room, joined), last, joined)
+        expected = lost = surplus = 0
+        short_examples = []
+        for room, joined, received, sampled, last in members:
+            want = final_seq.get(room, join_seq[room]) - joined if not self.arrival else received
+            expected += want
+            lost += max(0, want - received)
+            surplus += max(0, received - want)
+            if want != received and len(short_examples) < 10:
+                short_examples.append({"room": room, "join_seq": joined, "received": received, "expected": want,
+                                       "last_seq_seen": last if sampled else None})
+        sequenced = sum(final_seq.get(r, s) - s for r, s in join_seq.items())
+        window = tally.latency_window
+        delivered_per_s = tally.frames_in_window / measure_s if measure_s > 0 else 0.0
+        server_cpu_s = (sum(c for _, c in cpu_end) - sum(c for _, c in cpu_start)) if cpu_start and cpu_end else None
+        client_cpu_s = (client_cpu_end - client_cpu_start) if client_cpu_start is not None and client_cpu_end is not None else None
+        connected_total = sum(r[2] for r in ready.values())
+        rss_delta = sum(r for r, _ in rss_connected) - sum(r for r, _ in rss_before)
+        return {
+            "label": args.label,
+            "mode": "arrival" if self.arrival else "fixed",
+            "workers": len(self.urls),
+            "load_processes": self.procs,
+            "source_ips": len(self.source_ips),
+            "sample_every": args.sample_every,
+            "connections_planned": args.max_users if self.arrival else args.connections,
+            "connections": connected_total,
+            "connect_failures": tally.connect_failures,
+            "ramp_s": round(ramp_s, 2),
+            "rooms": args.rooms,
+            "publishers": 0 if self.arrival else args.publishers,
+            "rate_per_publisher_s": None if self.arrival else args.rate,
+            "phases": args.phase,
+            "warmup_s": args.warmup,
+            "measured_s": measure_s,
+            "published": tally.published,
+            "published_per_s": round(tally.published_in_window / measure_s, 1) if measure_s > 0 else None,
+            "delivered": tally.frames_total,
+            "delivered_per_s": round(delivered_per_s, 1),
+            "latency_samples": sum(window.values()),
+            "latency_avg_ms": _round(mean_ms(window)),
+            "latency_p50_ms": _round(percentile_ms(window, 0.50)),
+            "latency_p99_ms": _round(percentile_ms(window, 0.99)),
+            "latency_max_ms": _round(percentile_ms(window, 1.0)),
+            "expected_deliveries": expected,
+            "lost": lost,
+            "surplus": surplus,
+            "miscounted_members": short_examples,
+            "unsequenced_publishes": None if self.arrival else tally.published - sequenced,
+            "duplicates": tally.duplicates,
+            "gaps": tally.gaps,
+            "gap_messages": tally.gap_messages,
+            "sampled_frames": tally.sampled_frames,
+            "errors": tally.errors,
+            "error_examples": tally.error_examples,
+            "closed_by_server": tally.closed_by_server,
+            "server_rss_before_mib": [round(r / 2**20, 1) for r, _ in rss_before],
+            "server_rss_connected_mib": [round(r / 2**20, 1) for r, _ in rss_connected],
+            "server_rss_end_mib": [round(r / 2**20, 1) for r, _ in rss_end],
+            "server_rss_per_connection_kib": round(rss_delta / connected_total / 1024, 2) if connected_total else None,
+            "server_cpu_percent": round(100 * server_cpu_s / measure_s, 1) if server_cpu_s is not None else None,
+            "server_cpu_us_per_delivery": (round(1e6 * server_cpu_s / tally.frames_in_window, 2)
+                                           if server_cpu_s and tally.frames_in_window else None),
+            "client_cpu_percent": round(100 * client_cpu_s / measure_s, 1) if client_cpu_s is not None else None,
+        }
+
+
+def _client_cpu(processes) -> float | None:
+    import psutil
+
+    total = 0.0
+    for proc in processes:
+        try:
+            times = psutil.Process(proc.pid).cpu_times()
+        except psutil.Error:
+            return None
+        total += times.user + times.system
+    return total
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The load generator's lean WebSocket member: one asyncio protocol per socket.
+
+Owns the client side of RFC 6455 at the lowest CPU cost Python allows: the
+upgrade written by hand, the server's (unmasked) frames walked with plain
+byte indexing in batches per `data_received`, client frames masked as the
+RFC requires, and per-connection verification of what arrives. Every
+`message` frame is counted from its first bytes; the JSON of a frame is
+decoded only on *sampled* connections (and publishers), which check the
+room's sequence numbers (duplicates, gaps) and the latency from the
+timestamp the publisher embedded (`data.t`, CLOCK_MONOTONIC nanoseconds,
+which is one clock for every process of the machine). It must not decide
+how many sockets to open or when to publish (chaos/load_worker.py does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+
+import orjson
+
+from chaos.load_stats import Tally, add_latency
+
+MESSAGE_PREFIX = b'{"type":"message"'  # how the server's encoder starts every message frame (node/protocol.py)
+OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+MAX_HANDSHAKE_BYTES = 16 * 1024
+
+
+class UpgradeFailed(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"upgrade answered {status}: {detail}")
+        self.status = status
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A final client frame; the mask is applied with one big-integer XOR (no per-byte loop)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 65536:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+    key = os.urandom(4)
+    if not length:
+        return header + key
+    stream = (key * (length // 4 + 1))[:length]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(length, "big")
+    return header + key + masked
+
+
+def message_frame(room: str, sent_ns: int, number: int) -> bytes:
+    payload = b'{"type":"message","room":"%s","data":{"t":%d,"n":%d}}' % (room.encode(), sent_ns, number)
+    return masked_frame(OP_TEXT, payload)
+
+
+class Window:
+    """The measurement window shared by every socket of a process (monotonic ns; 0 = not yet known)."""
+
+    __slots__ = ("start_ns", "end_ns")
+
+    def __init__(self) -> None:
+        self.start_ns = 0
+        self.end_ns = 0
+
+
+class MemberSocket(asyncio.Protocol):
+    """One connection that joins one room and counts (and, if sampled, verifies) what it receives."""
+
+    def __init__(self, host: str, port: int, path: str, room: str, sampled: bool, tally: Tally, window: Window) -> None:
+        self.host, self.port, self.path, self.room = host, port, path, room
+        self.sampled = sampled
+        self.tally = tally
+        self.window = window
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = False
+        self.buffer = b""
+        self.joined: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.join_seq = -1  # room position when the live stream started (from `joined`)
+        self.epoch = ""
+        self.received = 0  # message frames received (every connection)
+        self.last_seq = -1  # sampled: highest seq seen
+        self.closed = False
+        self.closing_on_purpose = False
+
+    # --- connection life -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        transport.write(request.encode())  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.joined.done():
+            self.joined.set_exception(ConnectionError(f"connection lost before joining: {exc}"))
+        elif not self.closing_on_purpose:
+            self.tally.closed_by_server += 1
+            self.tally.connected -= 1
+
+    def close(self) -> None:
+        self.closing_on_purpose = True
+        if self.transport is not None and not self.closed:
+            try:
+                self.transport.write(masked_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+            finally:
+                self.transport.close()
+
+    def send(self, frame: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(frame)
+
+    # --- receiving -------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HANDSHAKE_BYTES:
+                    self._fail(UpgradeFailed(0, "handshake answer too long"))
+                self.buffer = buf
+                return
+            head = buf[:end].decode("latin-1")
+            status = int(head.split(" ", 2)[1]) if head.startswith("HTTP/") else 0
+            if status != 101:
+                self._fail(UpgradeFailed(status, head.splitlines()[0] if head else "no answer"))
+                return
+            self.upgraded = True
+            self.transport.write(masked_frame(OP_TEXT, b'{"type":"join","room":"%s"}' % self.room.encode()))
+            buf = buf[end + 4:]
+        now = time.monotonic_ns()
+        window = self.window
+        in_window = window.start_ns <= now < window.end_ns and window.start_ns > 0
+        size = len(buf)
+        pos = 0
+        count = 0
+        while size - pos >= 2:
+            first = buf[pos]
+            length = buf[pos + 1] & 0x7F
+            header = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                header = 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                header = 10
+            end = pos + header + length
+            if end > size:
+                break
+            start = pos + header
+            pos = end
+            opcode = first & 0x0F
+            if opcode == OP_TEXT and buf.startswith(MESSAGE_PREFIX, start):
+                count += 1
+                if self.sampled:
+                    self._verify(buf[start:end], now, in_window)
+            elif opcode == OP_TEXT or opcode == OP_BINARY:
+                self._control_frame(orjson.loads(buf[start:end]))
+            elif opcode == OP_PING:
+                self.transport.write(masked_frame(OP_PONG, buf[start:end]))
+            elif opcode == OP_CLOSE:
+                self.transport.close()
+                break
+        self.buffer = buf[pos:] if pos < size else b""
+        if count:
+            self.received += count
+            tally = self.tally
+            tally.frames_total += count
+            if in_window:
+                tally.frames_in_window += count
+
+    def _verify(self, body: bytes, now_ns: int, in_window: bool) -> None:
+        frame = orjson.loads(body)
+        tally = self.tally
+        tally.sampled_frames += 1
+        seq = frame["seq"]
+        epoch = frame["epoch"]
+        if epoch != self.epoch and self.epoch:
+            self.epoch = epoch  # the room's stream restarted (Redis lost it): numbering restarts, not a gap
+            self.last_seq = seq
+        else:
+            self.epoch = epoch  # a room with no message yet joins with epoch "": the first message names it
+            last = self.last_seq if self.last_seq >= 0 else self.join_seq
+            if seq <= last:
+                tally.duplicates += 1
+            else:
+                if seq > last + 1:
+                    tally.gaps += 1
+                    tally.gap_messages += seq - last - 1
+                self.last_seq = seq
+        data = frame.get("data")
+        if isinstance(data, dict) and "t" in data:
+            latency = now_ns - data["t"]
+            add_latency(tally.latency_all, latency)
+            if in_window:
+                add_latency(tally.latency_window, latency)
+
+    def _control_frame(self, frame: dict) -> None:
+        kind = frame.get("type")
+        if kind == "joined" and not self.joined.done():
+            self.join_seq = int(frame.get("seq") or 0)
+            self.epoch = str(frame.get("epoch") or "")
+            self.tally.connected += 1
+            self.joined.set_result(self.join_seq)
+        elif kind == "error":
+            # a refused join is counted apart: the socket is retried, the run goes on
+            code = str(frame.get("code")) if self.joined.done() else f"join:{frame.get('code')}"
+            self.tally.errors[code] = self.tally.errors.get(code, 0) + 1
+            self.tally.error_examples.setdefault(code, str(frame.get("message"))[:200])
+            if not self.joined.done():
+                self.joined.set_exception(ConnectionError(f"join refused: {code}"))
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.joined.done():
+            self.joined.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
