@@ -1,0 +1,214 @@
+"""Faults around a running node: Redis restarted or frozen, graceful shutdown, a worker SIGKILLed.
+
+Real redis-server, real supervisor and workers. Nothing here asserts a
+duration: each test waits (with a generous timeout) for the state it expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import aiohttp
+import psutil
+import pytest
+
+from chaos.cluster import http_json
+from tests.node.redis_view import channels, eventually, numsub, room_channels
+from tests.wsclient import WsClient
+
+FAST_BUS = ("--bus-timeout-s", "1", "--bus-reconnect-base-s", "0.05", "--bus-reconnect-cap-s", "0.5")
+
+
+async def publish_answer(client: WsClient, room: str, text: str, request_id: str) -> dict:
+    """Publish with an id; the ack or the error that answers it."""
+    await client.send({"type": "message", "room": room, "text": text, "id": request_id})
+    while True:
+        frame = await client.expect_any(("ack", "error"), timeout_s=15)
+        if frame.get("id") == request_id:
+            return frame
+
+
+async def publish_until_acked(client: WsClient, room: str, text: str, timeout_s: float = 20.0) -> dict:
+    """Retry a publish (as a client would after BUS_UNAVAILABLE) until the bus takes it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    attempt = 0
+    while True:
+        attempt += 1
+        answer = await publish_answer(client, room, text, f"{text}-{attempt}")
+        if answer["type"] == "ack":
+            return answer
+        assert answer["code"] == "BUS_UNAVAILABLE", answer
+        assert loop.time() < deadline, "the bus never came back"
+        await asyncio.sleep(0.1)
+
+
+async def expect_text(client: WsClient, text: str) -> dict:
+    """The next `message` frame carrying `text` (earlier ones are skipped)."""
+    while True:
+        frame = await client.expect("message", timeout_s=15)
+        if frame.get("text") == text:
+            return frame
+
+
+def worker_pids(node) -> list[int]:
+    return [node.worker_pid(i) for i in range(node.workers)]
+
+
+# --- Redis restarted -----------------------------------------------------------------------
+
+async def test_redis_restarted_mid_run(start_node, redis_server):
+    node = start_node(2, *FAST_BUS)
+    pids = worker_pids(node)
+    a0 = await WsClient.connect(node.ws_url(0))
+    b1 = await WsClient.connect(node.ws_url(1), codec="msgpack")
+    c1 = await WsClient.connect(node.ws_url(1))
+    try:
+        for client in (a0, b1):
+            await client.join("alpha")
+            await client.join("beta")
+        await c1.join("gamma")
+        assert await channels(redis_server) == room_channels("alpha", "beta", "gamma")
+
+        await asyncio.to_thread(redis_server.stop)
+        # During the outage: a publish is answered with BUS_UNAVAILABLE, not left hanging.
+        down = await publish_answer(a0, "alpha", "lost", "during-outage")
+        assert down["code"] == "BUS_UNAVAILABLE" and down["id"] == "during-outage"
+        await a0.send({"type": "join", "room": "delta", "id": "j"})
+        refused_join = await a0.expect_any(("joined", "error"), 15)
+        assert (refused_join["type"], refused_join["code"]) == ("error", "BUS_UNAVAILABLE")
+        # gamma's only member leaves during the outage: it must not be re-subscribed.
+        await c1.send({"type": "leave", "room": "gamma"})
+        await c1.expect("left")
+        await eventually(lambda: asyncio.to_thread(node.metric, 0, "ringcast_bus_connected"), 0.0)
+
+        await asyncio.to_thread(redis_server.start)  # same port, empty
+        await eventually(lambda: numsub(redis_server, "alpha"), 2, timeout_s=20)
+        await eventually(lambda: numsub(redis_server, "beta"), 2, timeout_s=20)
+        assert await channels(redis_server) == room_channels("alpha", "beta")  # no gamma, no delta
+
+        # Delivery resumes in both directions, across workers.
+        await publish_until_acked(a0, "alpha", "from-0")
+        assert (await expect_text(b1, "from-0"))["room"] == "alpha"
+        await publish_until_acked(b1, "beta", "from-1")
+        assert (await expect_text(a0, "from-1"))["room"] == "beta"
+
+        for index in (0, 1):
+            assert node.metric(index, "ringcast_bus_connected") == 1
+            assert node.metric(index, "ringcast_bus_reconnects_total") >= 2  # first connect + after the restart
+            assert node.metric(index, "ringcast_worker_restarts") == 0
+        assert node.metric(0, "ringcast_errors_total", 'code="BUS_UNAVAILABLE"') >= 2
+        assert worker_pids(node) == pids  # never crashed
+
+        # No subscription leaks after the reconnect: everyone leaves, every channel goes.
+        for client in (a0, b1):
+            await client.close()
+        await eventually(lambda: channels(redis_server), set())
+    finally:
+        for client in (a0, b1, c1):
+            await client.close()
+
+
+async def test_redis_frozen_then_thawed(start_node, redis_server):
+    node = start_node(1, *FAST_BUS)
+    pid = node.worker_pid(0)
+    publisher = await WsClient.connect(node.ws_url(0))
+    listener = await WsClient.connect(node.ws_url(0))
+    try:
+        await publisher.join("frozen")
+        await listener.join("frozen")
+        redis_server.pause()  # SIGSTOP: sockets stay open, nothing answers
+        try:
+            answer = await publish_answer(publisher, "frozen", "into-the-void", "p1")
+            assert answer["code"] == "BUS_UNAVAILABLE"
+            await eventually(lambda: asyncio.to_thread(node.metric, 0, "ringcast_bus_connected"), 0.0)
+            assert (await publish_answer(publisher, "frozen", "still-frozen", "p2"))["code"] == "BUS_UNAVAILABLE"
+        finally:
+            redis_server.resume()  # SIGCONT
+        await eventually(lambda: asyncio.to_thread(node.metric, 0, "ringcast_bus_connected"), 1.0, timeout_s=20)
+        await eventually(lambda: numsub(redis_server, "frozen"), 1, timeout_s=20)
+        await publish_until_acked(publisher, "frozen", "thawed")
+        assert (await expect_text(listener, "thawed"))["room"] == "frozen"
+        await still_usable(listener)
+        assert node.worker_pid(0) == pid
+    finally:
+        await publisher.close()
+        await listener.close()
+
+
+async def still_usable(client: WsClient) -> None:
+    await client.send({"type": "ping", "id": "alive"})
+    assert (await client.expect("pong"))["id"] == "alive"
+
+
+# --- graceful shutdown -----------------------------------------------------------------------
+
+async def test_graceful_shutdown_steers_clients_away_and_exits_0(start_node):
+    node = start_node(1, "--shutdown-window-s", "2", "--reconnect-jitter-ms", "500")
+    clients = [await WsClient.connect(node.ws_url(0), codec=codec) for codec in ("json", "msgpack", "json")]
+    for client in clients:
+        await client.join("leaving")
+    assert http_json(node.http_url(0, "/readyz"))[0] == 200
+    stopping = asyncio.ensure_future(asyncio.to_thread(node.stop))  # SIGTERM to the supervisor, then wait
+    try:
+        async def readyz() -> int:
+            return (await asyncio.to_thread(http_json, node.http_url(0, "/readyz")))[0]
+
+        await eventually(readyz, 503)  # not ready while shutting down, yet still answering
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await session.ws_connect(node.ws_url(0))
+            assert info.value.status == 503
+
+        for client in clients:
+            notice = await client.expect("reconnect", timeout_s=15)
+            assert notice["reason"] == "shutdown" and 0 <= notice["delayMs"] <= 500 and "url" not in notice
+            msg = await client.ws.receive(timeout=15)
+            # The close frame the worker sent (the client's own close_code may read 1006 if its
+            # reply finds the worker already gone: the handshake is the client's business then).
+            assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1001, "shutdown")
+        assert await asyncio.wait_for(stopping, 30) == 0  # the supervisor's exit status
+    finally:
+        for client in clients:
+            await client.close()
+        await asyncio.wait_for(stopping, 40)
+
+
+# --- a worker killed -----------------------------------------------------------------------------
+
+async def test_a_sigkilled_worker_is_restarted_by_the_supervisor(start_node):
+    node = start_node(2, "--restart-backoff-base-s", "0.1")
+    victim_pid, survivor_pid = worker_pids(node)
+    doomed = await WsClient.connect(node.ws_url(0))
+    survivor = await WsClient.connect(node.ws_url(1))
+    try:
+        await doomed.join("room")
+        await survivor.join("room")
+        os.kill(victim_pid, signal.SIGKILL)
+        with pytest.raises(ConnectionError):
+            await doomed.recv(15)  # its socket dies with the process
+
+        def restarted() -> bool:
+            try:
+                return node.worker_pid(0) != victim_pid and http_json(node.http_url(0, "/readyz"))[0] == 200
+            except (LookupError, OSError, psutil.Error):  # psutil.Error: the old one is still a zombie
+                return False
+
+        await eventually(lambda: asyncio.to_thread(restarted), True, timeout_s=30)
+        assert not psutil.pid_exists(victim_pid) or psutil.Process(victim_pid).status() == psutil.STATUS_ZOMBIE
+        assert node.metric(0, "ringcast_worker_restarts") == 1
+        assert node.metric(1, "ringcast_worker_restarts") == 0
+        assert node.worker_pid(1) == survivor_pid
+        await still_usable(survivor)
+
+        # The new worker serves and delivers across workers again.
+        back = await WsClient.connect(node.ws_url(0))
+        await back.join("room")
+        await survivor.send({"type": "message", "room": "room", "text": "welcome back"})
+        assert (await expect_text(back, "welcome back"))["room"] == "room"
+        await back.close()
+    finally:
+        await doomed.close()
+        await survivor.close()
