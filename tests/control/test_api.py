@@ -21,8 +21,9 @@ def ctl(control, *args: str, token: str | None = ADMIN_TOKEN) -> subprocess.Comp
 
 @pytest.fixture
 def cluster(start_node, start_control):
-    control = start_control()
+    # Workers first: the control plane then admits them in one epoch, with no join-time rebalance.
     node = start_node(2, "--restart-backoff-base-s", "60")
+    control = start_control()
     wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
     return control, node
 

@@ -16,8 +16,10 @@ async def no_route(room: str) -> str:
 
 
 async def test_drain_steers_every_client_to_its_rooms_new_owner_then_undrain(start_node, start_control):
-    control = start_control()
+    # Workers first: the control plane then admits them in one epoch, so no join-time rebalance
+    # moves these clients before the drain does.
     node = start_node(3)
+    control = start_control()
     wait_ring(control, lambda r: len(r) == 3, "three workers in the ring")
     drained_id = f"127.0.0.1:{node.port}"
     rooms = [f"drain-{i % ROOMS}" for i in range(CLIENTS)]

@@ -11,9 +11,10 @@ from tests.control.helpers import node_view, ring_of, route_via, wait_ring
 async def test_sigkilled_worker_leaves_the_ring_and_its_clients_land_on_the_new_owner(
     start_node, start_control, start_router, redis_server
 ):
-    control = start_control()
-    # A long restart backoff keeps the killed worker dead for the whole test.
+    # A long restart backoff keeps the killed worker dead for the whole test. Workers first, so the
+    # control plane admits both in one epoch (no join-time rebalance moving the clients).
     node = start_node(2, "--restart-backoff-base-s", "60")
+    control = start_control()
     before = wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
     router = start_router("--redis", redis_server.url)
     survivor, victim = f"127.0.0.1:{node.port}", f"127.0.0.1:{node.port + 1}"

@@ -40,8 +40,8 @@ async def test_follower_takes_over_when_the_leader_is_killed(start_node, start_c
 async def test_messages_keep_flowing_while_the_control_plane_is_down_and_it_comes_back_without_churn(
     start_node, start_control
 ):
-    control = start_control()
     node = start_node(2)
+    control = start_control()
     ring = wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
     owner = ring.route("ha-room")
     other = next(m for m in ring.members.values() if m.id != owner.id)

@@ -15,8 +15,8 @@ async def no_route(room: str) -> str:
 
 @pytest.mark.parametrize("automatic", [True, False], ids=["after-join", "on-demand"])
 async def test_rebalance_moves_only_rooms_whose_owner_changed(start_node, start_control, automatic):
+    start_node(2)
     control = start_control(*([] if automatic else ["--no-auto-rebalance"]))
-    first = start_node(2)
     before = wait_ring(control, lambda r: len(r) == 2, "the first two workers in the ring")
     fleet = Fleet(ROOMS * 2, lambda room: before.route(room).url, resolve=no_route)  # two members per room
     await fleet.start()
