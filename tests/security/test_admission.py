@@ -108,3 +108,51 @@ async def test_an_oversized_header_line_gets_400(start_node):
     status, _, _ = await _status(node, {"X-Big": "a" * 4096})
     assert status == 400
     assert (await _status(node, {"X-Small": "a" * 1024}))[0] == 101
+
+
+# --- the decision itself, without a worker -------------------------------------------------
+
+def _admission(**overrides):
+    from node.admission import Admission
+    from node.auth import TokenVerifier
+    from tests.security.tokens import KEY1
+
+    settings = dict(
+        allowed_origins=("https://app.example.com",), max_connections_per_ip=1, accept_rate_per_s=1.0, accept_burst=2,
+        verifier=TokenVerifier({KEY1[0]: KEY1[1].encode()}), now=0.0,
+    )
+    settings.update(overrides)
+    return Admission(**settings)
+
+
+def _check(admission, now=0.0, ip="1.2.3.4", origin=None, authorization=None):
+    import time
+
+    return admission.check(ip=ip, origin=origin, authorization=authorization, query_token=None,
+                           now_monotonic=now, now_unix=time.time())
+
+
+def test_checks_run_cheapest_first_and_a_refusal_says_how_long_to_wait():
+    from node.admission import Admitted, Refusal
+    from tests.security.tokens import bearer, token
+
+    admission = _admission()
+    good = bearer(token())["Authorization"]
+    # Origin first: even an over-quota IP with a bad token hears 403.
+    admission.opened("1.2.3.4")
+    assert _check(admission, origin="https://evil.test").status == 403
+    assert _check(admission, authorization=good).status == 429  # then the per-IP cap
+    admission.closed("1.2.3.4")
+    assert admission.connections_per_ip == {}  # the count does not leak entries
+    assert _check(admission).status == 401  # a bad request still spends an accept token...
+    admitted = _check(admission, authorization=good)
+    assert isinstance(admitted, Admitted) and admitted.identity.user == "alice"
+    refused = _check(admission, authorization=good)  # ...so the burst of 2 is gone
+    assert isinstance(refused, Refusal) and (refused.status, refused.retry_after_s) == (503, 1)
+    assert isinstance(_check(admission, now=1.0, authorization=good), Admitted)  # one more per second
+
+
+def test_retry_after_is_whole_seconds_rounded_up():
+    admission = _admission(accept_rate_per_s=0.25, accept_burst=1, verifier=None)
+    assert _check(admission).identity is None  # auth off: admitted without a token
+    assert _check(admission, now=0.5).retry_after_s == 4  # 3.5 s until the next token
