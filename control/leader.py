@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.exceptions import RedisError
+
 from control.config import ControlConfig
 from control.detector import Assessment, MemberRecord, assess
 from control.keys import ACTIVE, ALIVE, DRAINING
@@ -91,7 +93,9 @@ class Controller:
                     await self.tick()
                 except NotLeader:
                     pass
-                except Exception:  # Redis down or a bug: log, keep the loop alive, try again next tick
+                except (RedisError, OSError) as exc:  # Redis down: the workers keep the last ring meanwhile
+                    log.warning("leader tick could not reach Redis: %s", exc)
+                except Exception:  # a bug: log it, keep the loop alive, try again next tick
                     log.exception("leader tick failed")
             await asyncio.sleep(self.config.tick_interval_s)
 

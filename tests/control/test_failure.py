@@ -47,3 +47,23 @@ async def test_sigkilled_worker_leaves_the_ring_and_its_clients_land_on_the_new_
     finally:
         await fleet.stop()
     assert ring_of(control).epoch == after.epoch  # nothing flapped afterwards
+
+
+def test_a_restarted_worker_rejoins_only_after_the_hold_down(start_node, start_control):
+    # The supervisor restarts it after 4 s: longer than dead_after_s, so it is declared dead first.
+    node = start_node(2, "--restart-backoff-base-s", "4", "--restart-reset-after-s", "1")
+    control = start_control("--rejoin-hold-down-s", "4")
+    before = wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
+    victim = f"127.0.0.1:{node.port + 1}"
+    os.kill(node.worker_pid(1), signal.SIGKILL)
+    wait_ring(control, lambda r: victim not in r, "the killed worker to leave the ring")
+
+    back = wait_until(lambda: (lambda v: v if v.get("health") == "alive" else None)(node_view(control, victim)), 30,
+                      "the restarted worker to heartbeat again")
+    assert back["inRing"] is False and back["holdUntilMs"] > 0  # alive, but held out (anti-flap)
+    after = wait_ring(control, lambda r: victim in r, "the worker to rejoin after its hold-down")
+    assert after.epoch == before.epoch + 2
+    events = sorted(control.get("/v1/events")[1]["events"], key=lambda e: e["seq"])
+    returned = next(e for e in events if e["kind"] == "returned" and e["node"] == victim)
+    rejoined = next(e for e in events if e["kind"] == "ring" and victim in e["detail"]["added"] and e["seq"] > returned["seq"])
+    assert returned["detail"]["holdDownMs"] == 4000 and rejoined["detail"]["epoch"] == after.epoch
