@@ -59,7 +59,8 @@ class Report:
     errors: dict[str, int] = field(default_factory=dict)
     closes: dict[int, int] = field(default_factory=dict)
     reconnects: int = 0
-    unanswered: dict[str, int] = field(default_factory=dict)  # valid frames with nothing before the sentinel (e.g. a publish without id: its echo comes later, via the bus)
+    # Valid frames with nothing before the sentinel (a publish without id: its echo comes later, via the bus).
+    unanswered: dict[str, int] = field(default_factory=dict)
     failures: int = 0
     failure_samples: list[str] = field(default_factory=list)
     rss_before_bytes: int = 0
@@ -88,11 +89,14 @@ TYPES = ["join", "leave", "message", "history", "ping", "Join", "", "nope", 1, N
 def _random_value(rng: random.Random, depth: int = 0) -> Any:
     roll = rng.random()
     if depth > 40 or roll < 0.3:
-        return rng.choice([None, True, False, 0, -1, 2**53 + 1, 2**63, -(2**64), 1.5, float("1e308"), "", "x" * rng.randint(0, 300),
-                           "\x00\x1b[31m\u202e\ufeff", rng.randbytes(8).decode("latin-1")])
+        return rng.choice([
+            None, True, False, 0, -1, 2**53 + 1, 2**63, -(2**64), 1.5, float("1e308"), "",
+            "x" * rng.randint(0, 300), "\x00\x1b[31m\u202e\ufeff", rng.randbytes(8).decode("latin-1"),
+        ])
     if roll < 0.65:
-        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))] if rng.random() < 0.7 else \
-            _nested(rng.randint(1, 80))
+        if rng.random() < 0.3:
+            return _nested(rng.randint(1, 80))  # around max_json_depth, on both sides
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
     return {rng.choice(["a", "type", "room", "id", "text", "since", "seq", ""]): _random_value(rng, depth + 1)
             for _ in range(rng.randint(0, 4))}
 

@@ -83,7 +83,7 @@ def parse_secrets(entries: list[str]) -> dict[str, bytes]:
 def token_from(authorization: str | None, query_token: str | None) -> str:
     """The token of an upgrade request: `Authorization: Bearer T` wins over `?token=T`."""
     if authorization is not None:
-        if not authorization[: len(BEARER)].lower() == BEARER:
+        if authorization[: len(BEARER)].lower() != BEARER:
             raise AuthError("Authorization must be `Bearer <token>`")
         token = authorization[len(BEARER):].strip()
     elif query_token is not None:

@@ -98,7 +98,9 @@ class Worker:
             verifier=TokenVerifier(config.token_keys(), config.jwt_leeway_s) if config.auth_enabled else None,
             now=time.monotonic(),
         )
-        self.user_buckets = UserBuckets(config.user_message_rate_per_s, config.user_message_burst, config.max_idle_user_buckets)
+        self.user_buckets = UserBuckets(
+            config.user_message_rate_per_s, config.user_message_burst, config.max_idle_user_buckets
+        )
         self.outbox: Outbox | None = None
         self.hub: Hub | None = None
         self._background: list[asyncio.Task] = []
@@ -314,7 +316,9 @@ class Worker:
     async def _join(self, conn: Connection, frame: protocol.Join) -> None:
         assert self.hub is not None
         if conn.identity is not None and not conn.identity.may_join(frame.room):
-            raise protocol.ProtocolError(protocol.ErrorCode.FORBIDDEN, f"your token does not allow joining {frame.room}", frame.request_id)
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.FORBIDDEN, f"your token does not allow joining {frame.room}", frame.request_id
+            )
         if frame.room in conn.rooms:
             raise protocol.ProtocolError(protocol.ErrorCode.ALREADY_JOINED, f"already in {frame.room}", frame.request_id)
         if len(conn.rooms) >= self.config.max_rooms_per_connection:
@@ -356,7 +360,9 @@ class Worker:
     async def _history(self, conn: Connection, frame: protocol.History) -> None:
         assert self.hub is not None
         if conn.identity is not None and not conn.identity.may_join(frame.room):
-            raise protocol.ProtocolError(protocol.ErrorCode.FORBIDDEN, f"your token does not allow reading {frame.room}", frame.request_id)
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.FORBIDDEN, f"your token does not allow reading {frame.room}", frame.request_id
+            )
         limit = min(frame.limit or self.config.max_history_page, self.config.max_history_page)
         since = frame.since
         since_seq, since_epoch = (LATEST, "") if since is None else (since.seq, since.epoch)
@@ -392,11 +398,14 @@ class Worker:
                 )
             room = next(iter(conn.rooms))
         if conn.identity is not None and not conn.identity.may_publish(room):
-            raise protocol.ProtocolError(protocol.ErrorCode.FORBIDDEN, f"your token does not allow publishing to {room}", frame.request_id)
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.FORBIDDEN, f"your token does not allow publishing to {room}", frame.request_id
+            )
         if room not in conn.rooms:
             raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"join {room} before publishing to it", frame.request_id)
         try:
-            body = envelope.pack(envelope.Envelope(int(time.time() * 1000), conn.identity.user if conn.identity else conn.id, frame.data_key, frame.data))
+            sender = conn.identity.user if conn.identity is not None else conn.id  # members see the token's `sub`
+            body = envelope.pack(envelope.Envelope(int(time.time() * 1000), sender, frame.data_key, frame.data))
         except (TypeError, ValueError, OverflowError):
             raise protocol.ProtocolError(
                 protocol.ErrorCode.INVALID_MESSAGE_FORMAT, "data holds a value that cannot be delivered", frame.request_id
