@@ -386,10 +386,19 @@ class RedisBus(Bus):
         if isinstance(reply, list) and reply:
             kind = reply[0]
             if kind == b"message":
-                channel, payload = reply[1], reply[2]
-                seq, epoch, body = payload.split(b" ", 2)
-                room = channel[len(self._prefix):].decode()
-                self._deliver(BusMessage(room, int(seq), epoch.decode(), body))
+                # Anyone with access to Redis can PUBLISH to a room channel: a payload no worker
+                # wrote is dropped here, not allowed to kill the connection that carries every room.
+                try:
+                    channel, payload = reply[1], reply[2]
+                    seq, epoch, body = payload.split(b" ", 2)
+                    message = BusMessage(channel[len(self._prefix):].decode(), int(seq), epoch.decode(), body)
+                except (ValueError, IndexError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
+                    log.error("bus subscriber: dropping a malformed message on %r", reply[1:2])
+                    return
+                try:
+                    self._deliver(message)
+                except Exception:
+                    log.exception("bug while delivering room %s seq %d; message dropped", message.room, message.seq)
                 return
             if kind == b"subscribe":
                 room = reply[1][len(self._prefix):].decode()

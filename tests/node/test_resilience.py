@@ -212,3 +212,27 @@ async def test_a_sigkilled_worker_is_restarted_by_the_supervisor(start_node):
     finally:
         await doomed.close()
         await survivor.close()
+
+
+# --- foreign traffic on a room channel --------------------------------------------------------------
+
+async def test_a_malformed_payload_on_a_room_channel_is_dropped_and_the_subscription_survives(start_node, redis_server):
+    node = start_node(1)
+    member = await WsClient.connect(node.ws_url(0))
+    try:
+        await member.join("shared")
+        await member.join("other")
+        assert node.metric(0, "ringcast_bus_reconnects_total") == 1
+        for garbage in ("garbage", "1 epoch-without-body", "x e body", "1 e \udcff"):
+            await asyncio.to_thread(redis_server.command, "PUBLISH", "ringcast:room:shared", garbage)
+        await member.send({"type": "message", "room": "other", "text": "after the garbage"})
+        assert (await expect_text(member, "after the garbage"))["room"] == "other"
+        assert node.metric(0, "ringcast_bus_reconnects_total") == 1  # the pub/sub connection was never dropped
+        assert node.metric(0, "ringcast_bus_connected") == 1
+        # A well-formed body that is not an envelope is dropped by the hub, also without harm.
+        await asyncio.to_thread(redis_server.command, "PUBLISH", "ringcast:room:shared", "7 e1 not-msgpack\xc1")
+        await member.send({"type": "message", "room": "shared", "text": "still flowing"})
+        assert (await expect_text(member, "still flowing"))["room"] == "shared"
+        assert node.metric(0, "ringcast_bus_reconnects_total") == 1
+    finally:
+        await member.close()
