@@ -138,7 +138,7 @@ def measure(ledger: Ledger, members: list, clients: int, marks: dict[str, float]
         "resumes": dict(ledger.resumes),
         "disconnects": len(ledger.disconnects),
         "client_errors": dict(ledger.errors),
-        "client_errors_total": sum(v for k, v in ledger.errors.items() if k != "reconnect_notice"),
+        "client_errors_total": sum(v for k, v in ledger.errors.items() if not k.startswith("reconnect_notice")),
         "client_error_samples": dict(ledger.error_samples),
         "client_errors_after_fault": dict(collections.Counter(k for t, k in ledger.error_times if t >= fault)),
         "gap_samples": ledger.gap_samples,

@@ -136,6 +136,7 @@ class _Connection:
         self.notice_delay_s: float | None = None  # from a `reconnect` frame
         self.dropped_by_us = False  # abort() cut the socket: its close code is not the server's doing
         self.left_by_choice = False  # the session ended on our decision (a notice, a failed join): not a cut
+        self.last_notice_url: str | None = None
 
     async def run(self) -> None:
         attempt = 0
@@ -145,7 +146,8 @@ class _Connection:
             try:
                 ws = await self.session.ws_connect(url, autoping=True, max_msg_size=0)
             except aiohttp.WSServerHandshakeError as exc:  # 429 per-IP cap, 503 not accepting
-                self.ledger.error(f"http_{exc.status}")
+                self.ledger.error(f"http_{exc.status}", {"url": url, "message": exc.message,
+                                                         "after_notice": url == self.last_notice_url})
                 ws = None
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 self.ledger.error("connect_failed")
@@ -204,7 +206,9 @@ class _Connection:
         self.ledger.errors["reconnect_notice"] += 1  # not an error, but client-visible: counted with them
         self.left_by_choice = True
         self.notice_delay_s = float(frame.get("delayMs", 0)) / 1000
-        self.redirect_url = frame.get("url")
+        self.redirect_url = self.last_notice_url = frame.get("url")
+        if not self.redirect_url:
+            self.ledger.errors["reconnect_notice_without_url"] += 1
 
 
 class RoomMember(_Connection):
