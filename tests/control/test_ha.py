@@ -1,6 +1,10 @@
 """High availability: leader failover between replicas; the data plane outlives the control plane."""
 
-from chaos.cluster import wait_until
+import subprocess
+import sys
+
+from chaos.cluster import REPO, wait_until
+from tests.conftest import ADMIN_TOKEN
 from tests.control.helpers import ring_of, wait_ring
 from tests.wsclient import WsClient
 
@@ -22,6 +26,12 @@ async def test_follower_takes_over_when_the_leader_is_killed(start_node, start_c
     assert status == 409 and answer["error"] == "NOT_LEADER"
     assert answer["leader"]["url"] == leader.url
     assert follower.get("/v1/ring") == leader.get("/v1/ring")  # any replica serves reads
+    followed = subprocess.run(
+        [sys.executable, "-m", "ringcast_cli", "ctl", "--url", follower.url, "--token", ADMIN_TOKEN, "rebalance"],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )
+    assert followed.returncode == 0, followed.stderr  # the CLI re-sent it to the leader the 409 named
+    assert any(e["kind"] == "rebalance" for e in leader.get("/v1/events")[1]["events"])
 
     epoch = ring_of(follower).epoch
     leader.kill()  # SIGKILL: the lease is not released, it must run out
