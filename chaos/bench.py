@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     pop.add_argument("--rooms", type=int, default=10)
     pop.add_argument("--publishers", type=int, default=10, help="members that also publish to their room")
     pop.add_argument("--rate", type=float, default=10.0, help="messages per second per publisher")
+    pop.add_argument("--publish-tick-ms", type=float, default=10.0,
+                     help="publishers send what they owe once per tick, in one write: a longer tick sends bursts "
+                          "(several messages back to back), which shows what server-side coalescing gains")
     pop.add_argument("--spread", choices=("rooms", "members"), default="rooms",
                      help="rooms: every member of a room on the same worker (room r -> worker r mod W); "
                           "members: members of one room spread over the workers (cross-worker fan-out)")
@@ -217,7 +220,8 @@ class Coordinator:
             per_process[i % self.procs].append(ConnectionPlan(
                 url.host, url.port, url.path, f"bench-{room_index}", self.source_ips[i % len(self.source_ips)],
                 sampled=publishes or i % args.sample_every == 0, publishes=publishes))
-        return [ProcessPlan(i, connections=c, publish_rate_per_s=args.rate, **ramp)
+        return [ProcessPlan(i, connections=c, publish_rate_per_s=args.rate,
+                            publish_tick_s=args.publish_tick_ms / 1000, **ramp)
                 for i, c in enumerate(per_process)]
 
     # --- run ---------------------------------------------------------------
@@ -380,6 +384,7 @@ class Coordinator:
             "rooms": args.rooms,
             "publishers": 0 if self.arrival else args.publishers,
             "rate_per_publisher_s": None if self.arrival else args.rate,
+            "publish_tick_ms": args.publish_tick_ms,
             "phases": args.phase,
             "warmup_s": args.warmup,
             "measured_s": measure_s,

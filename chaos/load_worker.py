@@ -24,7 +24,7 @@ from chaos.load_stats import Tally
 from chaos.load_wire import MemberSocket, UpgradeFailed, Window, message_frame
 
 PROGRESS_INTERVAL_S = 1.0
-PUBLISH_TICK_S = 0.01  # publishers are served in ticks: cheaper than one timer per publisher
+DEFAULT_PUBLISH_TICK_S = 0.01  # publishers are served in ticks: cheaper than one timer per publisher
 SETTLE_QUIET_S = 1.0  # after publishing stops, wait until nothing arrived for this long...
 SETTLE_MAX_S = 15.0  # ...but never longer than this
 
@@ -68,6 +68,7 @@ class ProcessPlan:
     index: int
     connections: list[ConnectionPlan] = field(default_factory=list)
     publish_rate_per_s: float = 0.0  # per publisher
+    publish_tick_s: float = DEFAULT_PUBLISH_TICK_S  # what a publisher owes is sent together once per tick
     arrival: ArrivalPlan | None = None
     connect_concurrency: int = 100
     connect_timeout_s: float = 15.0
@@ -199,7 +200,7 @@ class LoadProcess:
                 tally.published += owed
                 if window.start_ns <= now < window.end_ns:
                     tally.published_in_window += owed
-            await asyncio.sleep(PUBLISH_TICK_S)
+            await asyncio.sleep(self.plan.publish_tick_s)
 
     async def _settle(self) -> None:
         deadline = time.monotonic() + SETTLE_MAX_S
