@@ -61,6 +61,8 @@ async def test_each_client_error_gets_its_code_and_the_connection_stays_usable(s
     node = start_node(1, "--max-frame-bytes", "4096", "--max-message-bytes", "512", "--max-rooms-per-connection", "2")
     client = await WsClient.connect(node.ws_url(0))
     try:
+        limits = client.welcome["limits"]  # the welcome tells the client the limits that apply to it
+        assert (limits["maxFrameBytes"], limits["maxMessageBytes"], limits["maxRoomsPerConnection"]) == (4096, 512, 2)
         cases: list[tuple[dict | str | bytes, str]] = [
             ("{not json", "INVALID_MESSAGE_FORMAT"),
             ("[1, 2]", "INVALID_MESSAGE_FORMAT"),

@@ -199,6 +199,7 @@ async def test_a_sigkilled_worker_is_restarted_by_the_supervisor(start_node):
         await eventually(lambda: asyncio.to_thread(restarted), True, timeout_s=30)
         assert not psutil.pid_exists(victim_pid) or psutil.Process(victim_pid).status() == psutil.STATUS_ZOMBIE
         assert node.metric(0, "ringcast_worker_restarts") == 1
+        assert f"pid {victim_pid}) died with -9" in node.log()  # the supervisor logs each restart
         assert node.metric(1, "ringcast_worker_restarts") == 0
         assert node.worker_pid(1) == survivor_pid
         await still_usable(survivor)
