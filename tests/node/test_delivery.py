@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+import msgpack
+import orjson
+
 from tests.wsclient import WsClient
 
 
@@ -160,3 +164,22 @@ async def test_embedded_mode_delivers_without_redis(start_node):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_subprotocol_chooses_the_codec(start_node):
+    node = start_node(1)
+    async with aiohttp.ClientSession() as session:
+        for offered, chosen, kind in [
+            (("ringcast.json",), "ringcast.json", aiohttp.WSMsgType.TEXT),
+            (("ringcast.msgpack",), "ringcast.msgpack", aiohttp.WSMsgType.BINARY),
+            (("something.else", "ringcast.msgpack"), "ringcast.msgpack", aiohttp.WSMsgType.BINARY),
+            (("something.else",), None, aiohttp.WSMsgType.TEXT),  # nothing we speak: JSON by default
+            ((), None, aiohttp.WSMsgType.TEXT),
+        ]:
+            ws = await session.ws_connect(node.ws_url(0), protocols=offered)
+            assert ws.protocol == chosen, offered
+            welcome = await ws.receive(timeout=5)
+            assert welcome.type is kind, offered
+            decoded = orjson.loads(welcome.data) if kind is aiohttp.WSMsgType.TEXT else msgpack.unpackb(welcome.data)
+            assert decoded["type"] == "welcome"
+            await ws.close()

@@ -170,6 +170,7 @@ async def test_graceful_shutdown_steers_clients_away_and_exits_0(start_node):
             # reply finds the worker already gone: the handshake is the client's business then).
             assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1001, "shutdown")
         assert await asyncio.wait_for(stopping, 30) == 0  # the supervisor's exit status
+        assert "worker 0 (pid" in node.log() and ") exited with 0" in node.log()  # and the worker's own
     finally:
         for client in clients:
             await client.close()
