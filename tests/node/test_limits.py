@@ -15,7 +15,7 @@ import orjson
 import psutil
 import pytest
 
-from chaos.rawws import OP_TEXT, client_frame, read_http_answer, upgrade_request
+from chaos.rawws import OP_CONT, OP_TEXT, RawWebSocket, client_frame, read_http_answer, upgrade_request
 from tests.node.redis_view import eventually
 from tests.wsclient import WsClient
 
@@ -166,6 +166,32 @@ async def test_a_frame_over_max_frame_bytes_closes_1009_and_one_at_the_limit_doe
         await metric_eventually(node, "ringcast_connections_closed_total", 1, 'reason="too_big"')
     finally:
         await client.close()
+
+
+async def test_the_frame_limit_applies_to_fragmented_and_binary_messages_too(start_node):
+    node = start_node(1, "--max-frame-bytes", "1024")
+    fragmented = await RawWebSocket.connect(node.host, node.port)
+    await fragmented.recv()  # welcome
+    # Two fragments of 600 bytes: each is under the limit, the message is not.
+    fragmented.send(OP_TEXT, b'{"type":"ping","pad":"' + b"x" * 578, fin=False)
+    fragmented.send(OP_CONT, b"x" * 598 + b'"}')
+    assert await fragmented.recv_close() == 1009
+    fragmented.close()
+    packed = await WsClient.connect(node.ws_url(0), codec="msgpack")
+    try:
+        await packed.ws.send_bytes(msgpack.packb({"type": "ping", "pad": "x" * 1100}))
+        assert await closed_with(packed.ws) == 1009
+    finally:
+        await packed.close()
+    # A fragmented message within the limit is reassembled and served.
+    whole = await RawWebSocket.connect(node.host, node.port)
+    await whole.recv()
+    whole.send(OP_TEXT, b'{"type":"ping",', fin=False)
+    whole.send(OP_CONT, b'"id":"frag"}')
+    opcode, payload = await whole.recv()
+    assert opcode == OP_TEXT and orjson.loads(payload) == {"type": "pong", "ts": orjson.loads(payload)["ts"], "id": "frag"}
+    whole.close()
+    await metric_eventually(node, "ringcast_connections_closed_total", 2, 'reason="too_big"')
 
 
 # --- rate limit and flooding ----------------------------------------------------------------
