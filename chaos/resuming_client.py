@@ -82,11 +82,12 @@ class Ledger:
     def error(self, kind: str, evidence: dict | None = None) -> None:
         self.errors[kind] += 1
         self.error_times.append((self.now(), kind))
-        if evidence is not None:  # keep the first few of each distinct (kind, message), as evidence
+        if evidence is not None:  # keep the first few of each distinct (kind, message, before/after the fault)
             samples = self.error_samples[kind]
-            same = [s for s in samples if s.get("message") == evidence.get("message")]
+            after = self.fault_end_ms is not None
+            same = [s for s in samples if s.get("message") == evidence.get("message") and s["after_fault"] == after]
             if len(same) < 2 and len(samples) < 8:
-                samples.append({"t": round(self.now(), 3), **evidence})
+                samples.append({"t": round(self.now(), 3), "after_fault": after, **evidence})
 
     def ack(self, room: str, epoch: str, seq: int, sent_ms: float) -> None:
         self.acked[room][(epoch, seq)] = sent_ms
@@ -128,7 +129,7 @@ class _Connection:
         self.ledger = ledger
         self.session = session
         self.urls = urls
-        self.url_index = home % len(urls)
+        self.url = urls[home % len(urls)]  # where it connects next: its home, a notice's url, or the next one
         self.backoff = backoff
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.stopping = False
@@ -141,8 +142,9 @@ class _Connection:
     async def run(self) -> None:
         attempt = 0
         while not self.stopping:
-            url = self.redirect_url or self.urls[self.url_index]
-            self.redirect_url = None
+            if self.redirect_url:
+                self.url, self.redirect_url = self.redirect_url, None  # the server said where to go: stay there
+            url = self.url
             try:
                 ws = await self.session.ws_connect(url, autoping=True, max_msg_size=0)
             except aiohttp.WSServerHandshakeError as exc:  # 429 per-IP cap, 503 not accepting
@@ -153,7 +155,7 @@ class _Connection:
                 self.ledger.error("connect_failed")
                 ws = None
             if ws is None:
-                self.url_index = (self.url_index + 1) % len(self.urls)  # try the next worker
+                self._next_url()  # try the next worker
                 await asyncio.sleep(self.backoff.delay_s(attempt + 1))
                 attempt += 1
                 continue
@@ -180,6 +182,10 @@ class _Connection:
                 attempt = 0 if served else attempt + 1
                 delay = self.backoff.delay_s(attempt)
             await asyncio.sleep(delay)
+
+    def _next_url(self) -> None:
+        index = self.urls.index(self.url) if self.url in self.urls else -1
+        self.url = self.urls[(index + 1) % len(self.urls)]
 
     def abort(self) -> None:
         """Drop the socket without a close frame (a network blip, as the server sees it)."""
@@ -392,9 +398,13 @@ class Publisher(_Connection):
         reader = asyncio.create_task(self._read(ws))
         try:
             for room in self.rooms:
-                reply = await self._request(ws, {"type": "join", "room": room, "id": f"join:{room}"})
-                if reply["type"] == "error":
+                for attempt in range(1, 20):  # a refused join (BUS_UNAVAILABLE) is retried on this connection
+                    reply = await self._request(ws, {"type": "join", "room": room, "id": f"join:{room}"})
+                    if reply["type"] != "error":
+                        break
                     self.ledger.error(reply.get("code", "?"), {"url": str(ws._response.url), "during": "join", **reply})
+                    await asyncio.sleep(self.backoff.delay_s(min(attempt, 6)))
+                else:
                     self.left_by_choice = True
                     return False
             self.connected = True
