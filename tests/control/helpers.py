@@ -16,7 +16,7 @@ def ring_of(control: ControlProcess) -> Ring:
     return Ring.from_dict(body)
 
 
-def wait_ring(control: ControlProcess, predicate, what: str, timeout_s: float = 20.0) -> Ring:
+def wait_ring(control: ControlProcess, predicate, what: str, timeout_s: float = 45.0) -> Ring:
     return wait_until(lambda: (lambda ring: ring if predicate(ring) else None)(ring_of(control)), timeout_s, what)
 
 

@@ -28,14 +28,14 @@ def cluster(start_node, start_control):
     return control, node
 
 
-@pytest.mark.parametrize("token", [None, "wrong-token", ""], ids=["no-header", "wrong", "empty"])
-def test_mutations_without_the_admin_token_are_refused_and_change_nothing(cluster, token):
+def test_mutations_without_the_admin_token_are_refused_and_change_nothing(cluster):
     control, node = cluster
     worker = f"127.0.0.1:{node.port}"
     epoch = ring_of(control).epoch
-    for method, path in MUTATIONS:
-        status, body = control.call(method, path.format(id=worker), token=token)
-        assert status == 401 and body["error"] == "UNAUTHORIZED", (method, path, body)
+    for token in (None, "wrong-token", "", ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1]):  # None: no header at all
+        for method, path in MUTATIONS:
+            status, body = control.call(method, path.format(id=worker), token=token)
+            assert status == 401 and body["error"] == "UNAUTHORIZED", (token, method, path, body)
     assert ring_of(control).epoch == epoch and worker in ring_of(control)
     assert node_view(control, worker)["desired"] == "active"
 
