@@ -42,6 +42,9 @@ class Controller:
         self.lease = lease
         self.metrics = metrics
         self.lock = asyncio.Lock()
+        # Highest epoch this replica has seen: if Redis comes back empty, epochs go on from here
+        # instead of restarting at 1 (routers and clients compare epochs).
+        self.highest_epoch = 0
 
     # --- the loop -----------------------------------------------------------------
 
@@ -72,8 +75,13 @@ class Controller:
                 command.setdefault("state", verdict.records[node].desired)
                 command.setdefault("rebalance", generation)
                 await self.store.set_command(node, command)
-        ring = snap.ring.with_members(verdict.ring_members)
-        if ring is not snap.ring:
+        base = snap.ring
+        if base.epoch < self.highest_epoch:
+            log.warning("ring in Redis has epoch %d, below %d seen before (Redis lost its data?); continuing from %d",
+                        base.epoch, self.highest_epoch, self.highest_epoch)
+            base = Ring(base.members.values(), self.highest_epoch)
+        ring = base.with_members(verdict.ring_members)
+        if ring is not snap.ring and (len(ring) or len(snap.ring)):  # never publish "empty" over "nothing"
             await self.store.publish_ring(ring, self.lease.value)
             added = sorted(set(ring.members) - set(snap.ring.members))
             removed = sorted(set(snap.ring.members) - set(ring.members))
@@ -83,6 +91,7 @@ class Controller:
                                                       "members": sorted(ring.members)})
             if added and self.config.auto_rebalance and len(snap.ring):
                 await self._rebalance_locked(ring, verdict.records, reason="join")
+        self.highest_epoch = max(self.highest_epoch, ring.epoch)
         self.metrics.observe(ring, verdict.records)
         return ring
 

@@ -81,3 +81,20 @@ async def test_messages_keep_flowing_while_the_control_plane_is_down_and_it_come
     finally:
         await sender.close()
         await receiver.close()
+
+
+def test_redis_outage_is_reported_and_an_empty_redis_does_not_rewind_the_epoch(redis_server, start_node, start_control):
+    node = start_node(2)
+    control = start_control()
+    before = wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
+    redis_server.stop()
+    status, body = control.get("/v1/nodes")
+    assert status == 503 and body["error"] == "REDIS_UNAVAILABLE"
+    status, health = control.get("/healthz")
+    assert status == 200 and health["redisConnected"] is False
+    redis_server.start()  # same port, empty: no ring, no membership, no lease
+    # The workers heartbeat again, the replica retakes the lease and republishes: a higher epoch, not 1.
+    after = wait_ring(control, lambda r: len(r) == 2, "the ring rebuilt from heartbeats")
+    assert after.epoch > before.epoch and set(after.members) == set(before.members)
+    wait_until(control.is_leader, 15, "the replica to lead again")
+    wait_until(lambda: node.metric(0, "ringcast_bus_connected") == 1.0, 20, "worker 0's bus to reconnect")
