@@ -146,7 +146,7 @@ async def still_usable(client: WsClient) -> None:
 # --- graceful shutdown -----------------------------------------------------------------------
 
 async def test_graceful_shutdown_steers_clients_away_and_exits_0(start_node):
-    node = start_node(1, "--shutdown-window-s", "2", "--reconnect-jitter-ms", "500")
+    node = start_node(1, "--shutdown-window-s", "3", "--reconnect-jitter-ms", "500")
     clients = [await WsClient.connect(node.ws_url(0), codec=codec) for codec in ("json", "msgpack", "json")]
     for client in clients:
         await client.join("leaving")
