@@ -240,8 +240,11 @@ class Generator:
 # --- driving one connection ------------------------------------------------------------------
 
 class FuzzConnection:
-    def __init__(self, host: str, port: int, rng: random.Random, report: Report) -> None:
+    def __init__(
+        self, host: str, port: int, rng: random.Random, report: Report, upgrade_headers: dict[str, str] | None = None
+    ) -> None:
         self.host, self.port, self.rng, self.report = host, port, rng, report
+        self.upgrade_headers = dict(upgrade_headers or {})  # e.g. Authorization, when the worker requires tokens
         self.ws: RawWebSocket | None = None
         self.codec = protocol.JSON
         self.generator: Generator | None = None
@@ -249,7 +252,9 @@ class FuzzConnection:
 
     async def _connect(self) -> None:
         self.codec = self.rng.choice([protocol.JSON, protocol.MSGPACK])
-        headers = {"Sec-WebSocket-Protocol": protocol.SUBPROTOCOL_MSGPACK} if self.codec == protocol.MSGPACK else {}
+        headers = dict(self.upgrade_headers)
+        if self.codec == protocol.MSGPACK:
+            headers["Sec-WebSocket-Protocol"] = protocol.SUBPROTOCOL_MSGPACK
         self.ws = await RawWebSocket.connect(self.host, self.port, headers=headers)
         welcome = await self._read_data()
         limits = welcome["limits"]
@@ -341,7 +346,10 @@ class FuzzConnection:
             report.fail(f"{case.kind}: a valid frame closed the connection: {answers} for {case.wire[:80]!r}")
 
 
-async def run(host: str, port: int, worker_pid: int, frames: int, seed: int = 1, connections: int = 4) -> Report:
+async def run(
+    host: str, port: int, worker_pid: int, frames: int, seed: int = 1, connections: int = 4,
+    upgrade_headers: dict[str, str] | None = None,
+) -> Report:
     """Throw `frames` fuzz frames at the worker on host:port over `connections` sockets."""
     report = Report()
     process = psutil.Process(worker_pid)
@@ -350,7 +358,7 @@ async def run(host: str, port: int, worker_pid: int, frames: int, seed: int = 1,
     per_connection = [frames // connections + (1 if i < frames % connections else 0) for i in range(connections)]
 
     async def drive(index: int, count: int) -> None:
-        fuzz = FuzzConnection(host, port, random.Random(seed * 1000 + index), report)
+        fuzz = FuzzConnection(host, port, random.Random(seed * 1000 + index), report, upgrade_headers)
         for n in range(count):
             await fuzz.one()
             if index == 0 and n % 1000 == 0:

@@ -10,6 +10,7 @@ import asyncio
 
 from chaos import fuzz
 from tests.security.bystanders import Bystanders
+from tests.security.tokens import KEY1, bearer, flag, token
 
 SHORT_RUN_FRAMES = 3000
 RSS_GROWTH_BOUND_BYTES = 64 * 1024 * 1024  # generous: a leak per frame would show as far more over a long run
@@ -34,3 +35,14 @@ async def test_every_fuzz_frame_gets_its_documented_answer_and_the_worker_lives_
     assert report.rss_after_bytes - report.rss_before_bytes < RSS_GROWTH_BOUND_BYTES
     await bystanders.assert_all_received()
     await bystanders.close()
+
+
+async def test_fuzzing_with_auth_on_meets_forbidden_and_the_same_documented_answers(start_node):
+    """Scopes are checked after decoding: the decoder's predictions still hold, and out-of-scope frames are FORBIDDEN."""
+    node = start_node(1, *fuzz.WORKER_FLAGS, "--jwt-secret", flag(KEY1))
+    pid = node.worker_pid(0)
+    headers = bearer(token(sub="fuzzer", rooms=["fuzz", "fuzz:*"], publish=["fuzz:a"]))
+    report = await fuzz.run(node.host, node.port, pid, 1500, seed=11, connections=2, upgrade_headers=headers)
+    assert report.failures == 0, report.failure_samples
+    assert report.errors.get("FORBIDDEN", 0) > 0
+    assert node.worker_pid(0) == pid
