@@ -199,6 +199,22 @@ class HeartbeatReporter:
             return None
         return None if owner.id == me else owner.url
 
+    def successor_ring(self, ring: Ring | None = None) -> Ring | None:
+        """The ring the control plane will publish once this worker has left: the current one
+        without it (consistent hashing gives every other room the same owner). None if empty."""
+        ring = self.worker.placement.ring if ring is None else ring
+        me = self.worker.worker_id
+        if me not in ring:
+            return ring if len(ring) else None
+        others = [member for member in ring.members.values() if member.id != me]
+        return Ring(others, ring.epoch) if others else None
+
+    def successor_targets(self):
+        """For a shutdown: each connection's target in the successor ring (computed once)."""
+        ring = self.successor_ring()
+        me = self.worker.worker_id
+        return lambda conn: self._owner_url(ring, conn, me)
+
     async def _drain(self, command: dict, version: int) -> None:
         worker = self.worker
         me = worker.worker_id
@@ -207,9 +223,8 @@ class HeartbeatReporter:
         deadline = loop.time() + float(command.get("drainTimeoutS", 30.0))
         progress = self.progress = steering.SteeringProgress("drain", generation=version)
         log.info("worker %s draining %d connections", me, len(worker.connections))
-        ring = await self._ring_at_least(int(command.get("ringEpoch", 0)))
-        if ring is not None and me in ring:
-            ring = None  # a ring that still holds this worker cannot say where to go; clients ask the router
+        # The published ring without this worker; if it is late, the current one minus this worker.
+        ring = self.successor_ring(await self._ring_at_least(int(command.get("ringEpoch", 0))))
         try:
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
                 await steering.steer_away(

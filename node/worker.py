@@ -526,7 +526,9 @@ class Worker:
         # No rate cap here: the process is leaving, the window is the only pace that fits its deadline.
         await steering.steer_away(
             conns, reason="shutdown", window_s=self.config.shutdown_window_s, max_rate_per_s=None,
-            jitter_ms=self.config.reconnect_jitter_ms, target_url=lambda conn: None,
+            jitter_ms=self.config.reconnect_jitter_ms,
+            # Each client is pointed at its room's owner once this worker has left the ring (no url without a ring).
+            target_url=self.heartbeat.successor_targets() if self.heartbeat is not None else (lambda conn: None),
             notify=self.steer_notice, progress=steering.SteeringProgress("shutdown"),
         )
         deadline = started + self.config.shutdown_timeout_s

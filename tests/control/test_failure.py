@@ -6,6 +6,7 @@ import signal
 from chaos.cluster import http_json, wait_until
 from chaos.fleet import Fleet
 from tests.control.helpers import node_view, ring_of, route_via, wait_ring
+from tests.wsclient import WsClient
 
 
 async def test_sigkilled_worker_leaves_the_ring_and_its_clients_land_on_the_new_owner(
@@ -67,3 +68,26 @@ def test_a_restarted_worker_rejoins_only_after_the_hold_down(start_node, start_c
     returned = next(e for e in events if e["kind"] == "returned" and e["node"] == victim)
     rejoined = next(e for e in events if e["kind"] == "ring" and victim in e["detail"]["added"] and e["seq"] > returned["seq"])
     assert returned["detail"]["holdDownMs"] == 4000 and rejoined["detail"]["epoch"] == after.epoch
+
+
+async def test_a_worker_stopped_with_sigterm_points_its_clients_at_the_new_owners_and_leaves_the_ring(
+    start_node, start_control
+):
+    node = start_node(2, "--restart-backoff-base-s", "60", "--shutdown-window-s", "0.5")
+    control = start_control()
+    ring = wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
+    leaving, staying = f"127.0.0.1:{node.port + 1}", f"127.0.0.1:{node.port}"
+    rooms = [f"sigterm-{i}" for i in range(10)]
+    clients = [await WsClient.connect(node.ws_url(1)) for _ in rooms]
+    try:
+        for client, room in zip(clients, rooms):
+            await client.join(room)
+        os.kill(node.worker_pid(1), signal.SIGTERM)
+        for client in clients:
+            notice = await client.expect("reconnect", timeout_s=15)
+            assert notice["reason"] == "shutdown" and notice["url"] == node.ws_url(0)
+        after = wait_ring(control, lambda r: leaving not in r, "the stopped worker to leave the ring")
+        assert list(after.members) == [staying] and after.epoch > ring.epoch
+    finally:
+        for client in clients:
+            await client.close()
