@@ -28,7 +28,7 @@ from chaos.drill_cluster import DrillCluster
 from chaos.drill_measure import judge, measure
 from chaos.drill_population import Population, PopulationSize
 from chaos.drill_report import write_all
-from chaos.drill_scenarios import SCENARIOS, DrillContext, Scenario, start_control
+from chaos.drill_scenarios import SCENARIOS, DrillContext, Scenario, control_for
 from chaos.resuming_client import Ledger
 
 EXIT_PASS, EXIT_FAIL, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -199,6 +199,9 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
     for mark in ("publish_start", "fault_start", "fault_end", "publish_stop"):
         ctx.marks.setdefault(mark, ledger.now())
     results = measure(ledger, population.members, size.clients, ctx.marks, samples, lost, lost_detail)
+    crashed = population.crashed_clients()
+    if crashed:  # a drill client bug must not pass for a server failure (or hide one)
+        failures.append(f"{len(crashed)} drill clients crashed, first: {crashed[0]}")
     if not failures:
         failures += judge(results, scenario.thresholds(args.short))
         failures += scenario.judge_extra(ctx, results)
@@ -266,7 +269,8 @@ def main(argv: list[str]) -> int:
         else:
             cluster = DrillCluster.start_local(scenario.layout)
         if scenario.needs_control:
-            control = start_control(cluster)
+            control = control_for(cluster)
+            control.start()  # assigned first: an interrupt while it starts still stops it
         try:
             import uvloop
             report = uvloop.run(_run_cancellable(scenario, args, cluster, control))

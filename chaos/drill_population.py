@@ -127,6 +127,11 @@ class Population:
             await asyncio.sleep(0.5)
         return loop.time() - started
 
+    def crashed_clients(self) -> list[str]:
+        """Client tasks that died of an exception (a bug in the drill's clients, not a server failure)."""
+        return [repr(task.exception()) for task in self._tasks
+                if task.done() and not task.cancelled() and task.exception() is not None]
+
     def drop_all(self) -> None:
         """Every member's socket dropped at once, client side, without a close frame."""
         for member in self.members:

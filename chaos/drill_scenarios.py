@@ -339,8 +339,9 @@ class _WithControl(Scenario):
         return None
 
 
-def start_control(cluster: DrillCluster) -> ControlProcess:
-    return ControlProcess(port=free_port(), redis_url=cluster.redis_url, admin_token=secrets.token_hex(16)).start()
+def control_for(cluster: DrillCluster) -> ControlProcess:
+    """A control replica for `cluster` (not started: the caller starts it inside its cleanup scope)."""
+    return ControlProcess(port=free_port(), redis_url=cluster.redis_url, admin_token=secrets.token_hex(16))
 
 
 def ring_ids(ctx: DrillContext) -> list[str]:
