@@ -205,6 +205,9 @@ async def watch_bus(ctx: DrillContext, timeout_s: float = 40.0) -> dict:
     cluster = ctx.cluster
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    reconnects_metric = "ringcast_bus_reconnects_total"  # +1 per (re)connection of a worker's bus subscriber
+    indexes = range(len(cluster.urls))
+    before = await asyncio.to_thread(lambda: [cluster.metric(i, reconnects_metric) for i in indexes])
     while "fault_start" not in ctx.marks:
         await asyncio.sleep(0.01)
     down_at: dict[int, float] = {}
@@ -219,7 +222,9 @@ async def watch_bus(ctx: DrillContext, timeout_s: float = 40.0) -> dict:
             break
         await asyncio.sleep(0.05)
     result["down_detected_s"] = min(down_at.values()) if down_at else None
-    result["workers_that_saw_it_down"] = len(down_at)
+    result["workers_seen_down_by_polling"] = len(down_at)  # a 50 ms poll can miss a short outage ...
+    after = await asyncio.to_thread(lambda: [cluster.metric(i, reconnects_metric) for i in indexes])
+    result["subscriber_reconnects_per_worker"] = [int(a - b) for a, b in zip(after, before)]  # ... this cannot
     return result
 
 

@@ -58,8 +58,9 @@ def test_kill_worker_short_drill_passes_and_its_members_really_resumed(tmp_path)
 def test_redis_restart_short_drill_passes_and_the_bus_really_went_down(tmp_path):
     proc, report = run_drill("redis-restart", tmp_path)
     assert_passed_and_wrote_reports(proc, report)
-    assert report["details"]["bus"]["workers_that_saw_it_down"] >= 1
-    assert report["details"]["bus"]["back_on_all_workers_s"] is not None
+    bus = report["details"]["bus"]
+    assert bus["subscriber_reconnects_per_worker"] and min(bus["subscriber_reconnects_per_worker"]) >= 1
+    assert bus["back_on_all_workers_s"] is not None
 
 
 def test_drain_short_drill_passes_and_members_were_steered(tmp_path):
