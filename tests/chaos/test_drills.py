@@ -96,3 +96,81 @@ def test_an_interrupted_drill_stops_every_process_it_started(tmp_path):
     assert "interrupted" in stderr
     _, still_running = psutil.wait_procs(started, timeout=20)
     assert still_running == [], [p.pid for p in still_running]
+
+
+# --- the drill's verifier and judge, without servers -------------------------------------------------------------
+
+class _SentFrames:
+    """Stands in for a WebSocket's send side: the verifier's reaction to a gap is what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self._response = type("R", (), {"url": "ws://127.0.0.1:1/ws"})()
+
+    async def send_str(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+
+def _member():
+    from chaos.resuming_client import Backoff, Ledger, RoomMember
+
+    member = RoomMember(Ledger(), None, ["ws://127.0.0.1:1/ws"], 0, "r", Backoff())
+    member._on_joined({"type": "joined", "room": "r", "seq": 5, "epoch": "E1"})
+    return member
+
+
+def _msg(seq: int, epoch: str = "E1") -> dict:
+    return {"type": "message", "room": "r", "seq": seq, "epoch": epoch, "data": {"ts": time.time() * 1000}}
+
+
+async def test_verifier_accepts_the_next_message_and_counts_repeats_as_duplicates():
+    member, ws = _member(), _SentFrames()
+    for seq in (6, 7, 7, 6):
+        await member._on_message(ws, _msg(seq))
+    assert member.stream.intervals == {"E1": [[6, 7]]}
+    assert member.ledger.duplicates == 2 and ws.sent == []
+
+
+async def test_verifier_repairs_a_gap_by_rejoining_with_since_and_ignores_messages_until_joined():
+    member, ws = _member(), _SentFrames()
+    await member._on_message(ws, _msg(6))
+    await member._on_message(ws, _msg(8))  # 7 never came
+    assert member.ledger.gaps_while_connected == 1 and not member.live
+    assert ws.sent == [{"type": "leave", "room": "r"},
+                       {"type": "join", "room": "r", "since": {"seq": 6, "epoch": "E1"}}]
+    assert not member.stream.has("E1", 8)
+
+
+async def test_verifier_follows_a_new_epoch_from_seq_1_but_treats_a_later_start_as_a_gap():
+    member, ws = _member(), _SentFrames()
+    await member._on_message(ws, _msg(1, "E2"))
+    assert member.stream.epoch == "E2" and member.stream.has("E2", 1) and ws.sent == []
+    await member._on_message(ws, _msg(9, "E1"))  # the epoch it already left
+    assert member.ledger.out_of_order == 1
+    other = _member()
+    await other._on_message(ws, _msg(3, "E2"))  # 1 and 2 of the new epoch were missed
+    assert other.ledger.gaps_while_connected == 1
+
+
+async def test_verifier_accepts_a_declared_skip_after_recovered_false_and_counts_it():
+    member, ws = _member(), _SentFrames()
+    member._on_joined({"type": "joined", "room": "r", "seq": 40, "epoch": "E1", "recovered": False,
+                       "reason": "history_truncated"})
+    await member._on_message(ws, _msg(30))
+    assert member.ledger.declared_losses == 1 and member.ledger.resumes == {"history_truncated": 1}
+    assert member.stream.has("E1", 30) and not member.stream.has("E1", 20) and ws.sent == []
+
+
+def test_judge_fails_loss_duplicates_missing_recovery_and_slow_latency_and_passes_a_clean_run():
+    from chaos.drill_measure import Thresholds, judge
+
+    clean = {"lost": 0, "duplicates": 0, "out_of_order": 0, "recovery_s": 1.0, "members_never_receiving_again": 0,
+             "latency": {"before": {"p99_ms": 20.0}, "after": {"p99_ms": 30.0}}}
+    thresholds = Thresholds(max_recovery_s=10.0, max_p99_after_ms=250.0)
+    assert judge(clean, thresholds) == []
+    assert len(judge({**clean, "lost": 1, "duplicates": 2}, thresholds)) == 2
+    assert "never received" in judge({**clean, "recovery_s": None, "members_never_receiving_again": 3}, thresholds)[0]
+    assert "recovery took" in judge({**clean, "recovery_s": 11.0}, thresholds)[0]
+    slow = {**clean, "latency": {"before": {"p99_ms": 200.0}, "after": {"p99_ms": 450.0}}}
+    assert "p99 latency" in judge(slow, thresholds)[0]  # bound is max(250, 2 x 200) = 400
+    assert judge({**slow, "latency": {"before": {"p99_ms": 200.0}, "after": {"p99_ms": 390.0}}}, thresholds) == []
