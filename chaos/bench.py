@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from chaos.load_report import markdown, write_reports
 from chaos.load_stats import Tally, mean_ms, merge_histograms, percentile_ms
-from chaos.load_worker import ArrivalPlan, ConnectionPlan, ProcessPlan, Target, run
+from chaos.load_worker import SETTLE_MAX_S, ArrivalPlan, ConnectionPlan, ProcessPlan, Target, run
 
 # Flags a benchmark node needs, and why: the defaults protect a production
 # worker from one abusive client; here one machine plays thousands of clients.
@@ -271,7 +271,7 @@ class Coordinator:
         cpu_start = cpu_end = None
         client_cpu_start = client_cpu_end = None
         results: dict[int, tuple] = {}
-        deadline = time.monotonic() + run_s + 60
+        deadline = time.monotonic() + run_s + SETTLE_MAX_S + 30
         while len(results) < len(pipes) and time.monotonic() < deadline:
             self._pump(pipes, results, 0.5)
             now = time.monotonic_ns()
