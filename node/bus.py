@@ -5,7 +5,8 @@ single-process embedded mode, `bus_redis` for a cluster over one Redis):
 
 - `publish(room, body)` assigns the room's next stream position atomically
   with delivery, so every subscriber sees one order; it returns the position
-  or raises `BusUnavailable` within the configured timeout, never hangs.
+  or raises `BusUnavailable` (nothing published) or `PublishUnconfirmed`
+  (outcome unknown) within the configured timeout; it never hangs.
 - `subscribe(room)` returns once messages published afterwards will reach
   this worker; `unsubscribe(room)` stops them. A bus carries only the rooms
   subscribed here (no global channel) and restores them after a reconnect.
@@ -28,6 +29,14 @@ from typing import Callable
 
 class BusUnavailable(Exception):
     """The bus cannot be reached now; nothing was published. Retry later."""
+
+
+class PublishUnconfirmed(BusUnavailable):
+    """The publish reached Redis (or may have) but was not confirmed in time.
+
+    The message may or may not be in the room's stream; a blind retry can
+    publish it twice.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +65,7 @@ POSITION_ONLY = -1  # return the position, no messages
 LATEST = -2  # return the latest `limit` messages
 
 DeliverFn = Callable[[BusMessage], None]
-StateFn = Callable[[bool], None]  # called with True when the bus (re)connects, False when it is lost
+StateFn = Callable[[bool], None]  # True once (re)connected with every room re-subscribed, False when lost
 
 
 class Bus(abc.ABC):

@@ -30,9 +30,10 @@ from urllib.parse import unquote, urlparse
 
 import hiredis
 import redis.asyncio as redis_async
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from node.bus import LATEST, Bus, BusMessage, BusUnavailable, HistoryPage, Position
+from node.bus import LATEST, Bus, BusMessage, BusUnavailable, HistoryPage, Position, PublishUnconfirmed
 from node.history import HistoryPolicy
 
 log = logging.getLogger("ringcast.bus")
@@ -79,6 +80,7 @@ return {seq, epoch, entries}
 """
 
 MAX_PIPELINE_COMMANDS = 512
+RESYNC_PING = b"ringcast-resync"  # payload of the PING that marks the end of a re-subscribe
 
 
 @dataclass
@@ -91,6 +93,7 @@ class RedisBusSettings:
     reconnect_cap_s: float
     room_state_ttl_s: int
     policy_for: Callable[[str], HistoryPolicy] = lambda room: HistoryPolicy(0, 0)
+    max_connections: int = 16  # command connections to Redis (the subscriber has its own)
 
 
 def encode_command(*args: str | bytes) -> bytes:
@@ -107,6 +110,7 @@ class _PendingPublish:
     room: str
     body: bytes
     future: asyncio.Future = field(repr=False)
+    sent: bool = False  # handed to Redis: from then on a failure leaves the outcome unknown
 
 
 class _SubscriberProtocol(asyncio.Protocol):
@@ -121,6 +125,7 @@ class _SubscriberProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.bus._last_rx = asyncio.get_running_loop().time()  # any byte from Redis proves it alive
         self.reader.feed(data)
         on_reply = self.bus._on_subscriber_reply
         while True:
@@ -145,13 +150,16 @@ class RedisBus(Bus):
         self._username = unquote(parsed.username) if parsed.username else None
         self._password = unquote(parsed.password) if parsed.password else None
         self._prefix = settings.channel_prefix.encode()
-        self._client = redis_async.Redis.from_url(
+        # A blocking pool: a burst of joins (each reads history) waits for a free
+        # connection instead of failing with "Too many connections".
+        pool = redis_async.BlockingConnectionPool.from_url(
             settings.url,
+            max_connections=settings.max_connections,
+            timeout=settings.timeout_s,
             socket_timeout=settings.timeout_s,
             socket_connect_timeout=settings.timeout_s,
-            retry=None,
-            max_connections=8,
         )
+        self._client = redis_async.Redis(connection_pool=pool, retry=None)
         self._pending: list[_PendingPublish] = []
         self._flusher: asyncio.Task | None = None
         # subscriber state
@@ -162,6 +170,7 @@ class RedisBus(Bus):
         self._sent_subscribes: dict[str, collections.deque[list[asyncio.Future]]] = {}
         self._waiting_for_connection: dict[str, list[asyncio.Future]] = {}
         self._pong_due: float | None = None
+        self._last_rx = 0.0  # loop time of the last byte read from the subscriber connection
         self._runner: asyncio.Task | None = None
         self._closing = False
         self._lost = asyncio.Event()
@@ -187,7 +196,7 @@ class RedisBus(Bus):
             if not pending.future.done():
                 pending.future.set_exception(BusUnavailable("bus closed"))
         self._pending.clear()
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     @property
     def connected(self) -> bool:
@@ -231,16 +240,24 @@ class RedisBus(Bus):
         self._pending.append(_PendingPublish(room, body, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_publishes(), name="bus-publisher")
+        pending = self._pending[-1]
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 return await asyncio.shield(future)
         except TimeoutError:
+            future.cancel()  # a batch not yet sent skips it
+            if pending.sent:
+                raise PublishUnconfirmed(f"Redis did not confirm within {self.settings.timeout_s}s") from None
             raise BusUnavailable(f"Redis did not answer within {self.settings.timeout_s}s") from None
 
     async def _flush_publishes(self) -> None:
         while self._pending:
-            batch = self._pending[:MAX_PIPELINE_COMMANDS]
+            batch = [item for item in self._pending[:MAX_PIPELINE_COMMANDS] if not item.future.done()]
             del self._pending[:MAX_PIPELINE_COMMANDS]
+            if not batch:
+                continue
+            for item in batch:
+                item.sent = True
             try:
                 async with asyncio.timeout(self.settings.timeout_s):
                     pipe = self._client.pipeline(transaction=False)
@@ -254,9 +271,13 @@ class RedisBus(Bus):
                     results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("publish batch of %d failed: %s", len(batch), exc)
+                # A refused connection published nothing; a timeout or a connection lost
+                # mid-way may have published some of the batch.
+                never_sent = isinstance(exc, RedisConnectionError) and "connecting" in str(exc)
+                error = BusUnavailable if never_sent else PublishUnconfirmed
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(BusUnavailable(f"Redis unavailable: {exc}"))
+                        item.future.set_exception(error(f"Redis: {exc or type(exc).__name__}"))
                 continue
             for item, result in zip(batch, results):
                 if item.future.done():
@@ -335,10 +356,12 @@ class RedisBus(Bus):
         self._waiting_for_connection = {}
         for start in range(0, len(rooms), 1000):
             transport.write(encode_command("SUBSCRIBE", *[self.channel(r) for r in rooms[start:start + 1000]]))
+        # Redis answers in order: this PONG comes after every SUBSCRIBE above is
+        # confirmed, so only then is the bus "connected" (the hub's gap fill relies on it).
+        transport.write(encode_command("PING", RESYNC_PING))
         self._pong_due = None
         self._live = True
-        log.info("bus subscriber connected to %s:%d, %d rooms re-subscribed", self._host, self._port, len(rooms))
-        self._on_state(True)
+        log.info("bus subscriber connected to %s:%d, re-subscribing %d rooms", self._host, self._port, len(rooms))
 
     async def _watch_subscriber(self, loop: asyncio.AbstractEventLoop) -> None:
         """Ping the subscriber connection; a silent Redis (paused, partitioned) is a lost one."""
@@ -349,9 +372,13 @@ class RedisBus(Bus):
                 return
             except TimeoutError:
                 pass
+            if self._pong_due is not None and loop.time() > self._pong_due:
+                # A busy event loop may not have read the answer yet: let pending reads run first.
+                await asyncio.sleep(0)
+                silent_s = loop.time() - self._last_rx
+                if self._pong_due is not None and loop.time() > self._pong_due and silent_s > self.settings.timeout_s:
+                    raise TimeoutError(f"Redis did not answer a ping within {self.settings.timeout_s}s")
             now = loop.time()
-            if self._pong_due is not None and now > self._pong_due:
-                raise TimeoutError(f"Redis did not answer a ping within {self.settings.timeout_s}s")
             if self._pong_due is None and self._protocol and self._protocol.transport:
                 self._pong_due = now + self.settings.timeout_s
                 self._protocol.transport.write(encode_command("PING"))
@@ -382,6 +409,12 @@ class RedisBus(Bus):
         if protocol is self._protocol:
             self._lost.set()
 
+    def _on_pong(self, payload: bytes) -> None:
+        if payload == RESYNC_PING:
+            self._on_state(True)  # every SUBSCRIBE sent before it is confirmed
+        else:
+            self._pong_due = None
+
     def _on_subscriber_reply(self, reply: object) -> None:
         if isinstance(reply, list) and reply:
             kind = reply[0]
@@ -411,10 +444,15 @@ class RedisBus(Bus):
                         del self._sent_subscribes[room]
                 return
             if kind == b"pong":
-                self._pong_due = None
+                self._on_pong(reply[1])
                 return
             if kind == b"unsubscribe":
                 return
+        if reply == b"PONG" or reply == RESYNC_PING:
+            # With no room subscribed the connection is in normal mode, where Redis
+            # answers PING with +PONG and PING <payload> with the bare payload.
+            self._on_pong(b"" if reply == b"PONG" else reply)
+            return
         if isinstance(reply, hiredis.ReplyError):
             log.error("bus subscriber: Redis error %s", reply)
             if self._protocol and self._protocol.transport:

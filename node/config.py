@@ -68,6 +68,7 @@ class NodeConfig:
     heartbeat_timeout_s: float = setting(10.0, "seconds a client has to answer a ping before it is terminated")
 
     # --- bus resilience -------------------------------------------------
+    bus_max_connections: int = setting(16, "command connections per worker to Redis (publishes, history reads); excess requests wait")
     bus_timeout_s: float = setting(2.0, "longest a publish or a subscribe waits for Redis before BUS_UNAVAILABLE")
     bus_reconnect_base_s: float = setting(0.1, "first delay before reconnecting to Redis; doubles per failure")
     bus_reconnect_cap_s: float = setting(5.0, "longest delay between Redis reconnect attempts")
@@ -107,7 +108,7 @@ class NodeConfig:
             "max_rooms_per_connection", "max_json_depth", "message_rate_per_s", "message_burst",
             "flood_close_after_rejections", "max_connections", "max_connections_per_ip",
             "max_outbound_bytes", "heartbeat_interval_s", "heartbeat_timeout_s", "bus_timeout_s",
-            "bus_reconnect_base_s", "bus_reconnect_cap_s", "room_state_ttl_s", "shutdown_timeout_s",
+            "bus_reconnect_base_s", "bus_max_connections", "bus_reconnect_cap_s", "room_state_ttl_s", "shutdown_timeout_s",
             "restart_backoff_base_s", "restart_backoff_cap_s", "ready_timeout_s", "listen_backlog",
             "max_history_page", "max_join_buffer_messages", "heartbeat_max_rooms_reported", "steer_max_rate_per_s",
             "accept_rate_per_s", "accept_burst", "handshake_timeout_s", "max_http_header_bytes",

@@ -12,7 +12,9 @@ held as *recovering*: the subscription is made live, then the room's position
 messages for it are buffered. The worker sends `joined` and the history, then
 calls `go_live`, which sends the buffered messages newer than the last one
 sent and makes the joiner a plain member, all in one synchronous step: no
-gap, no duplicate, no message before `joined`.
+gap, no duplicate, no message before `joined`. After a bus outage it fills
+the gap for the members it already has from the rooms' history
+(`fill_gaps`).
 
 It must not parse client frames or talk to Redis directly (the bus does).
 """
@@ -24,7 +26,7 @@ import logging
 
 from node import envelope as envelope_codec
 from node import frames, protocol
-from node.bus import Bus, BusMessage, HistoryPage
+from node.bus import Bus, BusMessage, BusUnavailable, HistoryPage
 from node.connection import Connection
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
@@ -33,13 +35,16 @@ log = logging.getLogger("ringcast.hub")
 
 
 class _Room:
-    __slots__ = ("members", "joining", "ready", "recovering")
+    __slots__ = ("members", "joining", "ready", "recovering", "last_seq", "last_epoch", "filling")
 
     def __init__(self) -> None:
         self.members: set[Connection] = set()
         self.joining = 0  # joins waiting for the subscription
         self.ready: asyncio.Future | None = None  # the subscription in progress, None once live
         self.recovering: dict[Connection, list[BusMessage]] = {}  # joiners reading history, live buffer each
+        self.last_seq = 0  # position of the last message fanned out here (or the first join's position)
+        self.last_epoch: str | None = None
+        self.filling: list[BusMessage] | None = None  # live messages held while a gap after a bus outage is filled
 
 
 class Hub:
@@ -92,6 +97,8 @@ class Hub:
         buffered = entry.recovering.pop(conn, None) if entry is not None else None
         if buffered is None:  # it left (or was cut off) during the history read
             return
+        if entry.last_epoch is None:
+            entry.last_epoch, entry.last_seq = epoch, last_sent_seq
         for message in buffered:
             if message.epoch != epoch or message.seq > last_sent_seq:
                 frame = self.message_frame(message, conn.binary)
@@ -144,6 +151,15 @@ class Hub:
         entry = self.rooms.get(message.room)
         if entry is None:
             return
+        if entry.filling is not None:
+            entry.filling.append(message)
+            return
+        self._fan_out(entry, message)
+
+    def _fan_out(self, entry: _Room, message: BusMessage) -> None:
+        if message.epoch == entry.last_epoch and message.seq <= entry.last_seq:
+            return  # already delivered here (a gap fill overlapping the live stream)
+        entry.last_epoch, entry.last_seq = message.epoch, message.seq
         if entry.recovering:
             self._buffer_for_recovering(entry, message)
         if not entry.members:
@@ -165,6 +181,36 @@ class Hub:
                         return
                 push(conn, json_frame)
         self.metrics.messages_delivered.inc(len(entry.members))
+
+    async def fill_gaps(self, limit: int) -> None:
+        """After the bus reconnects: deliver what members missed while it was down.
+
+        Messages published while the worker's subscription was gone are in
+        the rooms' history. Each hosted room holds its live messages, reads the
+        history after the last position it delivered, fans out what is new,
+        then releases what it held, in order and without duplicates (past
+        `limit` missed messages, members see a jump in `seq`).
+        """
+        filling = [(room, entry) for room, entry in self.rooms.items()
+                   if entry.members and entry.last_epoch is not None and entry.filling is None]
+        for _, entry in filling:
+            entry.filling = []
+        await asyncio.gather(*(self._fill(room, entry, limit) for room, entry in filling))
+
+    async def _fill(self, room: str, entry: _Room, limit: int) -> None:
+        missed: list[BusMessage] = []
+        try:
+            page = await self.bus.read_history(room, entry.last_seq, entry.last_epoch or "", limit)
+            missed = page.messages
+        except BusUnavailable:
+            log.warning("could not read history of %s to fill the gap of a bus outage", room)
+        held, entry.filling = entry.filling or [], None
+        if self.rooms.get(room) is not entry:
+            return
+        if missed:
+            self.metrics.gap_filled_messages.inc(len(missed))
+        for message in (*missed, *held):
+            self._fan_out(entry, message)
 
     def _buffer_for_recovering(self, entry: _Room, message: BusMessage) -> None:
         for conn, buffered in entry.recovering.items():

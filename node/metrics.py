@@ -75,6 +75,11 @@ class NodeMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.gap_filled_messages = Counter(
+            "ringcast_gap_filled_messages_total",
+            "Messages missed during a bus outage and delivered from history after it",
+            registry=r,
+        )
         self.resumes = Counter(
             "ringcast_resumes_total",
             "Joins with `since`, by outcome: recovered, or the reason recovery was incomplete",

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from node import envelope, frames, protocol, steering
 from node.admission import Admission, Refusal
 from node.auth import Identity, TokenVerifier
-from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable
+from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable, PublishUnconfirmed
 from node.bus_memory import MemoryBus
 from node.bus_redis import RedisBus, RedisBusSettings
 from node.config import NodeConfig
@@ -51,7 +51,8 @@ SHUTTING_DOWN = "shutting_down"
 
 RESTARTS_ENV = "RINGCAST_WORKER_RESTARTS"  # set by the supervisor for each (re)start
 SECRETS_ENV = "RINGCAST_WORKER_JWT_SECRETS"  # the supervisor hands the signing keys over here, not in argv
-SWEEP_INTERVAL_S = 1.0  # heartbeat/sampling sweep period; per-connection timers would cost memory
+SWEEP_INTERVAL_S = 1.0
+SLOW_CONSUMER_GRACE_S = 1.0  # a slow consumer's 1013 close frame has this long to drain before the cut  # heartbeat/sampling sweep period; per-connection timers would cost memory
 
 
 def make_bus(config: NodeConfig) -> Bus:
@@ -68,6 +69,7 @@ def make_bus(config: NodeConfig) -> Bus:
             reconnect_cap_s=config.bus_reconnect_cap_s,
             room_state_ttl_s=config.room_state_ttl_s,
             policy_for=rules.policy_for,
+            max_connections=config.bus_max_connections,
         )
     )
 
@@ -104,6 +106,8 @@ class Worker:
         self.outbox: Outbox | None = None
         self.hub: Hub | None = None
         self._background: list[asyncio.Task] = []
+        self._detached: set[asyncio.Future] = set()  # fire-and-forget work, referenced until done
+        self._bus_was_lost = False
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task | None = None
         self.heartbeat: HeartbeatReporter | None = None  # reports to the control plane, follows its commands
@@ -158,10 +162,20 @@ class Worker:
         await self.placement.close()
         await self.bus.close()
 
+    def _keep(self, future: asyncio.Future) -> None:
+        """Hold a reference to detached work so it is not garbage-collected mid-flight."""
+        self._detached.add(future)
+        future.add_done_callback(self._detached.discard)
+
     def _on_bus_state(self, connected: bool) -> None:
         self.metrics.bus_connected.set(1 if connected else 0)
-        if connected:
-            self.metrics.bus_reconnects.inc()
+        if not connected:
+            self._bus_was_lost = True
+            return
+        self.metrics.bus_reconnects.inc()
+        if self._bus_was_lost and self.hub is not None:
+            self._bus_was_lost = False
+            self._keep(asyncio.ensure_future(self.hub.fill_gaps(self.config.max_history_page)))
 
     async def handle_healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -419,6 +433,8 @@ class Worker:
         started = time.perf_counter()
         try:
             position = await self.bus.publish(room, body)
+        except PublishUnconfirmed as exc:
+            raise protocol.ProtocolError(protocol.ErrorCode.PUBLISH_UNCONFIRMED, str(exc), frame.request_id) from None
         except BusUnavailable as exc:
             raise protocol.ProtocolError(protocol.ErrorCode.BUS_UNAVAILABLE, str(exc), frame.request_id) from None
         self.metrics.bus_publish.observe(time.perf_counter() - started)
@@ -442,7 +458,7 @@ class Worker:
         self.outbox.flush_one(conn)
         conn.close_reason = reason
         conn.closed = True
-        asyncio.ensure_future(self._close_ws(conn, code, message))
+        self._keep(asyncio.ensure_future(self._close_ws(conn, code, message)))
 
     async def _close_ws(self, conn: Connection, code: int, message: str) -> None:
         try:
@@ -458,8 +474,12 @@ class Worker:
         log.info("closing slow consumer %s: %d bytes buffered", conn.id, buffered)
         conn.close_reason = "slow_consumer"
         conn.closed = True
-        # Its buffer is full: a close frame would queue behind it. Cut it off now.
-        conn.transport.abort()
+        # The close frame queues behind everything the reader has not taken; if the
+        # buffer has not drained within the grace period, the socket is cut, so the
+        # memory it holds stays bounded in bytes and in time.
+        transport = conn.transport
+        transport.write(frames.close_frame(protocol.CloseCode.TRY_AGAIN_LATER, "slow consumer"))
+        asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, transport.abort)
 
     # --- periodic work ------------------------------------------------------------
 
