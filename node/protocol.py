@@ -50,6 +50,7 @@ class ErrorCode(str, enum.Enum):
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"  # the message would exceed max_message_bytes on the bus
     RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"  # token bucket empty; see retryAfter
     BUS_UNAVAILABLE = "BUS_UNAVAILABLE"  # Redis cannot be reached; nothing was published; retry later
+    PUBLISH_UNCONFIRMED = "PUBLISH_UNCONFIRMED"  # Redis did not confirm in time: the message may or may not be published
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a server bug; logged with the connection id
     FORBIDDEN = "FORBIDDEN"  # join/history/publish outside the connection token's `rooms`/`publish` scope
 

@@ -75,6 +75,9 @@ class Supervisor:
             if self.stopping:
                 return
             await self._spawn(slot)
+            if self.stopping:  # SIGTERM arrived while it was being spawned: it must stop too
+                assert slot.process is not None
+                slot.process.send_signal(signal.SIGTERM)
 
     def request_stop(self) -> None:
         if self.stopping:
@@ -84,14 +87,15 @@ class Supervisor:
         for slot in self.slots:
             if slot.process is not None and slot.process.returncode is None:
                 slot.process.send_signal(signal.SIGTERM)
-        asyncio.ensure_future(self._reap())
+        self._reaper = asyncio.ensure_future(self._reap())
 
     async def _reap(self) -> None:
         grace_s = self.config.shutdown_timeout_s + 5.0
-        waits = [slot.process.wait() for slot in self.slots if slot.process is not None]
         try:
             async with asyncio.timeout(grace_s):
-                await asyncio.gather(*waits)
+                # Re-read the slots each round: a worker respawned during the stop is waited for too.
+                while any(s.process is not None and s.process.returncode is None for s in self.slots):
+                    await asyncio.gather(*(s.process.wait() for s in self.slots if s.process is not None))
         except TimeoutError:
             for slot in self.slots:
                 if slot.process is not None and slot.process.returncode is None:

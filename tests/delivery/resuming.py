@@ -71,7 +71,7 @@ class ResumingReader:
                     return frame.get("delayMs", 0) / 1000
                 elif kind == "error":
                     self.errors.append(frame)
-                    if frame.get("code") == "BUS_UNAVAILABLE":
+                    if frame.get("code") in ("BUS_UNAVAILABLE", "PUBLISH_UNCONFIRMED"):
                         return 0.2
         except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return 0.05
@@ -102,7 +102,7 @@ async def publish_numbered(client: WsClient, room: str, count: int, pause_s: flo
             if frame["type"] == "ack":
                 acked.append(frame["seq"])
                 break
-            assert frame["code"] == "BUS_UNAVAILABLE", frame
+            assert frame["code"] in ("BUS_UNAVAILABLE", "PUBLISH_UNCONFIRMED"), frame
             await asyncio.sleep(0.2)
         if progress is not None:
             progress.append(n)

@@ -21,6 +21,11 @@ from tests.wsclient import WsClient
 FAST_BUS = ("--bus-timeout-s", "1", "--bus-reconnect-base-s", "0.05", "--bus-reconnect-cap-s", "0.5")
 
 
+# A publish on a connection Redis dropped cannot tell "never ran" from "ran, reply lost":
+# the worker says PUBLISH_UNCONFIRMED then; once it cannot even connect, BUS_UNAVAILABLE.
+BUS_DOWN_CODES = ("BUS_UNAVAILABLE", "PUBLISH_UNCONFIRMED")
+
+
 async def publish_answer(client: WsClient, room: str, text: str, request_id: str) -> dict:
     """Publish with an id; the ack or the error that answers it."""
     await client.send({"type": "message", "room": room, "text": text, "id": request_id})
@@ -40,7 +45,7 @@ async def publish_until_acked(client: WsClient, room: str, text: str, timeout_s:
         answer = await publish_answer(client, room, text, f"{text}-{attempt}")
         if answer["type"] == "ack":
             return answer
-        assert answer["code"] == "BUS_UNAVAILABLE", answer
+        assert answer["code"] in BUS_DOWN_CODES, answer
         assert loop.time() < deadline, "the bus never came back"
         await asyncio.sleep(0.1)
 
@@ -75,7 +80,7 @@ async def test_redis_restarted_mid_run(start_node, redis_server):
         await asyncio.to_thread(redis_server.stop)
         # During the outage: a publish is answered with BUS_UNAVAILABLE, not left hanging.
         down = await publish_answer(a0, "alpha", "lost", "during-outage")
-        assert down["code"] == "BUS_UNAVAILABLE" and down["id"] == "during-outage"
+        assert down["code"] in BUS_DOWN_CODES and down["id"] == "during-outage"
         await a0.send({"type": "join", "room": "delta", "id": "j"})
         refused_join = await a0.expect_any(("joined", "error"), 15)
         assert (refused_join["type"], refused_join["code"]) == ("error", "BUS_UNAVAILABLE")
@@ -99,7 +104,8 @@ async def test_redis_restarted_mid_run(start_node, redis_server):
             assert node.metric(index, "ringcast_bus_connected") == 1
             assert node.metric(index, "ringcast_bus_reconnects_total") >= 2  # first connect + after the restart
             assert node.metric(index, "ringcast_worker_restarts") == 0
-        assert node.metric(0, "ringcast_errors_total", 'code="BUS_UNAVAILABLE"') >= 2
+        assert node.metric(0, "ringcast_errors_total", 'code="BUS_UNAVAILABLE"') + node.metric(
+            0, "ringcast_errors_total", 'code="PUBLISH_UNCONFIRMED"') >= 2
         assert worker_pids(node) == pids  # never crashed
 
         # No subscription leaks after the reconnect: everyone leaves, every channel goes.
@@ -122,9 +128,10 @@ async def test_redis_frozen_then_thawed(start_node, redis_server):
         redis_server.pause()  # SIGSTOP: sockets stay open, nothing answers
         try:
             answer = await publish_answer(publisher, "frozen", "into-the-void", "p1")
-            assert answer["code"] == "BUS_UNAVAILABLE"
+            # It sits in the frozen Redis's socket buffer and may run on SIGCONT: not "unavailable".
+            assert answer["code"] == "PUBLISH_UNCONFIRMED"
             await eventually(lambda: asyncio.to_thread(node.metric, 0, "ringcast_bus_connected"), 0.0)
-            assert (await publish_answer(publisher, "frozen", "still-frozen", "p2"))["code"] == "BUS_UNAVAILABLE"
+            assert (await publish_answer(publisher, "frozen", "still-frozen", "p2"))["code"] in BUS_DOWN_CODES
         finally:
             redis_server.resume()  # SIGCONT
         await eventually(lambda: asyncio.to_thread(node.metric, 0, "ringcast_bus_connected"), 1.0, timeout_s=20)
