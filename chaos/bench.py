@@ -194,6 +194,7 @@ class Coordinator:
         self.progress: dict[int, tuple] = {}
         self.interval_latency: dict[int, int] = {}
         self.last_progress: tuple[float | None, int] = (None, 0)
+        self.peak_connected = 0  # most members joined at once (arrival mode has no fixed population)
 
     # --- plan --------------------------------------------------------------
     def plans(self) -> list[ProcessPlan]:
@@ -313,6 +314,7 @@ class Coordinator:
     def _on_progress(self, message: tuple) -> None:
         _, index, connected, frames, published, latency_delta = message
         self.progress[index] = (connected, frames, published)
+        self.peak_connected = max(self.peak_connected, sum(p[0] for p in self.progress.values()))
         merge_histograms(self.interval_latency, latency_delta)
         if index != 0:
             return
@@ -368,8 +370,8 @@ class Coordinator:
         delivered_per_s = tally.frames_in_window / measure_s if measure_s > 0 else 0.0
         server_cpu_s = (sum(c for _, c in cpu_end) - sum(c for _, c in cpu_start)) if cpu_start and cpu_end else None
         client_cpu_s = (client_cpu_end - client_cpu_start) if client_cpu_start is not None and client_cpu_end is not None else None
-        connected_total = sum(r[2] for r in ready.values())
-        rss_delta = sum(r for r, _ in rss_connected) - sum(r for r, _ in rss_before)
+        connected_total = sum(r[2] for r in ready.values()) if not self.arrival else self.peak_connected
+        rss_delta = sum(r for r, _ in (rss_end if self.arrival else rss_connected)) - sum(r for r, _ in rss_before)
         return {
             "label": args.label,
             "mode": "arrival" if self.arrival else "fixed",
@@ -397,7 +399,7 @@ class Coordinator:
             "latency_p50_ms": _round(percentile_ms(window, 0.50)),
             "latency_p99_ms": _round(percentile_ms(window, 0.99)),
             "latency_max_ms": _round(percentile_ms(window, 1.0)),
-            "expected_deliveries": expected,
+            "expected_deliveries": None if self.arrival else expected,  # users come and go: only gaps/duplicates count
             "lost": lost,
             "surplus": surplus,
             "miscounted_members": short_examples,

@@ -40,9 +40,12 @@ def markdown(result: dict) -> str:
         f"| {_fmt(result['duplicates'])} | {_fmt(result['gaps'])} | {_fmt(result['unsequenced_publishes'])} "
         f"| {result['errors'] or 0} | {_fmt(result['closed_by_server'])} | {_fmt(result['connect_failures'])} |",
         "",
-        f"- {result['workers']} worker(s), {result['rooms']} room(s), {result['publishers']} publisher(s) at "
-        f"{_fmt(result['rate_per_publisher_s'])} msg/s each; {result['warmup_s']} s warm-up excluded, "
-        f"{result['measured_s']} s measured.",
+        (f"- {result['workers']} worker(s), {result['rooms']} room(s), arrival phases {result['phases']} "
+         "(DURATION_S:USERS_PER_S; connections = most users joined at once); "
+         if result["mode"] == "arrival" else
+         f"- {result['workers']} worker(s), {result['rooms']} room(s), {result['publishers']} publisher(s) at "
+         f"{_fmt(result['rate_per_publisher_s'])} msg/s each; ")
+        + f"{result['warmup_s']} s warm-up excluded, {result['measured_s']} s measured.",
         f"- latency p50 {_fmt(result['latency_p50_ms'])} ms, max {_fmt(result['latency_max_ms'])} ms over "
         f"{_fmt(result['latency_samples'])} samples (every frame of 1 connection in {result['sample_every']} "
         "and of every publisher is decoded; all frames are counted).",
