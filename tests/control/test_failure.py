@@ -76,6 +76,9 @@ async def test_a_worker_stopped_with_sigterm_points_its_clients_at_the_new_owner
     node = start_node(2, "--restart-backoff-base-s", "60", "--shutdown-window-s", "0.5")
     control = start_control()
     ring = wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
+    # The leaving worker computes its clients' targets from its own copy of the ring (polled).
+    wait_until(lambda: http_json(node.http_url(1, "/ring"))[1].get("epoch") == ring.epoch, 15,
+               "worker 1 to follow the published ring")
     leaving, staying = f"127.0.0.1:{node.port + 1}", f"127.0.0.1:{node.port}"
     rooms = [f"sigterm-{i}" for i in range(10)]
     clients = [await WsClient.connect(node.ws_url(1)) for _ in rooms]
