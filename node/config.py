@@ -47,6 +47,7 @@ class NodeConfig:
     max_connections: int = setting(10_000, "connections one worker holds; past it new sockets close with 1013")
     max_connections_per_ip: int = setting(1_000, "connections from one IP per worker; past it the upgrade gets HTTP 429")
     max_outbound_bytes: int = setting(512 * 1024, "per-connection bytes queued for a slow reader; past it close 1013 (slow consumer)")
+    write_coalesce_ms: float = setting(0.0, "hold outgoing frames this long so several share one write (fewer syscalls on fan-out, that much more latency); 0: end of the loop turn")
     socket_send_buffer_bytes: int = setting(128 * 1024, "SO_SNDBUF per client socket (kernel doubles it); 0 keeps the kernel's autotuning")
     listen_backlog: int = setting(4096, "TCP accept backlog of each worker's listening socket")
 
@@ -119,6 +120,8 @@ class NodeConfig:
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.control_heartbeat_interval_s < 0:
             raise SettingsError("control_heartbeat_interval_s must be >= 0 (0 disables heartbeats)")
+        if not 0 <= self.write_coalesce_ms <= 1000:
+            raise SettingsError("write_coalesce_ms must be between 0 and 1000")
         if self.shutdown_window_s < 0 or self.reconnect_jitter_ms < 0 or self.socket_send_buffer_bytes < 0:
             raise SettingsError("shutdown_window_s and reconnect_jitter_ms must be >= 0")
         if self.port + self.workers - 1 > 65535:

@@ -25,15 +25,20 @@ class Writable(Protocol):
 
 
 class Outbox:
-    def __init__(self, max_outbound_bytes: int, on_overflow: Callable[[Writable, int], None]) -> None:
+    def __init__(
+        self, max_outbound_bytes: int, on_overflow: Callable[[Writable, int], None], coalesce_delay_s: float = 0.0
+    ) -> None:
         self.max_outbound_bytes = max_outbound_bytes
+        # 0: flush at the end of the current loop turn. > 0: hold frames that long, so
+        # messages arriving one per turn (a single steady publisher) still share writes.
+        self.coalesce_delay_s = coalesce_delay_s
         self.on_overflow = on_overflow
         self._dirty: list[Writable] = []
         self._scheduled = False
         self._loop = asyncio.get_running_loop()
 
     def push(self, conn: Writable, frame: bytes) -> None:
-        """Queue one finished frame for `conn`; it leaves at the end of this loop turn."""
+        """Queue one finished frame for `conn`; it leaves at the end of this loop turn (or the delay)."""
         if conn.closed:
             return
         if not conn.pending:
@@ -41,7 +46,10 @@ class Outbox:
         conn.pending.append(frame)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            if self.coalesce_delay_s:
+                self._loop.call_later(self.coalesce_delay_s, self.flush)
+            else:
+                self._loop.call_soon(self.flush)
 
     def flush_one(self, conn: Writable) -> None:
         """Write `conn`'s queue now (before a close frame, which must come last)."""

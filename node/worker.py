@@ -136,7 +136,9 @@ class Worker:
         return app
 
     async def _on_startup(self, app: web.Application) -> None:
-        self.outbox = Outbox(self.config.max_outbound_bytes, self._on_slow_consumer)
+        self.outbox = Outbox(
+            self.config.max_outbound_bytes, self._on_slow_consumer, self.config.write_coalesce_ms / 1000
+        )
         self.hub = Hub(self.bus, self.outbox, self.metrics, self.config.max_join_buffer_messages)
         self.bus.set_handlers(self.hub.deliver, self._on_bus_state)
         await self.bus.start()
