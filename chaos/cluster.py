@@ -138,8 +138,38 @@ def http_json(url: str, timeout_s: float = 2.0) -> tuple[int, dict]:
         return exc.code, (json.loads(body) if body else {})
 
 
+class _ServiceProcess:
+    """What every started ringcast process shares: its log file, its output and its stop, by PID."""
+
+    proc: subprocess.Popen | None
+    log_path: str
+    STOP_TIMEOUT_S = 15.0
+
+    def _launch(self, kind: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        log = tempfile.NamedTemporaryFile(prefix=f"ringcast-{kind}-", suffix=".log", delete=False)
+        self.log_path = log.name
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+
+    def _check_alive(self, kind: str) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"ringcast {kind} exited with {self.proc.returncode}; log:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text()[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        if self.proc is None:
+            return None
+        code = stop_process(self.proc, self.STOP_TIMEOUT_S if timeout_s is None else timeout_s)
+        self.proc = None
+        return code
+
+
 @dataclass
-class NodeProcess:
+class NodeProcess(_ServiceProcess):
     """A `ringcast node` supervisor and its workers."""
 
     port: int
@@ -160,19 +190,15 @@ class NodeProcess:
         return f"http://{self.host}:{self.port + index}{path}"
 
     def start(self, ready_timeout_s: float = 30.0) -> "NodeProcess":
-        log = tempfile.NamedTemporaryFile(prefix="ringcast-node-", suffix=".log", delete=False)
-        self.log_path = log.name
-        cmd = [sys.executable, "-m", "ringcast_cli", "node", "--host", self.host, "--port", str(self.port),
-               "--workers", str(self.workers), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        self._launch("node", [sys.executable, "-m", "ringcast_cli", "node", "--host", self.host, "--port",
+                              str(self.port), "--workers", str(self.workers), *self.args])
         for index in range(self.workers):
             self.wait_ready(index, ready_timeout_s)
         return self
 
     def wait_ready(self, index: int, timeout_s: float = 30.0) -> None:
         def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"ringcast node exited with {self.proc.returncode}; log:\n{self.log()}")
+            self._check_alive("node")
             return http_json(self.http_url(index, "/readyz"))[0] == 200
         wait_until(ready, timeout_s, f"worker {index} on port {self.port + index} to be ready")
 
@@ -206,22 +232,11 @@ class NodeProcess:
             return 0.0
         return total
 
-    def log(self) -> str:
-        try:
-            return Path(self.log_path).read_text()[-5000:]
-        except OSError:
-            return ""
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        code = stop_process(self.proc, timeout_s)
-        self.proc = None
-        return code
+    STOP_TIMEOUT_S = 30.0  # a graceful node shutdown steers clients away first
 
 
 @dataclass
-class RouterProcess:
+class RouterProcess(_ServiceProcess):
     """A `ringcast router` (route service) process."""
 
     port: int
@@ -234,38 +249,22 @@ class RouterProcess:
         return f"http://{self.host}:{self.port}{path}"
 
     def start(self, ready_timeout_s: float = 30.0) -> "RouterProcess":
-        log = tempfile.NamedTemporaryFile(prefix="ringcast-router-", suffix=".log", delete=False)
-        self.log_path = log.name
-        cmd = [sys.executable, "-m", "ringcast_cli", "router", "--host", self.host, "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        self._launch("router", [sys.executable, "-m", "ringcast_cli", "router", "--host", self.host,
+                                "--port", str(self.port), *self.args])
 
         def healthy() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"ringcast router exited with {self.proc.returncode}; log:\n{self.log()}")
+            self._check_alive("router")
             return http_json(self.url("/healthz"))[0] == 200
 
         wait_until(healthy, ready_timeout_s, f"router on port {self.port}")
         return self
-
-    def log(self) -> str:
-        try:
-            return Path(self.log_path).read_text()[-5000:]
-        except OSError:
-            return ""
-
-    def stop(self, timeout_s: float = 15.0) -> int | None:
-        if self.proc is None:
-            return None
-        code = stop_process(self.proc, timeout_s)
-        self.proc = None
-        return code
 
 
 OWN_TOKEN = object()  # ControlProcess.call's default: authenticate with the replica's own admin token
 
 
 @dataclass
-class ControlProcess:
+class ControlProcess(_ServiceProcess):
     """A `ringcast control` replica (the operator API and, while it holds the lease, the leader)."""
 
     port: int
@@ -281,16 +280,13 @@ class ControlProcess:
         return f"http://{self.host}:{self.port}"
 
     def start(self, ready_timeout_s: float = 30.0) -> "ControlProcess":
-        log = tempfile.NamedTemporaryFile(prefix="ringcast-control-", suffix=".log", delete=False)
-        self.log_path = log.name
         cmd = [sys.executable, "-m", "ringcast_cli", "control", "--host", self.host, "--port", str(self.port),
                "--redis", self.redis_url, *self.args]
         env = dict(os.environ, RINGCAST_ADMIN_TOKEN=self.admin_token)  # not on the command line: ps would show it
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self._launch("control", cmd, env)
 
         def healthy() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"ringcast control exited with {self.proc.returncode}; log:\n{self.log()}")
+            self._check_alive("control")
             return http_json(self.url + "/healthz")[0] == 200
         wait_until(healthy, ready_timeout_s, f"control replica on port {self.port}")
         return self
@@ -316,21 +312,8 @@ class ControlProcess:
     def is_leader(self) -> bool:
         return bool(self.get("/healthz")[1].get("leader"))
 
-    def log(self) -> str:
-        try:
-            return Path(self.log_path).read_text()[-5000:]
-        except OSError:
-            return ""
-
     def kill(self) -> None:
         """SIGKILL, the crash drill: no lease release, no goodbye."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-
-    def stop(self, timeout_s: float = 15.0) -> int | None:
-        if self.proc is None:
-            return None
-        code = stop_process(self.proc, timeout_s)
-        self.proc = None
-        return code
