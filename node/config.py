@@ -25,7 +25,12 @@ class NodeConfig:
     port: int = setting(8700, "port of worker 0; worker i listens on port + i")
     workers: int = setting(os.cpu_count() or 1, "worker processes (shards) to run; default: CPU count")
     worker_id: str = setting("", "shard id of a single worker; empty means host:port (set per worker by the supervisor)")
-    bus: str = setting("redis", "message bus: redis (cluster) or memory (one process, no Redis)", choices=("redis", "memory"))
+    bus: str = setting(
+        "redis",
+        "message bus: redis (cluster), memory (one process, no Redis), or global (comparison baseline: every worker"
+        " receives every message (the tutorial's design); never for production)",
+        choices=("redis", "memory", "global"),
+    )
     redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL of the bus")
     channel_prefix: str = setting("ringcast:room:", "prefix of every room's Redis pub/sub channel")
     key_prefix: str = setting("ringcast:", "prefix of every other Redis key ringcast writes")

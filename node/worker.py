@@ -30,6 +30,7 @@ from node import envelope, frames, protocol, steering
 from node.admission import Admission, Refusal
 from node.auth import Identity, TokenVerifier
 from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable, PublishUnconfirmed
+from node.bus_global import GlobalBroadcastBus
 from node.bus_memory import MemoryBus
 from node.bus_redis import RedisBus, RedisBusSettings
 from node.config import NodeConfig
@@ -59,7 +60,8 @@ def make_bus(config: NodeConfig) -> Bus:
     rules = config.history_rules()
     if config.bus == "memory":
         return MemoryBus(rules.policy_for)
-    return RedisBus(
+    bus_class = GlobalBroadcastBus if config.bus == "global" else RedisBus
+    return bus_class(
         RedisBusSettings(
             url=config.redis,
             channel_prefix=config.channel_prefix,

@@ -27,7 +27,7 @@ def start_node(redis_server):
 
     def start(workers: int = 1, *args: str, bus: str = "redis") -> NodeProcess:
         extra = list(args)
-        if bus == "redis":
+        if bus in ("redis", "global"):
             extra += ["--redis", redis_server.url]
         extra += ["--bus", bus]
         node = NodeProcess(port=free_port_range(workers), workers=workers, args=extra)

@@ -1,0 +1,50 @@
+"""The global-broadcast comparison bus (`--bus global`, node/bus_global.py) on a real Redis and 2 real workers.
+
+It must still deliver across workers and keep history readable, and it must
+really be the tutorial's design: one channel for everything, and every worker
+receiving (and counting) messages of rooms it does not host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.node.redis_view import PREFIX, channels, eventually
+from tests.wsclient import WsClient
+
+BUS_RECEIVED = "ringcast_bus_messages_received_total"
+
+
+async def test_every_worker_receives_every_room_on_one_global_channel(start_node, redis_server):
+    node = start_node(2, "--history-size", "10", bus="global")
+    listener = await WsClient.connect(node.ws_url(1))
+    publisher = await WsClient.connect(node.ws_url(0))
+    try:
+        await listener.join("lobby")
+        await publisher.join("lobby")
+        await publisher.join("only-on-worker-0")
+        await eventually(lambda: channels(redis_server), {PREFIX + "__global__"})
+
+        await publisher.send({"type": "message", "room": "lobby", "payload": {"n": 1}})
+        got = await listener.expect("message")
+        assert got["room"] == "lobby" and got["payload"] == {"n": 1}
+        await publisher.expect("message")
+
+        before = await _metric(node, 1, BUS_RECEIVED)
+        for n in range(3):
+            await publisher.send({"type": "message", "room": "only-on-worker-0", "payload": {"n": n}})
+            assert (await publisher.expect("message"))["payload"] == {"n": n}
+        # worker 1 hosts no member of that room, yet every one of its messages reached it
+        await eventually(lambda: _metric(node, 1, BUS_RECEIVED), before + 3)
+        assert await channels(redis_server) == {PREFIX + "__global__"}
+
+        await listener.send({"type": "history", "room": "lobby", "limit": 5})
+        page = await listener.expect("history")
+        assert [m["payload"] for m in page["messages"]] == [{"n": 1}], page  # the room tag is stripped
+    finally:
+        await listener.close()
+        await publisher.close()
+
+
+async def _metric(node, index: int, name: str) -> float:
+    return await asyncio.to_thread(node.metric, index, name)
