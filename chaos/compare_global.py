@@ -1,0 +1,102 @@
+"""Ring placement (per-room channels) vs the tutorial's global broadcast, side by side.
+
+Owns one comparison: for each worker count it starts a fresh redis-server and
+`ringcast node` (the benchmark flags of chaos/bench.py plus `--bus redis` or
+`--bus global`), drives the same fixed load through chaos/bench.py's
+Coordinator, then reads every worker's `/metrics` for the bus messages it
+received and the messages the node published, and prints one table
+(docs/benchmarks.md, "Ring placement vs global broadcast"). The two designs
+alternate per worker count so machine noise hits both alike. Every process it
+starts is stopped by PID. It must not generate load itself (chaos/bench.py
+does) nor judge the numbers.
+
+    .venv/bin/python -m chaos.compare_global --workers 1 2 4 --connections 2000 --rooms 400 \\
+        --publishers 400 --rate 5 --duration 8 --warmup 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from chaos.bench import BENCH_NODE_FLAGS, Coordinator, ServerSampler, WorkerUrl
+from chaos.bench import build_parser as bench_parser
+from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
+
+DESIGNS = ("redis", "global")  # per-room channels (ring placement) and the baseline
+
+
+def run_one(design: str, workers: int, load: list[str]) -> dict:
+    redis = RedisServer(free_port()).start()
+    node = NodeProcess(free_port_range(workers), workers, ["--redis", redis.url, "--bus", design, *BENCH_NODE_FLAGS])
+    try:
+        node.start()
+        urls = [WorkerUrl.parse(node.ws_url(i)) for i in range(workers)]
+        pids = [node.worker_pid(i) for i in range(workers)]
+        load_before = os.getloadavg()[0]
+        args = bench_parser().parse_args(["--workers", str(workers), "--spread", "rooms", *load])
+        result = Coordinator(args, urls, ServerSampler(urls, pids)).run()
+        bus_received = [int(node.metric(i, "ringcast_bus_messages_received_total")) for i in range(workers)]
+        published = int(sum(node.metric(i, "ringcast_messages_published_total") for i in range(workers)))
+    finally:
+        node.stop()
+        redis.stop()
+    return {
+        "design": design, "workers": workers, "loadavg_1m_before": round(load_before, 2),
+        "delivered_per_s": result["delivered_per_s"], "published_per_s": result["published_per_s"],
+        "server_cpu_percent": result["server_cpu_percent"],
+        "server_cpu_us_per_delivery": result["server_cpu_us_per_delivery"],
+        "latency_p99_ms": result["latency_p99_ms"], "lost": result["lost"], "duplicates": result["duplicates"],
+        "gaps": result["gaps"], "connect_failures": result["connect_failures"],
+        "published_total": published, "bus_received_per_worker": bus_received,
+        "bus_received_over_published": [round(n / published, 2) if published else None for n in bus_received],
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| design | workers | delivered/s | server CPU % | server CPU µs / delivery | p99 ms | bus msgs received per worker "
+        "| received / published, per worker | lost / dup / gaps | load avg before |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        name = "ring placement (--bus redis)" if row["design"] == "redis" else "global broadcast (--bus global)"
+        lines.append(
+            f"| {name} | {row['workers']} | {row['delivered_per_s']:,.0f} | {row['server_cpu_percent']} "
+            f"| {row['server_cpu_us_per_delivery']} | {row['latency_p99_ms']} "
+            f"| {' / '.join(f'{n:,}' for n in row['bus_received_per_worker'])} "
+            f"| {' / '.join(str(r) for r in row['bus_received_over_published'])} "
+            f"| {row['lost']} / {row['duplicates']} / {row['gaps']} | {row['loadavg_1m_before']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos.compare_global", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--rooms", type=int, default=400)
+    parser.add_argument("--publishers", type=int, default=400)
+    parser.add_argument("--rate", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    load = ["--connections", str(args.connections), "--rooms", str(args.rooms), "--publishers", str(args.publishers),
+            "--rate", str(args.rate), "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    rows = []
+    for workers in args.workers:
+        for design in DESIGNS:
+            print(f"--- {design}, {workers} worker(s): ringcast bench {' '.join(load)} --spread rooms", flush=True)
+            rows.append(run_one(design, workers, load))
+            print(json.dumps(rows[-1]), flush=True)
+    print(table(rows))
+    if args.out:
+        with open(args.out, "w") as out:
+            json.dump(rows, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
