@@ -4,7 +4,8 @@ Owns one comparison: for each worker count it starts a fresh redis-server and
 `ringcast node` (the benchmark flags of chaos/bench.py plus `--bus redis` or
 `--bus global`), drives the same fixed load through chaos/bench.py's
 Coordinator, then reads every worker's `/metrics` for the bus messages it
-received and the messages the node published, and prints one table
+received and the messages the node published (and redis-server's CPU over
+the whole run, via psutil), and prints one table
 (docs/benchmarks.md, "Ring placement vs global broadcast"). The two designs
 alternate per worker count so machine noise hits both alike. Every process it
 starts is stopped by PID. It must not generate load itself (chaos/bench.py
@@ -36,7 +37,9 @@ def run_one(design: str, workers: int, load: list[str]) -> dict:
         pids = [node.worker_pid(i) for i in range(workers)]
         load_before = os.getloadavg()[0]
         args = bench_parser().parse_args(["--workers", str(workers), "--spread", "rooms", *load])
+        redis_cpu_before = _cpu_seconds(redis.proc.pid)
         result = Coordinator(args, urls, ServerSampler(urls, pids)).run()
+        redis_cpu_s = _cpu_seconds(redis.proc.pid) - redis_cpu_before  # the whole run: ramp, warmup, measure, settle
         bus_received = [int(node.metric(i, "ringcast_bus_messages_received_total")) for i in range(workers)]
         published = int(sum(node.metric(i, "ringcast_messages_published_total") for i in range(workers)))
     finally:
@@ -51,14 +54,23 @@ def run_one(design: str, workers: int, load: list[str]) -> dict:
         "gaps": result["gaps"], "connect_failures": result["connect_failures"],
         "published_total": published, "bus_received_per_worker": bus_received,
         "bus_received_over_published": [round(n / published, 2) if published else None for n in bus_received],
+        "redis_cpu_s": round(redis_cpu_s, 2),
+        "redis_cpu_us_per_published": round(1e6 * redis_cpu_s / published, 1) if published else None,
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def table(rows: list[dict]) -> str:
     lines = [
         "| design | workers | delivered/s | server CPU % | server CPU µs / delivery | p99 ms | bus msgs received per worker "
-        "| received / published, per worker | lost / dup / gaps | load avg before |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| received / published, per worker | Redis CPU µs / published | lost / dup / gaps | load avg before |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         name = "ring placement (--bus redis)" if row["design"] == "redis" else "global broadcast (--bus global)"
@@ -66,7 +78,7 @@ def table(rows: list[dict]) -> str:
             f"| {name} | {row['workers']} | {row['delivered_per_s']:,.0f} | {row['server_cpu_percent']} "
             f"| {row['server_cpu_us_per_delivery']} | {row['latency_p99_ms']} "
             f"| {' / '.join(f'{n:,}' for n in row['bus_received_per_worker'])} "
-            f"| {' / '.join(str(r) for r in row['bus_received_over_published'])} "
+            f"| {' / '.join(str(r) for r in row['bus_received_over_published'])} | {row['redis_cpu_us_per_published']} "
             f"| {row['lost']} / {row['duplicates']} / {row['gaps']} | {row['loadavg_1m_before']} |"
         )
     return "\n".join(lines)
