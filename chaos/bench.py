@@ -227,7 +227,6 @@ class Coordinator:
 
     # --- run ---------------------------------------------------------------
     def run(self) -> dict:
-        args = self.args
         ctx = multiprocessing.get_context("spawn")
         rss_before = self.sampler.sample()
         pipes, processes = [], []

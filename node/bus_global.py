@@ -31,7 +31,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from node.bus import BusUnavailable, HistoryPage, Position
+from node.bus import HistoryPage, Position
 from node.bus_redis import RedisBus, RedisBusSettings
 
 log = logging.getLogger("ringcast.bus")
@@ -73,11 +73,7 @@ class GlobalBroadcastBus(RedisBus):
             in_flight[-1].append(future)
         else:
             self._waiting_for_connection.setdefault(GLOBAL_SUBSCRIPTION, []).append(future)
-        try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                await asyncio.shield(future)
-        except TimeoutError:
-            raise BusUnavailable(f"subscription not confirmed within {self.settings.timeout_s}s") from None
+        await self._await_confirmation(future)
 
     def unsubscribe(self, room: str) -> None:
         self._hosted.discard(room)

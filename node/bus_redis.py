@@ -298,6 +298,10 @@ class RedisBus(Bus):
             self._protocol.transport.write(encode_command("SUBSCRIBE", self.channel(room)))
         else:
             self._waiting_for_connection.setdefault(room, []).append(future)
+        await self._await_confirmation(future)
+
+    async def _await_confirmation(self, future: asyncio.Future) -> None:
+        """Wait for a SUBSCRIBE's confirmation, or raise BusUnavailable after the bus timeout."""
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 await asyncio.shield(future)

@@ -9,7 +9,7 @@ Hot paths increment by batch (one `inc(n)` per fan-out, not per member).
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import PROCESS_COLLECTOR, ProcessCollector  # noqa: F401  (process_* metrics)
+from prometheus_client import ProcessCollector
 
 _LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import secrets
 import signal
 import socket

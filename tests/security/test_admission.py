@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from chaos.rawws import RawWebSocket, UpgradeRefused
 from node.admission import origin_allowed
