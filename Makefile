@@ -1,5 +1,5 @@
 # The two commands of the README. Both install what they need first.
-.PHONY: up test install bench clean
+.PHONY: up test install lock clean
 
 install:
 	./scripts/bootstrap.sh
@@ -9,6 +9,9 @@ up: install
 
 test: install
 	.venv/bin/python -m pytest -q
+
+lock:
+	./scripts/lock.sh
 
 clean:
 	rm -rf .venv .pytest_cache

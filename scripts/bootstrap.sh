@@ -1,33 +1,53 @@
 #!/usr/bin/env bash
 # Installs everything ringcast needs on a Debian machine, idempotently:
-# the Debian redis-server package when redis-server is missing, a .venv with
-# the package and its test extras. Safe to run again; fast when nothing changed.
+# the Debian redis-server package when redis-server is missing, and a .venv
+# with ringcast and its test extras at the exact versions of requirements.lock
+# (the versions the suite was last green with; scripts/lock.sh refreshes it).
+# Safe to run again; fast when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "bootstrap: installing Debian package redis-server" >&2
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-  # The package starts a system redis on 6379; ringcast runs its own, so stop that one if it did.
-  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
-fi
+fail() { echo "bootstrap: $*" >&2; exit 1; }
 
 PY="${PYTHON:-python3}"
+command -v "$PY" >/dev/null 2>&1 || fail "no $PY found; ringcast needs Python 3.11 or newer (set PYTHON=/path/to/python3.X)"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || fail "$("$PY" -V 2>&1) is too old; ringcast needs Python 3.11 or newer (set PYTHON=/path/to/python3.X)"
+"$PY" -c 'import venv, ensurepip' 2>/dev/null \
+  || fail "$PY has no venv/ensurepip; on Debian: apt-get install python3-venv"
+
+apt_install() {
+  # Debian packages only: anywhere else, say what is missing instead of guessing a package manager.
+  if ! command -v apt-get >/dev/null 2>&1 || [ ! -f /etc/debian_version ]; then
+    fail "this is not a Debian machine; install $* with your package manager (Redis 7 or newer), then run this again"
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || fail "installing Debian packages ($*) needs root or sudo"
+    sudo="sudo"
+  fi
+  echo "bootstrap: installing Debian packages: $*" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt_install redis-server
+  # The package starts a system redis on 6379; ringcast runs its own, so stop that one if it did.
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   "$PY" -m venv .venv
 fi
 stamp=.venv/.ringcast-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "bootstrap: installing ringcast and its dependencies into .venv" >&2
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
+  echo "bootstrap: installing ringcast and the locked versions of its dependencies into .venv" >&2
   log=.venv/pip-install.log
-  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[test]'; } >"$log" 2>&1; then
+  if ! .venv/bin/python -m pip install -c requirements.lock -e '.[test]' >"$log" 2>&1; then
     tail -n 40 "$log" >&2
-    echo "bootstrap: pip install failed; full log in $log" >&2
-    exit 1
+    fail "pip install failed; full log in $log"
   fi
   touch "$stamp"
 fi
