@@ -16,6 +16,7 @@ import signal
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from common.tasks import stop_tasks
 from control.api import ControlApi
 from control.config import ControlConfig
 from control.keys import Keys
@@ -73,11 +74,10 @@ class ControlService:
         ]
         log.info("control replica %s serving on %s", self.config.name, self.config.url)
         await self._stop.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
         await self.lease.release()
         await runner.cleanup()
         await self.redis.aclose()
         log.info("control replica %s stopped", self.config.name)
         return 0
+
