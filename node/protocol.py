@@ -64,7 +64,7 @@ class CloseCode(enum.IntEnum):
     INVALID_PAYLOAD = 1007  # a text frame (or close reason) that is not valid UTF-8; sent by aiohttp's reader
     POLICY_VIOLATION = 1008  # sustained flooding past the rate limit (per connection or per user)
     MESSAGE_TOO_BIG = 1009  # a frame larger than max_frame_bytes
-    INTERNAL_ERROR = 1011  # a server bug
+    INTERNAL_ERROR = 1011  # never sent: a bug while handling a frame is an INTERNAL_ERROR error frame instead
     TRY_AGAIN_LATER = 1013  # worker full (max_connections) or slow consumer (max_outbound_bytes)
     TOKEN_EXPIRED = 4001  # the connection token's `exp` passed while connected; reconnect with a fresh token
 
@@ -330,6 +330,7 @@ RECOVERY_EPOCH_CHANGED = "epoch_changed"  # the room's history was lost (e.g. Re
 RECOVERY_HISTORY_TRUNCATED = "history_truncated"  # history no longer reaches back to the position
 RECOVERY_NO_HISTORY = "no_history"  # the room keeps no history (its policy size is 0)
 RECOVERY_TOO_MANY_MISSED = "too_many_missed"  # more missed than max_history_page
+RECOVERY_REASONS = (RECOVERY_EPOCH_CHANGED, RECOVERY_HISTORY_TRUNCATED, RECOVERY_NO_HISTORY, RECOVERY_TOO_MANY_MISSED)
 
 
 def joined(

@@ -25,6 +25,7 @@ import time
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from common.tasks import stop_tasks
 from node import envelope, frames, protocol, steering
 from node.admission import Admission, Refusal
 from node.auth import Identity, TokenVerifier
@@ -157,9 +158,7 @@ class Worker:
             )
 
     async def _on_cleanup(self, app: web.Application) -> None:
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await stop_tasks(self._background)
         if self.heartbeat is not None:
             await self.heartbeat.close()
         await self.placement.close()
@@ -309,8 +308,10 @@ class Worker:
             return
         conn.rejections = 0
         conn.ping_sent_at = None  # any frame proves the peer is alive
+        request_id: protocol.RequestId | None = None
         try:
             frame = self.decoder.decode(data, conn.codec)
+            request_id = frame.request_id  # a client waiting for its reply gets one even when we fail
             self.metrics.messages_received.labels(type(frame).__name__.lower()).inc()
             if isinstance(frame, protocol.Publish):
                 await self._publish(conn, frame)
@@ -327,7 +328,7 @@ class Worker:
             self._send_error(conn, exc.code, exc.message, exc.request_id)
         except Exception:
             log.exception("bug while handling a frame on connection %s", conn.id)
-            self._send_error(conn, protocol.ErrorCode.INTERNAL_ERROR, "internal error; logged", None)
+            self._send_error(conn, protocol.ErrorCode.INTERNAL_ERROR, "internal error; logged", request_id)
         self.metrics.message_handling.observe(loop.time() - started)
 
     async def _join(self, conn: Connection, frame: protocol.Join) -> None:
