@@ -15,12 +15,15 @@ Token rules (docs/security.md repeats them for token issuers):
 - claims: `sub` (non-empty string, shown to room members as the sender),
   `exp` (required), `rooms` and `publish` (lists of glob patterns; absent
   means none). `nbf` and `iat` are checked when present.
+- times (`exp`, `nbf`, `iat`) are judged at the caller's `now` only, each with
+  the configured leeway; PyJWT's own clock is not consulted.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -51,7 +54,7 @@ class Identity:
     user: str
     rooms: tuple[str, ...]  # glob patterns of rooms it may join (and read history of)
     publish: tuple[str, ...]  # glob patterns of rooms it may publish to (joining is needed too)
-    expires_at: float  # Unix seconds (`exp`)
+    expires_at: float  # Unix seconds after which the token no longer verifies: `exp` plus the leeway
 
     def may_join(self, room: str) -> bool:
         return any(_compiled(pattern).match(room) for pattern in self.rooms)
@@ -128,25 +131,42 @@ class TokenVerifier:
                 token,
                 key,
                 algorithms=[ALGORITHM],
-                options={"require": ["exp", "sub"], "verify_aud": False},
-                leeway=self.leeway_s,
+                # PyJWT would judge the times by its own clock; _times judges them at `now`.
+                options={"require": ["exp", "sub"], "verify_aud": False,
+                         "verify_exp": False, "verify_nbf": False, "verify_iat": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
         except jwt.InvalidSignatureError:
             raise AuthError("bad token signature") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from None
-        # PyJWT checked exp against its own clock; check against the caller's too (tests, skew).
-        exp = claims["exp"]
-        if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp + self.leeway_s <= now:
-            raise AuthError("token expired")
+        exp = _times(claims, now, self.leeway_s)
         return Identity(
             user=_subject(claims["sub"]),
             rooms=_patterns(claims.get("rooms"), "rooms"),
             publish=_patterns(claims.get("publish"), "publish"),
-            expires_at=float(exp),
+            expires_at=exp + self.leeway_s,  # the sweep tolerates the same skew as the upgrade
         )
+
+
+def _times(claims: dict, now: float, leeway_s: float) -> float:
+    """Check `exp`, and `nbf`/`iat` when present, at Unix time `now` with `leeway_s` of skew; returns `exp`."""
+    exp, nbf, iat = (_seconds(claims, name) for name in ("exp", "nbf", "iat"))
+    if exp is None or exp + leeway_s <= now:  # (never None: jwt.decode requires it)
+        raise AuthError("token expired")
+    if nbf is not None and nbf - leeway_s > now:
+        raise AuthError("token not valid yet (`nbf`)")
+    if iat is not None and iat - leeway_s > now:
+        raise AuthError("token issued in the future (`iat`)")
+    return exp
+
+
+def _seconds(claims: dict, name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise AuthError(f"`{name}` must be a finite number of Unix seconds")
+    return float(value)
 
 
 def _subject(value: object) -> str:

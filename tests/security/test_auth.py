@@ -9,6 +9,7 @@ import jwt
 import psutil
 import pytest
 
+from chaos.eventually import eventually
 from chaos.rawws import RawWebSocket, UpgradeRefused
 from node.auth import AuthError, TokenVerifier, parse_secrets, token_from
 from tests.security.bystanders import Bystanders
@@ -16,46 +17,77 @@ from tests.security.tokens import KEY1, KEY2, bearer, flag, token
 from tests.wsclient import WsClient
 
 KEYS = {KEY1[0]: KEY1[1].encode(), KEY2[0]: KEY2[1].encode()}
+NOW = 2_000_000_000.0  # the verifier's clock in the unit tests: time is a parameter, never the real clock
 
 
 # --- the rules, without a worker ------------------------------------------------
 
 def test_a_valid_token_gives_its_identity_and_scopes():
-    identity = TokenVerifier(KEYS).verify(token(KEY2, sub="bob", rooms=["chat:*"], publish=["chat:general"]), time.time())
+    identity = TokenVerifier(KEYS).verify(token(KEY2, sub="bob", rooms=["chat:*"], publish=["chat:general"], at=NOW), NOW)
     assert identity.user == "bob"
     assert identity.may_join("chat:random") and not identity.may_join("admin:x")
     assert identity.may_publish("chat:general") and not identity.may_publish("chat:random")
+    assert identity.expires_at == NOW + 600
 
 
-@pytest.mark.parametrize(
-    "bad, why",
-    [
-        (token(exp_in_s=-5), "expired"),
-        (token(KEY1, kid="k2"), "signature"),  # signed with k1's secret, claims to be k2
-        (token(kid="nope"), "unknown key"),
-        (token(kid=None), "no `kid`"),  # two keys configured: kid is required
-        ("not.a.token", "malformed"),
-        (jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, None, algorithm="none"), "algorithm"),
-        (jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, KEY1[1] * 2, algorithm="HS512", headers={"kid": "k1"}), "algorithm"),
-        (jwt.encode({"sub": "a"}, KEY1[1], algorithm="HS256", headers={"kid": "k1"}), "exp"),
-        (token(sub=""), "sub"),
-        (token(sub="a\nb"), "control"),
-        (token(rooms="chat:*"), "rooms"),  # a string, not a list
-        (token(publish=[1]), "publish"),
-    ],
-)
-def test_bad_tokens_are_refused_with_a_reason(bad, why):
+# Each case mints its token when the test runs (a lambda), at the verifier's clock NOW.
+_BAD_TOKENS = [
+    (lambda: token(exp_in_s=-5, at=NOW), "expired"),
+    (lambda: token(KEY1, kid="k2", at=NOW), "signature"),  # signed with k1's secret, claims to be k2
+    (lambda: token(kid="nope", at=NOW), "unknown key"),
+    (lambda: token(kid=None, at=NOW), "no `kid`"),  # two keys configured: kid is required
+    (lambda: "not.a.token", "malformed"),
+    (lambda: jwt.encode({"sub": "a", "exp": int(NOW) + 60}, None, algorithm="none"), "algorithm"),
+    (lambda: jwt.encode({"sub": "a", "exp": int(NOW) + 60}, KEY1[1] * 2, algorithm="HS512", headers={"kid": "k1"}),
+     "algorithm"),
+    (lambda: jwt.encode({"sub": "a"}, KEY1[1], algorithm="HS256", headers={"kid": "k1"}), "exp"),
+    (lambda: jwt.encode({"sub": "a", "exp": float("inf")}, KEY1[1], algorithm="HS256", headers={"kid": "k1"}),
+     "exp"),  # JSON `Infinity`: a token that would never expire
+    (lambda: token(at=NOW, nbf="soon"), "nbf"),
+    (lambda: token(at=NOW, iat=True), "iat"),
+    (lambda: token(sub="", at=NOW), "sub"),
+    (lambda: token(sub="a\nb", at=NOW), "control"),
+    (lambda: token(rooms="chat:*", at=NOW), "rooms"),  # a string, not a list
+    (lambda: token(publish=[1], at=NOW), "publish"),
+]
+
+
+@pytest.mark.parametrize("mint, why", _BAD_TOKENS, ids=[why for _, why in _BAD_TOKENS])
+def test_bad_tokens_are_refused_with_a_reason(mint, why):
     with pytest.raises(AuthError, match=why):
-        TokenVerifier(KEYS).verify(bad, time.time())
+        TokenVerifier(KEYS).verify(mint(), NOW)
+
+
+def test_exp_is_judged_at_the_callers_clock_and_the_leeway_extends_it():
+    expiring = token(at=NOW, exp_in_s=100)  # exp = NOW + 100
+    assert TokenVerifier(KEYS).verify(expiring, NOW + 99).expires_at == NOW + 100
+    with pytest.raises(AuthError, match="expired"):
+        TokenVerifier(KEYS).verify(expiring, NOW + 100)
+    forgiving = TokenVerifier(KEYS, leeway_s=30)
+    # Expired by this clock, but within the skew it forgives: accepted, and the connection lives as long.
+    assert forgiving.verify(expiring, NOW + 129).expires_at == NOW + 130
+    with pytest.raises(AuthError, match="expired"):
+        forgiving.verify(expiring, NOW + 130)
+
+
+@pytest.mark.parametrize("claim", ["nbf", "iat"])
+def test_a_token_from_the_future_is_refused_until_its_time_or_the_leeway_covers_it(claim):
+    early = token(at=NOW, **{claim: int(NOW) + 30})
+    with pytest.raises(AuthError, match=claim):
+        TokenVerifier(KEYS).verify(early, NOW)
+    with pytest.raises(AuthError, match=claim):
+        TokenVerifier(KEYS, leeway_s=29).verify(early, NOW)
+    assert TokenVerifier(KEYS).verify(early, NOW + 30).user == "alice"  # its time has come
+    assert TokenVerifier(KEYS, leeway_s=30).verify(early, NOW).user == "alice"  # the issuer's clock runs ahead
 
 
 def test_with_one_key_the_kid_may_be_left_out():
     verifier = TokenVerifier({KEY1[0]: KEY1[1].encode()})
-    assert verifier.verify(token(KEY1, kid=None), time.time()).user == "alice"
+    assert verifier.verify(token(KEY1, kid=None, at=NOW), NOW).user == "alice"
 
 
 def test_absent_scopes_allow_nothing():
-    identity = TokenVerifier(KEYS).verify(token(rooms=None, publish=None), time.time())
+    identity = TokenVerifier(KEYS).verify(token(rooms=None, publish=None, at=NOW), NOW)
     assert not identity.may_join("a") and not identity.may_publish("a")
 
 
@@ -100,7 +132,8 @@ async def test_missing_malformed_expired_or_badly_signed_tokens_get_401_before_t
         status, answer_headers = await _refused_status(node, headers, path)
         assert status == 401, (headers, path)
         assert answer_headers.get("www-authenticate", "").startswith("Bearer")
-    assert node.metric(0, "ringcast_connections_rejected_total", 'reason="UNAUTHORIZED"') == len(cases)
+    await eventually(lambda: node.metric(0, "ringcast_connections_rejected_total", 'reason="UNAUTHORIZED"'),
+                     equals=len(cases), what="every refusal counted as UNAUTHORIZED")
 
 
 async def test_a_token_in_the_header_or_the_query_opens_the_socket_and_keys_rotate(start_node):
@@ -185,3 +218,18 @@ async def test_a_connection_is_closed_4001_when_its_token_expires(start_node):
     await short.close()
     await bystanders.assert_all_received()  # carol's token is long-lived: she stays
     await bystanders.close()
+
+
+async def test_the_leeway_forgives_clock_skew_at_the_upgrade_and_while_connected(start_node):
+    """Timing-free: every margin is 30 s or more, and the sweep's own ping shows it judged the connection."""
+    node = _auth_node(start_node, "--jwt-leeway-s", "60", "--heartbeat-interval-s", "0.2")
+    now = int(time.time())
+    for too_far in (token(nbf=now + 120), token(exp_in_s=-120)):  # beyond the 60 s leeway
+        assert (await _refused_status(node, bearer(too_far)))[0] == 401
+    async with aiohttp.ClientSession() as session:
+        for skewed in (token(nbf=now + 30), token(exp_in_s=-5)):  # not valid yet / expired, both within the leeway
+            async with session.ws_connect(node.ws_url(), headers=bearer(skewed), autoping=False) as ws:
+                assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+                # The sweep checks expiry before it pings a connection: its ping means it kept this one (no 4001).
+                msg = await ws.receive(timeout=10)
+                assert msg.type is aiohttp.WSMsgType.PING, (msg.type, msg.data, msg.extra)

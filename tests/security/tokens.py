@@ -1,6 +1,9 @@
 """Connection tokens for the security tests, signed the way an issuer would (PyJWT, HS256).
 
-Shared by tests/security/*; never copy it.
+Mint tokens inside the test that uses them, never at import or collection
+time: a token's `exp` counts from when it was minted, and a suite that runs
+longer than its lifetime would fail for no reason. Shared by tests/security/*;
+never copy it.
 """
 
 from __future__ import annotations
@@ -20,9 +23,15 @@ def flag(key: tuple[str, str]) -> str:
 
 def token(
     key: tuple[str, str] = KEY1, sub: str = "alice", rooms: Any = ("*",), publish: Any = ("*",),
-    exp_in_s: float = 600, kid: str | None = "same", **extra: Any,
+    exp_in_s: float = 600, kid: str | None = "same", at: float | None = None, **extra: Any,
 ) -> str:
-    claims: dict[str, Any] = {"sub": sub, "exp": int(time.time() + exp_in_s), **extra}
+    """A token expiring `exp_in_s` after Unix time `at` (default: now); `extra` claims (`nbf`, `iat`) as given.
+
+    The default lifetime (10 minutes) is generous for any one test; pass `at`
+    to mint against a fixed clock for TokenVerifier, whose time is a parameter.
+    """
+    minted_at = time.time() if at is None else at
+    claims: dict[str, Any] = {"sub": sub, "exp": int(minted_at + exp_in_s), **extra}
     if rooms is not None:
         claims["rooms"] = rooms if isinstance(rooms, str) else list(rooms)
     if publish is not None:
