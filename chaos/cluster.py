@@ -16,10 +16,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from chaos.eventually import eventually_blocking
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,20 +48,6 @@ def free_port_range(count: int, host: str = "127.0.0.1") -> int:
         if ok:
             return first
     raise RuntimeError(f"no {count} consecutive free ports")
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
-            last_error = exc
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})")
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:
@@ -95,7 +82,7 @@ class RedisServer:
              "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_until(self.ping, 10, f"redis-server on port {self.port}")
+        eventually_blocking(self.ping, timeout_s=10, what=f"redis-server on port {self.port}")
         return self
 
     def ping(self) -> bool:
@@ -127,6 +114,26 @@ class RedisServer:
     def resume(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
+
+
+class MetricMissing(LookupError):
+    """No sample of that metric (with those labels) in a /metrics page."""
+
+
+def metric_value(page: str, name: str, labels: str = "") -> float:
+    """Sum of the samples named `name` whose labels contain `labels`, in a Prometheus text page."""
+    total = 0.0
+    found = False
+    for line in page.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key.split("{", 1)[0] == name and labels in key:
+            total += float(value)
+            found = True
+    if not found:
+        raise MetricMissing(f"no sample of {name}{{{labels}}} in the page")
+    return total
 
 
 def http_json(url: str, timeout_s: float = 2.0) -> tuple[int, dict]:
@@ -200,7 +207,7 @@ class NodeProcess(_ServiceProcess):
         def ready() -> bool:
             self._check_alive("node")
             return http_json(self.http_url(index, "/readyz"))[0] == 200
-        wait_until(ready, timeout_s, f"worker {index} on port {self.port + index} to be ready")
+        eventually_blocking(ready, timeout_s=timeout_s, what=f"worker {index} on port {self.port + index} to be ready")
 
     def worker_pid(self, index: int) -> int:
         """The PID of worker `index`, from the supervisor's process tree."""
@@ -217,20 +224,12 @@ class NodeProcess(_ServiceProcess):
             return response.read().decode()
 
     def metric(self, index: int, name: str, labels: str = "") -> float:
-        """Sum of the samples of one metric (optionally filtered by a label substring)."""
-        total = 0.0
-        found = False
-        for line in self.metrics(index).splitlines():
-            if line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            metric_name = key.split("{", 1)[0]
-            if metric_name == name and labels in key:
-                total += float(value)
-                found = True
-        if not found:
-            return 0.0
-        return total
+        """Sum of the samples of one metric (optionally filtered by a label substring).
+
+        Raises MetricMissing when no sample matches: a renamed metric or a
+        mistyped label must fail the check, not read as 0.
+        """
+        return metric_value(self.metrics(index), name, labels)
 
     STOP_TIMEOUT_S = 30.0  # a graceful node shutdown steers clients away first
 
@@ -256,7 +255,7 @@ class RouterProcess(_ServiceProcess):
             self._check_alive("router")
             return http_json(self.url("/healthz"))[0] == 200
 
-        wait_until(healthy, ready_timeout_s, f"router on port {self.port}")
+        eventually_blocking(healthy, timeout_s=ready_timeout_s, what=f"router on port {self.port}")
         return self
 
 
@@ -288,16 +287,24 @@ class ControlProcess(_ServiceProcess):
         def healthy() -> bool:
             self._check_alive("control")
             return http_json(self.url + "/healthz")[0] == 200
-        wait_until(healthy, ready_timeout_s, f"control replica on port {self.port}")
+        eventually_blocking(healthy, timeout_s=ready_timeout_s, what=f"control replica on port {self.port}")
         return self
 
     def get(self, path: str) -> tuple[int, dict]:
         return http_json(self.url + path)
 
-    def call(self, method: str, path: str, body: dict | None = None, token: "str | None | object" = OWN_TOKEN
-             ) -> tuple[int, dict]:
-        """One API call with this replica's admin token, another `token`, or none (`token=None`)."""
-        data = json.dumps(body).encode() if body is not None else None
+    def metric(self, name: str, labels: str = "") -> float:
+        """One metric of this replica's /metrics (raises MetricMissing, like NodeProcess.metric)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=2) as response:
+            return metric_value(response.read().decode(), name, labels)
+
+    def call(self, method: str, path: str, body: "dict | list | bytes | None" = None,
+             token: "str | None | object" = OWN_TOKEN) -> tuple[int, dict]:
+        """One API call with this replica's admin token, another `token`, or none (`token=None`).
+
+        `body` is sent as JSON, or as is when it is bytes (to send what is not JSON).
+        """
+        data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method)
         token = self.admin_token if token is OWN_TOKEN else token
         if token is not None:

@@ -11,6 +11,21 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import ProcessCollector
 
+from node import protocol  # the error codes and resume outcomes are the protocol's
+
+# Every label value the worker can emit, exported as 0 from the start: a dashboard
+# or alert sees the series before the first event, and a check for a value that
+# does not exist fails instead of reading as 0.
+CLOSE_REASONS = (
+    "client", "error", "too_big", "flood", "slow_consumer", "heartbeat_timeout", "token_expired",
+    "join_buffer_overflow", "shutdown", "drain", "rebalance",
+)
+REJECT_REASONS = (
+    "ORIGIN_NOT_ALLOWED", "TOO_MANY_CONNECTIONS_FROM_IP", "ACCEPT_RATE_EXCEEDED", "UNAUTHORIZED",
+    "NOT_ACCEPTING", "WORKER_FULL",
+)
+FRAME_TYPES = ("publish", "join", "leave", "history", "ping", "invalid")
+
 _LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -89,5 +104,18 @@ class NodeMetrics:
         self.restarts = Gauge(
             "ringcast_worker_restarts", "Times the supervisor has restarted this worker slot", registry=r
         )
+        self._export_known_labels()
         self.info = Gauge("ringcast_worker_info", "Worker identity", ["worker"], registry=r)
         self.info.labels(**labels).set(1)
+
+    def _export_known_labels(self) -> None:
+        for reason in CLOSE_REASONS:
+            self.connections_closed.labels(reason)
+        for reason in REJECT_REASONS:
+            self.connections_rejected.labels(reason)
+        for frame_type in FRAME_TYPES:
+            self.messages_received.labels(frame_type)
+        for code in protocol.ErrorCode:
+            self.errors.labels(code.value)
+        for outcome in ("recovered", *protocol.RECOVERY_REASONS):
+            self.resumes.labels(outcome)
