@@ -1,19 +1,16 @@
 """What Redis itself says about the node's subscriptions, for the integration tests.
 
 Owns asking the test's redis-server (via redis-cli, in a thread so the test's
-WebSocket clients keep being served) which pub/sub channels exist and how many
-subscribers each has, and waiting until that matches an expectation. Shared by
-tests/node; it must not talk to workers.
+WebSocket clients keep being served) which pub/sub channels exist, how many
+subscribers each has, and which client connections it holds. Shared by tests/node; it must not talk to workers, and
+it does not wait: a test waits for a probe with `chaos.eventually.eventually`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, TypeVar
 
 PREFIX = "ringcast:room:"  # NodeConfig.channel_prefix default
-
-T = TypeVar("T")
 
 
 async def channels(redis_server) -> set[str]:
@@ -32,29 +29,17 @@ async def numpat(redis_server) -> int:
     return int((await asyncio.to_thread(redis_server.command, "PUBSUB", "NUMPAT")).decode().strip())
 
 
+async def clients(redis_server) -> list[dict[str, str]]:
+    """Redis's client connections (CLIENT LIST): per connection, its fields (addr, flags, cmd, sub...)."""
+    out = (await asyncio.to_thread(redis_server.command, "CLIENT", "LIST")).decode()
+    return [dict(part.split("=", 1) for part in line.split() if "=" in part) for line in out.splitlines()]
+
+
 async def subscriber_connections(redis_server) -> int:
     """Client connections of this Redis currently subscribed to at least one channel."""
-    out = (await asyncio.to_thread(redis_server.command, "CLIENT", "LIST")).decode()
-    count = 0
-    for line in out.splitlines():
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        if int(fields.get("sub", "0")) > 0 or int(fields.get("psub", "0")) > 0:
-            count += 1
-    return count
+    return sum(1 for fields in await clients(redis_server)
+               if int(fields.get("sub", "0")) > 0 or int(fields.get("psub", "0")) > 0)
 
 
 def room_channels(*rooms: str) -> set[str]:
     return {PREFIX + room for room in rooms}
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], expected: T, timeout_s: float = 10.0) -> T:
-    """Poll `probe` until it returns `expected`; fail with the last value seen."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = await probe()
-        if value == expected:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"expected {expected!r} within {timeout_s}s, last saw {value!r}")
-        await asyncio.sleep(0.05)

@@ -7,9 +7,8 @@ receiving (and counting) messages of rooms it does not host.
 
 from __future__ import annotations
 
-import asyncio
-
-from tests.node.redis_view import PREFIX, channels, eventually
+from chaos.eventually import eventually
+from tests.node.redis_view import PREFIX, channels
 from tests.wsclient import WsClient
 
 BUS_RECEIVED = "ringcast_bus_messages_received_total"
@@ -23,19 +22,20 @@ async def test_every_worker_receives_every_room_on_one_global_channel(start_node
         await listener.join("lobby")
         await publisher.join("lobby")
         await publisher.join("only-on-worker-0")
-        await eventually(lambda: channels(redis_server), {PREFIX + "__global__"})
+        await eventually(lambda: channels(redis_server), equals={PREFIX + "__global__"}, what="only the global channel")
 
         await publisher.send({"type": "message", "room": "lobby", "payload": {"n": 1}})
         got = await listener.expect("message")
         assert got["room"] == "lobby" and got["payload"] == {"n": 1}
         await publisher.expect("message")
 
-        before = await _metric(node, 1, BUS_RECEIVED)
+        before = node.metric(1, BUS_RECEIVED)  # the lobby message reached worker 1: the listener got it
         for n in range(3):
             await publisher.send({"type": "message", "room": "only-on-worker-0", "payload": {"n": n}})
             assert (await publisher.expect("message"))["payload"] == {"n": n}
         # worker 1 hosts no member of that room, yet every one of its messages reached it
-        await eventually(lambda: _metric(node, 1, BUS_RECEIVED), before + 3)
+        await eventually(lambda: node.metric(1, BUS_RECEIVED), equals=before + 3,
+                         what="worker 1 received the 3 messages of a room it does not host")
         assert await channels(redis_server) == {PREFIX + "__global__"}
 
         await listener.send({"type": "history", "room": "lobby", "limit": 5})
@@ -44,7 +44,3 @@ async def test_every_worker_receives_every_room_on_one_global_channel(start_node
     finally:
         await listener.close()
         await publisher.close()
-
-
-async def _metric(node, index: int, name: str) -> float:
-    return await asyncio.to_thread(node.metric, index, name)

@@ -15,9 +15,13 @@ import orjson
 import psutil
 import pytest
 
+from chaos.eventually import eventually
 from chaos.rawws import OP_CONT, OP_TEXT, RawWebSocket, client_frame, read_http_answer, upgrade_request
-from tests.node.redis_view import eventually
 from tests.wsclient import WsClient
+
+# A connection is counted as closed (by reason) when the worker's handler for it ends, which is
+# after the client saw the close: a test waits for that count, it never reads it right away.
+CLOSED = "ringcast_connections_closed_total"
 
 
 async def still_usable(client: WsClient, request_id: str = "alive") -> None:
@@ -38,13 +42,6 @@ async def error_for(client: WsClient, frame: dict | str | bytes) -> dict:
     assert answer["type"] == "error", answer
     assert answer["message"]
     return answer
-
-
-async def metric_eventually(node, name: str, expected: float, labels: str = "", index: int = 0) -> None:
-    async def probe() -> float:
-        return await asyncio.to_thread(node.metric, index, name, labels)
-
-    await eventually(probe, expected)
 
 
 async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:
@@ -163,7 +160,7 @@ async def test_a_frame_over_max_frame_bytes_closes_1009_and_one_at_the_limit_doe
         assert len((await client.expect("message"))["text"]) == 1024 - len(b'{"type":"message","room":"r","text":""}')
         await client.ws.send_str("x" * 1025)
         assert await closed_with(client.ws) == 1009
-        await metric_eventually(node, "ringcast_connections_closed_total", 1, 'reason="too_big"')
+        await eventually(lambda: node.metric(0, CLOSED, 'reason="too_big"'), equals=1, what="one too_big close")
     finally:
         await client.close()
 
@@ -191,7 +188,7 @@ async def test_the_frame_limit_applies_to_fragmented_and_binary_messages_too(sta
     opcode, payload = await whole.recv()
     assert opcode == OP_TEXT and orjson.loads(payload) == {"type": "pong", "ts": orjson.loads(payload)["ts"], "id": "frag"}
     whole.close()
-    await metric_eventually(node, "ringcast_connections_closed_total", 2, 'reason="too_big"')
+    await eventually(lambda: node.metric(0, CLOSED, 'reason="too_big"'), equals=2, what="two too_big closes")
 
 
 # --- rate limit and flooding ----------------------------------------------------------------
@@ -213,7 +210,7 @@ async def test_rate_limit_answers_with_retry_after_then_sustained_flooding_close
             assert (await client.expect_any(("pong", "error")))["code"] == "RATE_LIMIT_EXCEEDED"
         await client.send({"type": "ping"})  # the 4th consecutive refusal
         assert await closed_with(client.ws) == 1008
-        await metric_eventually(node, "ringcast_connections_closed_total", 1, 'reason="flood"')
+        await eventually(lambda: node.metric(0, CLOSED, 'reason="flood"'), equals=1, what="one flood close")
         assert node.metric(0, "ringcast_rate_limited_messages_total") == 4
         assert node.metric(0, "ringcast_errors_total", 'code="RATE_LIMIT_EXCEEDED"') == 3
     finally:
@@ -249,7 +246,7 @@ async def test_the_per_ip_cap_refuses_with_http_429_before_the_upgrade(start_nod
         assert node.metric(0, "ringcast_connections_opened_total") == 2
         await still_usable(first)
         await second.close()
-        await metric_eventually(node, "ringcast_connections", 1)
+        await eventually(lambda: node.metric(0, "ringcast_connections"), equals=1, what="the closed slot freed")
         third = await WsClient.connect(node.ws_url(0))  # a slot freed up
         await still_usable(third)
         await third.close()
@@ -335,9 +332,11 @@ async def test_a_slow_consumer_is_cut_and_counted_and_the_worker_memory_stays_bo
             if drainer.done():
                 drainer.result()  # raises what stopped the reading member
             assert received >= wanted, (received, wanted)
-        assert node.metric(0, "ringcast_slow_consumer_disconnects_total") == 1
-        assert node.metric(0, "ringcast_connections_closed_total", 'reason="slow_consumer"') == 1
-        assert node.metric(0, "ringcast_connections") == 1
+        assert node.metric(0, "ringcast_slow_consumer_disconnects_total") == 1  # counted when the bound is hit
+        # Its socket is cut up to a second later (SLOW_CONSUMER_GRACE_S); only then does its handler end.
+        await eventually(lambda: node.metric(0, CLOSED, 'reason="slow_consumer"'), equals=1,
+                         what="the slow consumer's connection closed and counted")
+        assert node.metric(0, "ringcast_connections") == 1  # updated before the close is counted
         rss_after = worker.memory_info().rss
         # Unbounded, the stalled reader's queue alone would hold ~32 MiB.
         print(f"worker RSS grew by {(rss_after - rss_before) / 2**20:.1f} MiB while 31 MiB went to a stalled reader")
@@ -353,38 +352,47 @@ async def test_a_slow_consumer_is_cut_and_counted_and_the_worker_memory_stays_bo
 async def test_a_peer_that_never_answers_pings_is_terminated_and_one_that_does_is_kept(start_node):
     node = start_node(1, "--heartbeat-interval-s", "0.5", "--heartbeat-timeout-s", "1.5")
     async with aiohttp.ClientSession() as session:
-        # aiohttp answers a ping only from inside receive(): keep one pending all along.
-        answering = await session.ws_connect(node.ws_url(0), autoping=True)
-        answered: asyncio.Queue = asyncio.Queue()
+        # The answering peer answers each ping itself (aiohttp only does it inside receive()), and counts them.
+        answering = await session.ws_connect(node.ws_url(0), autoping=False)
+        answered = {"pings": 0}
+        frames: asyncio.Queue = asyncio.Queue()
 
-        async def read_answering() -> None:
+        async def answer_pings() -> None:
             while True:
                 msg = await answering.receive()
-                await answered.put(msg)
+                if msg.type is aiohttp.WSMsgType.PING:
+                    await answering.pong(msg.data)
+                    answered["pings"] += 1
+                    continue
+                await frames.put(msg)
                 if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     return
 
-        reader = asyncio.create_task(read_answering())
-        silent = await session.ws_connect(node.ws_url(0), autoping=False)
-        pings = 0
-        while True:
-            msg = await silent.receive(timeout=10)
-            if msg.type is aiohttp.WSMsgType.PING:
-                pings += 1
-            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                break
-        assert pings == 1  # one unanswered ping is enough
-        await metric_eventually(node, "ringcast_connections_closed_total", 1, 'reason="heartbeat_timeout"')
-        # The answering client lives through several more intervals (each with a ping) and is still served.
-        await asyncio.sleep(2.0)
-        await answering.send_str('{"type":"ping","id":"still-here"}')
-        frames = []
-        while not any(f.get("id") == "still-here" for f in frames):
-            msg = await asyncio.wait_for(answered.get(), 10)
-            assert msg.type is aiohttp.WSMsgType.TEXT, msg
-            frames.append(orjson.loads(msg.data))
-        assert [f["type"] for f in frames] == ["welcome", "pong"]
-        assert node.metric(0, "ringcast_connections") == 1
-        assert node.metric(0, "ringcast_connections_closed_total") == 1
-        reader.cancel()
-        await answering.close()
+        reader = asyncio.create_task(answer_pings())
+        try:
+            silent = await session.ws_connect(node.ws_url(0), autoping=False)
+            pings = 0
+            while True:
+                msg = await silent.receive(timeout=10)
+                if msg.type is aiohttp.WSMsgType.PING:
+                    pings += 1
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break
+            assert pings == 1  # one unanswered ping is enough
+            await eventually(lambda: node.metric(0, CLOSED, 'reason="heartbeat_timeout"'), equals=1,
+                             what="the silent peer terminated and counted")
+            # The worker sends the next ping only once the last one is answered: five pings prove it took the
+            # pongs, over 2.5 s, longer than an unanswered ping lives (interval + timeout).
+            await eventually(lambda: answered["pings"] >= 5, what="five pings answered by the answering peer")
+            await answering.send_str('{"type":"ping","id":"still-here"}')
+            seen = []
+            while not any(f.get("id") == "still-here" for f in seen):
+                msg = await asyncio.wait_for(frames.get(), 10)
+                assert msg.type is aiohttp.WSMsgType.TEXT, msg
+                seen.append(orjson.loads(msg.data))
+            assert [f["type"] for f in seen] == ["welcome", "pong"]
+            assert node.metric(0, "ringcast_connections") == 1
+            assert node.metric(0, CLOSED) == 1
+        finally:
+            reader.cancel()
+            await answering.close()

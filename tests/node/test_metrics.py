@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 import aiohttp
 
-from tests.node.redis_view import eventually
+from chaos.eventually import eventually
 from tests.wsclient import WsClient
 
 OPERATIONS_DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -84,20 +83,15 @@ async def test_counters_move_with_traffic(start_node):
             assert full.close_code == 1013
         await third.close()
         await a.close()
-
-        async def closed_by_client() -> float:
-            return await asyncio.to_thread(node.metric, 0, "ringcast_connections_closed_total", 'reason="client"')
-
-        await eventually(closed_by_client, 2.0)
+        # A client's close is counted when the worker's handler for it ends, after the gauges are updated.
+        await eventually(lambda: node.metric(0, "ringcast_connections_closed_total", 'reason="client"'), equals=2,
+                         what="two connections closed by their client")
         assert node.metric(0, "ringcast_connections_rejected_total", 'reason="WORKER_FULL"') == 1
         assert node.metric(0, "ringcast_connections_opened_total") == 3
         assert node.metric(0, "ringcast_connections") == 1
         assert node.metric(0, "ringcast_rooms_hosted") == 1  # b is still in "m"
-
-        async def loop_lag_sampled() -> bool:
-            return await asyncio.to_thread(node.metric, 0, "ringcast_event_loop_lag_seconds_count") > 0
-
-        await eventually(loop_lag_sampled, True)  # sampled every 250 ms
+        await eventually(lambda: node.metric(0, "ringcast_event_loop_lag_seconds_count") > 0,
+                         what="the loop lag sampled (every 250 ms)")
     finally:
         await a.close()
         await b.close()

@@ -7,7 +7,8 @@ on one pub/sub connection, and never subscribes to anything else.
 
 from __future__ import annotations
 
-from tests.node.redis_view import channels, eventually, numpat, numsub, room_channels, subscriber_connections
+from chaos.eventually import eventually
+from tests.node.redis_view import channels, numpat, numsub, room_channels, subscriber_connections
 from tests.wsclient import WsClient
 
 
@@ -28,17 +29,22 @@ async def test_a_worker_subscribes_with_its_first_member_and_unsubscribes_with_i
 
         await a0.send({"type": "leave", "room": "alpha"})
         await a0.expect("left")
-        await c1.send({"type": "ping", "id": "sync"})
-        await c1.expect("pong")
+        # A wrong UNSUBSCRIBE for a0's leave would be on worker 0's pub/sub connection before `left`.
+        # b0's join of a new room sends a SUBSCRIBE on that same connection and is answered only once
+        # Redis confirmed it, that is after Redis processed everything sent before it: NUMSUB is final now.
+        await b0.join("after-a0-left")
         assert await numsub(redis_server, "alpha") == 2  # b0 still holds worker 0's subscription
+        await c1.send({"type": "message", "room": "alpha", "text": "b0 still here"})
+        assert (await b0.expect("message"))["text"] == "b0 still here"  # and worker 0 still delivers alpha
 
         await c1.send({"type": "leave", "room": "alpha"})
         await c1.expect("left")
-        await eventually(lambda: numsub(redis_server, "alpha"), 1)  # worker 1's last member left
+        # Worker 1 wrote its UNSUBSCRIBE before `left`; Redis reads it on another connection than redis-cli's.
+        await eventually(lambda: numsub(redis_server, "alpha"), equals=1, what="worker 1 unsubscribed from alpha")
 
         await b0.close()  # worker 0's last member disconnects without leaving
-        await eventually(lambda: channels(redis_server), set())
-        await eventually(lambda: subscriber_connections(redis_server), 0)
+        await eventually(lambda: channels(redis_server), equals=set(), what="no channel subscribed")
+        await eventually(lambda: subscriber_connections(redis_server), equals=0, what="no subscribed connection")
     finally:
         for client in (a0, b0, c1):
             await client.close()
@@ -66,9 +72,9 @@ async def test_only_rooms_with_local_members_are_subscribed_and_one_connection_c
         assert await channels(redis_server) == room_channels("r1", "r2", "r3", "r4")
 
         await left.close()  # drops r1, r2 entirely and worker 0's share of r3
-        await eventually(lambda: channels(redis_server), room_channels("r3", "r4"))
-        assert await numsub(redis_server, "r3") == 1
-        assert await subscriber_connections(redis_server) == 1
+        await eventually(lambda: channels(redis_server), equals=room_channels("r3", "r4"), what="r1 and r2 dropped")
+        await eventually(lambda: numsub(redis_server, "r3"), equals=1, what="worker 0 unsubscribed from r3")
+        await eventually(lambda: subscriber_connections(redis_server), equals=1, what="worker 0 subscribed to nothing")
     finally:
         await left.close()
         await right.close()
@@ -84,7 +90,7 @@ async def test_rejoining_after_the_last_member_left_subscribes_again(start_node,
             assert await numsub(redis_server, "again") == 1
             await client.send({"type": "leave", "room": "again"})
             await client.expect("left")
-            await eventually(lambda: numsub(redis_server, "again"), 0)
+            await eventually(lambda: numsub(redis_server, "again"), equals=0, what="unsubscribed from again")
         # The last re-subscription is live: a message published now is delivered.
         await client.join("again")
         await listener.join("again")
@@ -115,9 +121,9 @@ async def test_many_connections_joining_and_leaving_leave_no_subscription_behind
             else:
                 for room in (f"room-{i % 4}", f"room-{(i + 1) % 4}", "shared"):
                     await client.send({"type": "leave", "room": room})
-        await eventually(lambda: channels(redis_server), set())
+        await eventually(lambda: channels(redis_server), equals=set(), what="no channel subscribed")
         for i in (0, 1):
-            assert node.metric(i, "ringcast_rooms_hosted") == 0
+            await eventually(lambda: node.metric(i, "ringcast_rooms_hosted"), equals=0, what=f"worker {i} hosts none")
     finally:
         for client in clients:
             await client.close()
