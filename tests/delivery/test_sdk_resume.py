@@ -6,10 +6,11 @@ import asyncio
 import os
 import signal
 
-from chaos.cluster import wait_until
-from router.client import Client
-from tests.delivery.resuming import publish_numbered
-from tests.router.test_client import FAST, publish_ring, room_owned_by
+from chaos.eventually import eventually
+from router.client import Client, ConnectionState
+from tests.delivery.resuming import bus_reconnected, publish_numbered
+from tests.router.helpers import publish_ring, room_owned_by
+from tests.router.test_client import FAST
 from tests.wsclient import WsClient
 
 FLAGS = ("--history-size", "1000", "--restart-backoff-base-s", "0.2",
@@ -26,13 +27,20 @@ async def _collect(client: Client, until_seq: int, timeout_s: float) -> list[dic
     return frames
 
 
+async def _acked_at_each_connect(client: Client, progress: list[int], seen: list[int]) -> None:
+    """Record how many messages were acknowledged each time the SDK (re)connects."""
+    async for change in client.states():
+        if change.state is ConnectionState.CONNECTED:
+            seen.append(len(progress))
+
+
 async def test_sdk_resumes_after_its_worker_is_killed_with_every_message_once_in_order(
     redis_server, start_node, start_router
 ):
     node = start_node(2, *FLAGS)
-    ring = publish_ring(redis_server, node, epoch=1)
+    ring = await publish_ring(redis_server, node, epoch=1)
     router = start_router("--redis", redis_server.url)
-    room = room_owned_by(ring, node.ports[0])
+    room = room_owned_by(ring, f"127.0.0.1:{node.ports[0]}")
     total = 120
     async with Client(router.url(), backoff=FAST) as reader:
         await reader.join(room)
@@ -40,23 +48,29 @@ async def test_sdk_resumes_after_its_worker_is_killed_with_every_message_once_in
         publisher = await WsClient.connect(node.ws_url(1))
         await publisher.join(room)
         progress: list[int] = []
+        acked_at_connect: list[int] = []
+        watching = asyncio.create_task(_acked_at_each_connect(reader, progress, acked_at_connect))
         publishing = asyncio.create_task(publish_numbered(publisher, room, total, 0.01, progress=progress))
         collecting = asyncio.create_task(_collect(reader, total, 60))
-        while len(progress) < total // 3:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(progress) >= total // 3, what="a third of the messages acknowledged", timeout_s=30)
+        acked_at_kill = len(progress)
         os.kill(node.worker_pid(0), signal.SIGKILL)
         acked = await asyncio.wait_for(publishing, 60)
         frames = await collecting
+        watching.cancel()
         await publisher.close()
     messages = [f for f in frames if f["type"] == "message"]
     assert [m["seq"] for m in messages] == acked == list(range(1, total + 1))
     assert [m["data"]["n"] for m in messages] == list(range(total))
     assert not reader.unrecovered and not [f for f in frames if f["type"] == "joined"]
+    # It really was cut off and came back while messages were missed, and the restarted worker saw a resume.
+    assert acked_at_connect and acked_at_connect[0] > acked_at_kill, (acked_at_kill, acked_at_connect)
+    assert await asyncio.to_thread(node.metric, 0, "ringcast_resumes_total", 'outcome="recovered"') >= 1
 
 
 async def test_sdk_surfaces_a_resume_that_could_not_be_complete(redis_server, start_node, start_router):
     node = start_node(1, *FLAGS)
-    publish_ring(redis_server, node, epoch=1)
+    await publish_ring(redis_server, node, epoch=1)
     router = start_router("--nodes", f"127.0.0.1:{node.ports[0]}")
     room = "chat:lost"
     async with Client(router.url(), backoff=FAST) as reader:
@@ -69,10 +83,11 @@ async def test_sdk_surfaces_a_resume_that_could_not_be_complete(redis_server, st
         old_epoch = before[0]["epoch"]
         await publisher.close()
 
-        redis_server.restart()  # the room's stream state is gone; the worker's sockets stay up
-        wait_until(lambda: node.metric(0, "ringcast_bus_connected") == 1.0, 20, "the bus to reconnect")
+        connections_before = await asyncio.to_thread(node.metric, 0, "ringcast_bus_reconnects_total")
+        await asyncio.to_thread(redis_server.restart)  # the room's stream state is gone; the worker's sockets stay up
+        await bus_reconnected(node, 0, connections_before)
         os.kill(node.worker_pid(0), signal.SIGKILL)  # force the SDK to resume on a fresh connection
-        node.wait_ready(0)
+        await asyncio.to_thread(node.wait_ready, 0)
         publisher = await WsClient.connect(node.ws_url(0))
         await publisher.join(room)
         await publish_numbered(publisher, room, 2, 0)
