@@ -6,7 +6,7 @@ starting a local cluster when asked (`--start-cluster`, via chaos/cluster.py,
 stopped by PID afterwards), spawning the load processes
 (chaos/load_worker.py), the live progress line, sampling the server's
 memory and CPU (psutil on worker PIDs, or each worker's `/metrics`), and the
-result: loss, duplicates and gaps computed from what every member received,
+result: loss, duplicates, gaps and reordering computed from what every member received,
 the tutorial's columns, JSON and Markdown reports (chaos/load_report.py).
 Every run is bounded: the ramp, the publishing time and the settling each
 have a deadline. It must not speak WebSocket itself (chaos/load_wire.py does).
@@ -220,7 +220,7 @@ class Coordinator:
             publishes = i < args.publishers
             per_process[i % self.procs].append(ConnectionPlan(
                 url.host, url.port, url.path, f"bench-{room_index}", self.source_ips[i % len(self.source_ips)],
-                sampled=publishes or i % args.sample_every == 0, publishes=publishes))
+                sampled=publishes or i % args.sample_every == 0, publishes=publishes, number=i))
         return [ProcessPlan(i, connections=c, publish_rate_per_s=args.rate,
                             publish_tick_s=args.publish_tick_ms / 1000, **ramp)
                 for i, c in enumerate(per_process)]
@@ -271,9 +271,15 @@ class Coordinator:
         cpu_start = cpu_end = None
         client_cpu_start = client_cpu_end = None
         results: dict[int, tuple] = {}
-        deadline = time.monotonic() + run_s + SETTLE_MAX_S + 30
-        while len(results) < len(pipes) and time.monotonic() < deadline:
-            self._pump(pipes, results, 0.5)
+        positions: dict[int, dict[str, int]] = {}  # fixed population: each process's rooms, once its own are back
+        dead: set[int] = set()
+        expecting = False
+        deadline = time.monotonic() + run_s + 2 * SETTLE_MAX_S + 30  # publishing, then the settle's two waits
+        while len(results) + len(dead) < len(pipes) and time.monotonic() < deadline:
+            self._pump(pipes, results, positions, dead, 0.5)
+            if not expecting and not self.arrival and set(range(len(pipes))) <= {*positions, *results, *dead}:
+                expecting = True
+                self._send_final_positions(pipes, positions, {*results, *dead})
             now = time.monotonic_ns()
             if cpu_start is None and now >= window_start:
                 cpu_start, client_cpu_start = self.sampler.sample(), _client_cpu(processes)
@@ -299,16 +305,35 @@ class Coordinator:
                     self._on_progress(message)
         return got
 
-    def _pump(self, pipes, results: dict[int, tuple], timeout_s: float) -> None:
-        for pipe in wait_pipes([p for i, p in enumerate(pipes) if i not in results], timeout=timeout_s):
+    def _pump(self, pipes, results: dict[int, tuple], positions: dict[int, dict[str, int]], dead: set[int],
+              timeout_s: float) -> None:
+        waiting = {id(p): i for i, p in enumerate(pipes) if i not in results and i not in dead}
+        for pipe in wait_pipes([pipes[i] for i in waiting.values()], timeout=timeout_s):
             try:
                 message = pipe.recv()
-            except EOFError:
+            except EOFError:  # the process died without its result
+                dead.add(waiting[id(pipe)])
                 continue
             if message[0] == "result":
                 results[message[1]] = message
+            elif message[0] == "positions":
+                positions[message[1]] = message[2]
             elif message[0] == "progress":
                 self._on_progress(message)
+
+    @staticmethod
+    def _send_final_positions(pipes, positions: dict[int, dict[str, int]], done: set[int]) -> None:
+        """Each room's final seq (the highest any process saw once its own publishes were back), to every process."""
+        final: dict[str, int] = {}
+        for rooms in positions.values():
+            for room, seq in rooms.items():
+                final[room] = max(final.get(room, 0), seq)
+        for index, pipe in enumerate(pipes):
+            if index not in done:
+                try:
+                    pipe.send(("expect", final))
+                except OSError:  # it died meanwhile: its result is missing, which the report shows
+                    pass
 
     def _on_progress(self, message: tuple) -> None:
         _, index, connected, frames, published, latency_delta = message
@@ -405,6 +430,7 @@ class Coordinator:
             "unsequenced_publishes": None if self.arrival else tally.published - sequenced,
             "duplicates": tally.duplicates,
             "gaps": tally.gaps,
+            "reordered": tally.reordered,
             "gap_messages": tally.gap_messages,
             "sampled_frames": tally.sampled_frames,
             "errors": tally.errors,

@@ -28,8 +28,8 @@ import urllib.request
 
 import redis
 
-from chaos.cluster import (ControlProcess, NodeProcess, RedisServer, RouterProcess, free_port, free_port_range,
-                           wait_until)
+from chaos.cluster import ControlProcess, NodeProcess, RedisServer, RouterProcess, free_port, free_port_range
+from chaos.eventually import eventually
 from chaos.fleet import Fleet
 from router.ring import Ring
 
@@ -62,7 +62,11 @@ def summary(values: list[float]) -> str:
 
 async def crash_round(node: NodeProcess, control: ControlProcess, router: RouterProcess, rdb: redis.Redis,
                       clients: int) -> tuple[float, float, int]:
-    before = wait_until(lambda: (lambda r: r if len(r) == 2 else None)(ring_in(rdb)), 60, "both workers in the ring")
+    def full_ring() -> Ring | None:
+        ring = ring_in(rdb)
+        return ring if len(ring) == 2 else None
+
+    before = await eventually(full_ring, what="both workers in the ring", timeout_s=60)
     victim = f"127.0.0.1:{node.port + 1}"
     rooms = [f"bench-{i % max(1, clients // 5)}" for i in range(clients)]
 
@@ -75,19 +79,15 @@ async def crash_round(node: NodeProcess, control: ControlProcess, router: Router
     fleet = Fleet(rooms, lambda room: before.route(room).url, resolve)
     await fleet.start(connect_concurrency=8)
     try:
-        await fleet.wait(fleet.all_joined, 60, "clients joined")
+        await eventually(fleet.all_joined, what="clients joined", timeout_s=60)
         victims = [c for c in fleet.clients if c.worker == victim]
         killed_at = time.monotonic()
         os.kill(node.worker_pid(1), signal.SIGKILL)
-        detected_at = None
-        while detected_at is None:
-            if victim not in ring_in(rdb):
-                detected_at = time.monotonic()
-            elif time.monotonic() - killed_at > 60:
-                raise TimeoutError("the killed worker never left the ring")
-            else:
-                await asyncio.sleep(0.01)
-        await fleet.wait(lambda: all(c.joined and c.worker != victim for c in victims), 60, "victims back")
+        await eventually(lambda: victim not in ring_in(rdb), what="the killed worker out of the ring", timeout_s=60,
+                         interval_s=0.01)
+        detected_at = time.monotonic()
+        await eventually(lambda: all(c.joined and c.worker != victim for c in victims), what="victims back",
+                         timeout_s=60)
         recovered_at = max(c.joined_at for c in victims)
         return detected_at - killed_at, recovered_at - killed_at, len(victims)
     finally:
@@ -96,7 +96,7 @@ async def crash_round(node: NodeProcess, control: ControlProcess, router: Router
 
 async def drain_round(node: NodeProcess, control: ControlProcess, rdb: redis.Redis, clients: int,
                       window_s: float) -> tuple[float, float]:
-    wait_until(lambda: len(ring_in(rdb)) == 2, 60, "both workers in the ring")
+    await eventually(lambda: len(ring_in(rdb)) == 2, what="both workers in the ring", timeout_s=60)
     drained = f"127.0.0.1:{node.port}"
     rooms = [f"drain-{i % 50}" for i in range(clients)]
 
@@ -106,7 +106,7 @@ async def drain_round(node: NodeProcess, control: ControlProcess, rdb: redis.Red
     fleet = Fleet(rooms, lambda room: node.ws_url(0), no_route)
     await fleet.start(connect_concurrency=8)
     try:
-        await fleet.wait(fleet.all_joined, 120, "drain clients joined")
+        await eventually(fleet.all_joined, what="drain clients joined", timeout_s=120)
         started = time.monotonic()
         status, answer = control.call("POST", f"/v1/nodes/{drained}/drain", {"windowS": window_s})
         assert status == 202, answer
@@ -114,11 +114,10 @@ async def drain_round(node: NodeProcess, control: ControlProcess, rdb: redis.Red
         def state() -> str | None:
             nodes = {n["id"]: n for n in control.get("/v1/nodes")[1]["nodes"]}
             return nodes[drained]["state"]
-        while state() != "drained":
-            await asyncio.sleep(0.05)
+        await eventually(state, what="the worker drained", equals="drained", timeout_s=120)
         drained_at = time.monotonic()
-        await fleet.wait(lambda: fleet.all_joined() and all(c.worker != drained for c in fleet.clients), 120,
-                         "drained clients elsewhere")
+        await eventually(lambda: fleet.all_joined() and all(c.worker != drained for c in fleet.clients),
+                         what="drained clients elsewhere", timeout_s=120)
         rejoined_at = max(c.joined_at for c in fleet.clients)
         errors = sum(len(c.errors) + c.unexpected_closes for c in fleet.clients)
         assert errors == 0, f"{errors} client errors during the drain"

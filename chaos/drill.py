@@ -29,6 +29,7 @@ from chaos.drill_measure import judge, measure
 from chaos.drill_population import Population, PopulationSize
 from chaos.drill_report import write_all
 from chaos.drill_scenarios import SCENARIOS, DrillContext, Scenario, control_for
+from chaos.eventually import Timeout, eventually
 from chaos.resuming_client import Ledger
 
 EXIT_PASS, EXIT_FAIL, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -142,6 +143,21 @@ def _receiving_again(ctx: DrillContext) -> bool:
     return ctx.population.all_connected() and all(m.first_after_fault_s is not None for m in members)
 
 
+async def _until_recovered(ctx: DrillContext, scenario: Scenario, timeout_s: float) -> None:
+    """Until every member receives again and the scenario's server-side outcome happened, or `timeout_s`.
+
+    Running out of time is not an error here: the numbers say it (no
+    recovery time, or one over its bound) and the judge fails the run.
+    """
+    async def recovered() -> bool:  # async: read on the loop that updates it
+        return _receiving_again(ctx) and scenario.server_side_done(ctx)
+
+    try:
+        await eventually(recovered, what="recovery", timeout_s=timeout_s, interval_s=0.1)
+    except Timeout:
+        pass
+
+
 async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: DrillCluster, control) -> dict:
     """Run the drill's phases against `cluster`; returns the report (not yet written)."""
     started = time.time()
@@ -158,6 +174,7 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
         + STARTUP_SLACK_S
     sampler = asyncio.create_task(_sample(ctx, samples, progress))
     lost, lost_detail = 0, []
+    watcher_failures: list[str] = []
     try:
         async with asyncio.timeout(bound_s):
             progress.phase = "connecting"
@@ -169,9 +186,7 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
             progress.phase = "fault"
             await scenario.inject(ctx)
             progress.phase = "recovering"
-            recovery_deadline = ledger.now() + timing.recovery_bound_s
-            while ledger.now() < recovery_deadline and not (_receiving_again(ctx) and scenario.server_side_done(ctx)):
-                await asyncio.sleep(0.1)
+            await _until_recovered(ctx, scenario, timing.recovery_bound_s)
             progress.phase = "after"
             await asyncio.sleep(timing.after_s)
             population.publish(False)
@@ -190,7 +205,11 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
         sampler.cancel()
         for task in ctx.watchers:
             task.cancel()
-        await asyncio.gather(sampler, *ctx.watchers, return_exceptions=True)
+        outcomes = await asyncio.gather(sampler, *ctx.watchers, return_exceptions=True)
+        # A measurement that broke is a FAIL with its reason, not a missing number (CancelledError is
+        # no Exception: a watcher still waiting at the bound only leaves its detail unset).
+        watcher_failures = [f"a measurement task failed: {outcome!r}"
+                            for outcome in outcomes if isinstance(outcome, Exception)]
         progress.done()
         await scenario.cleanup(ctx)
         lost, lost_detail = population.missing(), population.missing_detail()
@@ -205,6 +224,7 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
     if not failures:
         failures += judge(results, scenario.thresholds(args.short))
         failures += scenario.judge_extra(ctx, results)
+    failures += watcher_failures
     last_second = int(max(ledger.now(), 1)) + 1
     return {
         "scenario": scenario.name,

@@ -2,9 +2,9 @@
 
 Owns the drill's view of servers: the worker WebSocket URLs clients use,
 the PID behind each worker (re-read after restarts), worker memory (psutil
-RSS), each worker's /healthz, and, for a cluster it started, stopping every
-process it started by PID (a paused Redis is continued first so it can
-stop). Starting processes is chaos/cluster.py's job; this module only
+RSS), each worker's /healthz and /metrics, and, for a cluster it started,
+stopping every process it started by PID (a paused Redis is continued first
+so it can stop). Starting processes is chaos/cluster.py's job; this module only
 composes it. It must not inject faults (the scenarios do).
 """
 
@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import psutil
 
-from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
+from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range, metric_value
 
 # Worker flags every drill cluster runs with, and why.
 DRILL_NODE_FLAGS = [
@@ -136,21 +136,21 @@ class DrillCluster:
     def ready(self, url_index: int) -> bool:
         return get_json(http_url(self.urls[url_index], "/readyz"))[0] == 200
 
-    def metric(self, url_index: int, name: str) -> float:
-        """Sum of one Prometheus metric's samples on one worker (0 if absent or unreachable)."""
-        try:
-            with urllib.request.urlopen(http_url(self.urls[url_index], "/metrics"), timeout=2) as response:
-                text = response.read().decode()
-        except OSError:
-            return 0.0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            if key.split("{", 1)[0] == name:
-                total += float(value)
-        return total
+    def metric(self, url_index: int, name: str, labels: str = "") -> float:
+        """Sum of one Prometheus metric's samples (labels containing `labels`) on one worker, now.
+
+        Raises MetricMissing when the worker exports no such sample, and
+        OSError when the worker does not answer: during a drill a worker may be
+        down, and a number it cannot give is not 0. Read once where the worker
+        must be up (a baseline before the fault); poll with `eventually` where
+        it may be down, which asks again until it answers.
+        """
+        return metric_value(self.metrics_page(url_index), name, labels)
+
+    def metrics_page(self, url_index: int) -> str:
+        """One worker's /metrics page (several values read from one page are from one moment)."""
+        with urllib.request.urlopen(http_url(self.urls[url_index], "/metrics"), timeout=2) as response:
+            return response.read().decode()
 
     def pause_redis(self) -> None:
         pid = self.redis_pid

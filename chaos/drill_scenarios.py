@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from chaos.cluster import ControlProcess, free_port, wait_until
+from chaos.cluster import ControlProcess, free_port, metric_value
 from chaos.drill_cluster import DrillCluster, http_url, get_json
 from chaos.drill_measure import Thresholds
 from chaos.drill_population import Population, PopulationSize
+from chaos.eventually import Timeout, eventually
 from chaos.drill_stalled_reader import StalledReader
 from chaos.resuming_client import Ledger
 
@@ -71,15 +72,19 @@ class DrillContext:
         return self.ledger.now() - self.marks["fault_start"]
 
 
-async def poll_until(predicate, ctx: DrillContext, timeout_s: float, interval_s: float = 0.05) -> float | None:
-    """Seconds from the fault until `predicate()` (run in a thread: it may do HTTP) holds; None on timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        if await asyncio.to_thread(predicate):
-            return round(ctx.since_fault(), 3)
-        await asyncio.sleep(interval_s)
-    return None
+async def seconds_until(probe, ctx: DrillContext, what: str, timeout_s: float, interval_s: float = 0.05
+                        ) -> float | None:
+    """Seconds from the fault until `probe()` holds, or None if it did not within `timeout_s`.
+
+    A plain probe runs in a thread (it may do HTTP); one that raises (a worker
+    still down) is asked again. None is a measurement, not an error: the
+    scenario's judge turns it into a FAIL with its reason.
+    """
+    try:
+        await eventually(probe, what=what, timeout_s=timeout_s, interval_s=interval_s)
+    except Timeout:
+        return None
+    return round(ctx.since_fault(), 3)
 
 
 class Scenario:
@@ -135,8 +140,9 @@ class KillWorker(Scenario):
         os.kill(pid, signal.SIGKILL)
         ctx.fault_ended()
         cluster = ctx.cluster
-        ctx.watch("worker_back_s", poll_until(
-            lambda: cluster.worker_pid(0) not in (None, pid) and cluster.ready(0), ctx, 30))
+        ctx.watch("worker_back_s", seconds_until(
+            lambda: cluster.worker_pid(0) not in (None, pid) and cluster.ready(0), ctx,
+            "worker 0 restarted with a new PID and ready", 30))
 
 
 class KillNode(Scenario):
@@ -163,15 +169,42 @@ class KillNode(Scenario):
         node.proc.wait(timeout=10)
 
 
-class RedisRestart(Scenario):
+class _BusFault(Scenario):
+    """Drills that break Redis: they time every worker's bus subscriber going down and coming back."""
+
+    cuts_every_subscriber = False  # whether the fault closes every worker's subscriber connection for sure
+
+    async def start_watching_bus(self, ctx: DrillContext) -> None:
+        """Start timing the bus; call just before the fault (it reads the baseline first)."""
+        def all_connected() -> list[tuple[bool, int]] | None:
+            view = bus_view(ctx.cluster)
+            return view if all(resynced for resynced, _ in view) else None
+
+        before = await eventually(all_connected, what="every worker's bus subscriber connected before the fault",
+                                  timeout_s=20)
+        ctx.watch("bus", watch_bus(ctx, [count for _, count in before], self.cuts_every_subscriber,
+                                   self.timing(ctx.short).recovery_bound_s))
+
+    def server_side_done(self, ctx: DrillContext) -> bool:
+        return "bus" in ctx.details  # keep publishing until every worker's bus is back (or the bound)
+
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        bus = ctx.details.get("bus")
+        if bus is None or bus["back_on_all_workers_s"] is None:
+            return [f"not every worker's bus subscriber was back and resynced after the fault: {bus}"]
+        return []
+
+
+class RedisRestart(_BusFault):
     name = "redis-restart"
     summary = "Redis stops and starts again empty (no persistence): new epochs, resume says so"
     injects = "SIGTERM to redis-server, then a new one on the same port, empty"
-    measures = "bus down/back on every worker (/healthz), publish errors, recovery, loss, resume reasons"
+    measures = "bus down/back (resynced) on every worker (/metrics), publish errors, recovery, loss, resume reasons"
     needs_local_cluster = True
+    cuts_every_subscriber = True  # Redis exits: every subscriber connection is closed
 
     async def inject(self, ctx: DrillContext) -> None:
-        ctx.watch("bus", watch_bus(ctx))
+        await self.start_watching_bus(ctx)
         ctx.fault_started()
         assert ctx.cluster.redis is not None
         await asyncio.to_thread(ctx.cluster.redis.restart)
@@ -179,17 +212,17 @@ class RedisRestart(Scenario):
         ctx.details["redis_back_s"] = round(ctx.since_fault(), 3)
 
 
-class RedisPause(Scenario):
+class RedisPause(_BusFault):
     name = "redis-pause"
     summary = "SIGSTOP Redis for a few seconds, then SIGCONT: a hung (not dead) bus"
     injects = "SIGSTOP to redis-server, SIGCONT after pause_s (5 s; 3 s with --short)"
-    measures = "bus down/back on every worker (/healthz), publish errors, recovery, loss"
+    measures = "bus down/back (resynced) on every worker (/metrics), publish errors, recovery, loss"
 
     def pause_s(self, short: bool) -> float:
         return 3.0 if short else 5.0
 
     async def inject(self, ctx: DrillContext) -> None:
-        ctx.watch("bus", watch_bus(ctx))
+        await self.start_watching_bus(ctx)
         ctx.fault_started()
         ctx.cluster.pause_redis()
         try:
@@ -200,32 +233,53 @@ class RedisPause(Scenario):
         ctx.details["paused_s"] = self.pause_s(ctx.short)
 
 
-async def watch_bus(ctx: DrillContext, timeout_s: float = 40.0) -> dict:
-    """When the first worker reports its bus down (/healthz busConnected) and when all report it up again."""
+BUS_CONNECTED = "ringcast_bus_connected"  # 0 from a lost subscriber until its re-subscribe is confirmed, then 1
+BUS_RECONNECTS = "ringcast_bus_reconnects_total"  # +1 per (re)connection, counted when the re-subscribe is confirmed
+
+
+def bus_view(cluster: DrillCluster) -> list[tuple[bool, int]]:
+    """Per worker: (subscriber connected and resynced, reconnects so far), both from one /metrics page."""
+    view = []
+    for index in range(len(cluster.urls)):
+        page = cluster.metrics_page(index)
+        view.append((metric_value(page, BUS_CONNECTED) == 1, int(metric_value(page, BUS_RECONNECTS))))
+    return view
+
+
+async def watch_bus(ctx: DrillContext, reconnects_before: list[int], cuts_every_subscriber: bool,
+                    timeout_s: float) -> dict:
+    """When the first worker's bus subscriber is seen down, and when every worker's is back.
+
+    Back means resynced, not just connected: /healthz says busConnected as
+    soon as the subscriber's socket is open, but the worker counts the
+    reconnect, serves its rooms again and fills the gap only when the PONG
+    after its re-SUBSCRIBEs arrives (node/bus_redis.py), and that is what
+    `ringcast_bus_connected` shows. When the fault closes every subscriber
+    (Redis exits), a worker whose reconnect counter has not moved has not
+    even noticed yet: it is not back either.
+    """
     cluster = ctx.cluster
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    reconnects_metric = "ringcast_bus_reconnects_total"  # +1 per (re)connection of a worker's bus subscriber
-    indexes = range(len(cluster.urls))
-    before = await asyncio.to_thread(lambda: [cluster.metric(i, reconnects_metric) for i in indexes])
-    while "fault_start" not in ctx.marks:
-        await asyncio.sleep(0.01)
     down_at: dict[int, float] = {}
-    result: dict = {"back_on_all_workers_s": None}
-    while loop.time() < deadline:
-        states = await asyncio.to_thread(lambda: [cluster.healthz(i).get("busConnected") for i in range(len(cluster.urls))])
-        for index, connected in enumerate(states):
-            if connected is False and index not in down_at:
+    seen: list[tuple[bool, int]] = []
+
+    def back_everywhere() -> bool:
+        view = bus_view(cluster)
+        seen[:] = view
+        for index, (resynced, _) in enumerate(view):
+            if not resynced and index not in down_at:
                 down_at[index] = round(ctx.since_fault(), 3)
-        if "fault_end" in ctx.marks and all(states):
-            result["back_on_all_workers_s"] = round(ctx.since_fault(), 3)
-            break
-        await asyncio.sleep(0.05)
-    result["down_detected_s"] = min(down_at.values()) if down_at else None
-    result["workers_seen_down_by_polling"] = len(down_at)  # a 50 ms poll can miss a short outage ...
-    after = await asyncio.to_thread(lambda: [cluster.metric(i, reconnects_metric) for i in indexes])
-    result["subscriber_reconnects_per_worker"] = [int(a - b) for a, b in zip(after, before)]  # ... this cannot
-    return result
+        return "fault_end" in ctx.marks and all(
+            resynced and (count > before or not cuts_every_subscriber)
+            for (resynced, count), before in zip(view, reconnects_before))
+
+    back_s = await seconds_until(back_everywhere, ctx, "every worker's bus subscriber back and resynced", timeout_s)
+    return {
+        "back_on_all_workers_s": back_s,
+        "down_detected_s": min(down_at.values()) if down_at else None,
+        "workers_seen_down_by_polling": len(down_at),  # a 50 ms poll can miss a short outage ...
+        # ... the counter cannot (read together with the verdict above: its last view)
+        "subscriber_reconnects_per_worker": [count - before for (_, count), before in zip(seen, reconnects_before)],
+    }
 
 
 class ReconnectStorm(Scenario):
@@ -307,9 +361,10 @@ class SlowConsumer(Scenario):
         for reader in readers:  # one after the other: a burst of joins is not what this drill is about
             await reader.open()
         ctx.fault_ended()
-        ctx.watch("all_cut_s", poll_until(
+        ctx.watch("all_cut_s", seconds_until(
             lambda: cluster.metric(0, "ringcast_slow_consumer_disconnects_total") - before >= len(readers),
-            ctx, self.timing(ctx.short).recovery_bound_s, interval_s=0.2))
+            ctx, f"{len(readers)} stalled readers cut as slow consumers", self.timing(ctx.short).recovery_bound_s,
+            interval_s=0.2))
 
     def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
         failures = []
@@ -379,7 +434,7 @@ class Drain(_WithControl):
         assert ctx.control is not None
         control = ctx.control
         drained = worker_id(ctx, 0)
-        await asyncio.to_thread(wait_until, lambda: drained in _node_states(control), 20, "worker 0 known to control")
+        await eventually(lambda: drained in _node_states(control), what="worker 0 known to control", timeout_s=20)
         ctx.fault_started()
         status, answer = await asyncio.to_thread(control.call, "POST", f"/v1/nodes/{drained}/drain",
                                                  {"windowS": self.window_s(ctx.short)})
@@ -387,8 +442,9 @@ class Drain(_WithControl):
         ctx.details["drain_answer"] = {"status": status, **answer}
         if status != 202:
             return
-        ctx.watch("drained_s", poll_until(
-            lambda: _node_states(control).get(drained) == "drained", ctx, self.timing(ctx.short).recovery_bound_s, 0.1))
+        ctx.watch("drained_s", seconds_until(
+            lambda: _node_states(control).get(drained) == "drained", ctx, "worker 0 drained",
+            self.timing(ctx.short).recovery_bound_s, 0.1))
 
     def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
         failures = []
@@ -420,8 +476,8 @@ class ControlKill(_WithControl):
 
     async def inject(self, ctx: DrillContext) -> None:
         assert ctx.control is not None
-        await asyncio.to_thread(wait_until, lambda: len(_worker_ring(ctx)) == len(ctx.cluster.urls), 20,
-                                "every worker in the ring the workers serve")
+        await eventually(lambda: len(_worker_ring(ctx)) == len(ctx.cluster.urls),
+                         what="every worker in the ring the workers serve", timeout_s=20)
         ctx.details["ring_before"] = _worker_ring(ctx)
         ctx.fault_started()
         ctx.control.kill()

@@ -59,13 +59,6 @@ class Fleet:
         gate = asyncio.Semaphore(connect_concurrency)
         self._tasks = [asyncio.create_task(self._life(client, gate)) for client in self.clients]
 
-    async def wait(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-            await asyncio.sleep(0.05)
-
     def all_joined(self) -> bool:
         return all(client.joined for client in self.clients)
 

@@ -34,10 +34,12 @@ def markdown(result: dict) -> str:
         f"| {_fmt(result['latency_p99_ms'])} ms | {rss_end:,.1f} MiB "
         f"({_fmt(result['server_rss_per_connection_kib'])} KiB/conn) | {_fmt(result['server_cpu_percent'])} % |",
         "",
-        "| Published/s | Expected deliveries | Lost | Duplicates | Gaps | Unsequenced publishes | Errors | Closed by server | Connect failures |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Published/s | Expected deliveries | Lost | Duplicates | Gaps | Reordered | Unsequenced publishes | Errors "
+        "| Closed by server | Connect failures |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {_fmt(result['published_per_s'])} | {_fmt(result['expected_deliveries'])} | {_fmt(result['lost'])} "
-        f"| {_fmt(result['duplicates'])} | {_fmt(result['gaps'])} | {_fmt(result['unsequenced_publishes'])} "
+        f"| {_fmt(result['duplicates'])} | {_fmt(result['gaps'])} | {_fmt(result.get('reordered'))} "
+        f"| {_fmt(result['unsequenced_publishes'])} "
         f"| {result['errors'] or 0} | {_fmt(result['closed_by_server'])} | {_fmt(result['connect_failures'])} |",
         "",
         (f"- {result['workers']} worker(s), {result['rooms']} room(s), arrival phases {result['phases']} "

@@ -2,7 +2,7 @@
 
 Owns the latency histogram (fixed 0.1 ms buckets, so merging is adding
 counts and percentiles are exact to a bucket) and the delivery tally
-(frames, duplicates, gaps, order, errors). Plain dicts and ints only, so a
+(frames, duplicates, gaps, reordered, errors). Plain dicts and ints only, so a
 tally crosses a multiprocessing pipe as is. It must not open sockets or
 decide what a result means (chaos/bench.py does).
 """
@@ -61,9 +61,10 @@ class Tally:
     published: int = 0  # `message` frames sent, whole run
     published_in_window: int = 0
     sampled_frames: int = 0  # frames whose JSON was decoded and verified (sampled connections)
-    duplicates: int = 0  # sampled: seq <= the last seq seen (same epoch)
+    duplicates: int = 0  # sampled: a seq seen before (same epoch)
     gaps: int = 0  # sampled: seq jumped past last + 1 (one count per jump)
     gap_messages: int = 0  # sampled: messages skipped by those jumps
+    reordered: int = 0  # sampled: a skipped seq that came after all, late (below the highest seen)
     errors: dict[str, int] = field(default_factory=dict)  # server `error` frames by code
     error_examples: dict[str, str] = field(default_factory=dict)  # the first `message` of each code
     latency_window: dict[int, int] = field(default_factory=dict)  # sampled, inside the window
@@ -74,7 +75,8 @@ class Tally:
 
     def merge(self, other: "Tally") -> None:
         for name in ("connected", "connect_failures", "closed_by_server", "frames_total", "frames_in_window",
-                     "published", "published_in_window", "sampled_frames", "duplicates", "gaps", "gap_messages"):
+                     "published", "published_in_window", "sampled_frames", "duplicates", "gaps", "gap_messages",
+                     "reordered"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for code, count in other.errors.items():
             self.errors[code] = self.errors.get(code, 0) + count

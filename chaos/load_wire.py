@@ -6,9 +6,10 @@ byte indexing in batches per `data_received`, client frames masked as the
 RFC requires, and per-connection verification of what arrives. Every
 `message` frame is counted from its first bytes; the JSON of a frame is
 decoded only on *sampled* connections (and publishers), which check the
-room's sequence numbers (duplicates, gaps) and the latency from the
-timestamp the publisher embedded (`data.t`, CLOCK_MONOTONIC nanoseconds,
-which is one clock for every process of the machine). It must not decide
+room's sequence numbers (a repeat is a duplicate, a jump a gap, a skipped
+seq that arrives after all is reordered) and the latency from the timestamp
+the publisher embedded (`data.t`, CLOCK_MONOTONIC nanoseconds, which is one
+clock for every process of the machine). It must not decide
 how many sockets to open or when to publish (chaos/load_worker.py does).
 """
 
@@ -26,6 +27,7 @@ from chaos.load_stats import Tally, add_latency
 MESSAGE_PREFIX = b'{"type":"message"'  # how the server's encoder starts every message frame (node/protocol.py)
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_HANDSHAKE_BYTES = 16 * 1024
+MAX_SKIPPED_TRACKED = 10_000  # per sampled member: skipped seqs remembered to tell a late one from a duplicate
 
 
 class UpgradeFailed(Exception):
@@ -51,8 +53,10 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
     return header + key + masked
 
 
-def message_frame(room: str, sent_ns: int, number: int) -> bytes:
-    payload = b'{"type":"message","room":"%s","data":{"t":%d,"n":%d}}' % (room.encode(), sent_ns, number)
+def message_frame(room: str, sent_ns: int, number: int, publisher: int) -> bytes:
+    """A publish: `t` the send time (latency), `n` the publisher's count, `p` who sent it (its own come back)."""
+    payload = b'{"type":"message","room":"%s","data":{"t":%d,"n":%d,"p":%d}}' % (
+        room.encode(), sent_ns, number, publisher)
     return masked_frame(OP_TEXT, payload)
 
 
@@ -82,8 +86,13 @@ class MemberSocket(asyncio.Protocol):
         self.epoch = ""
         self.received = 0  # message frames received (every connection)
         self.last_seq = -1  # sampled: highest seq seen
+        self.skipped: set[int] = set()  # sampled: seqs a jump went past and that have not come (yet)
         self.closed = False
         self.closing_on_purpose = False
+        self.publisher_id: int | None = None  # set on a publishing member (always sampled): `p` of its messages
+        self.sent = 0  # publishes written
+        self.own_received = 0  # of those, come back through the room (sequenced and delivered)
+        self.refused = 0  # error frames after joining: a publish the server did not take (or could not confirm)
 
     # --- connection life -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -112,6 +121,16 @@ class MemberSocket(asyncio.Protocol):
     def send(self, frame: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(frame)
+
+    def publish(self, frames: bytes, count: int) -> None:
+        """Write `count` publishes (made by `message_frame` with this socket's `publisher_id`) at once."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(frames)
+            self.sent += count
+
+    def own_messages_settled(self) -> bool:
+        """Every publish came back through the room or was refused: the room's position is final for it."""
+        return self.closed or self.own_received + self.refused >= self.sent
 
     # --- receiving -------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -185,17 +204,25 @@ class MemberSocket(asyncio.Protocol):
         if epoch != self.epoch and self.epoch:
             self.epoch = epoch  # the room's stream restarted (Redis lost it): numbering restarts, not a gap
             self.last_seq = seq
+            self.skipped.clear()
         else:
             self.epoch = epoch  # a room with no message yet joins with epoch "": the first message names it
             last = self.last_seq if self.last_seq >= 0 else self.join_seq
-            if seq <= last:
+            if seq in self.skipped:
+                self.skipped.discard(seq)
+                tally.reordered += 1
+            elif seq <= last:
                 tally.duplicates += 1
             else:
                 if seq > last + 1:
                     tally.gaps += 1
                     tally.gap_messages += seq - last - 1
+                    if len(self.skipped) < MAX_SKIPPED_TRACKED:
+                        self.skipped.update(range(last + 1, min(seq, last + 1 + MAX_SKIPPED_TRACKED)))
                 self.last_seq = seq
         data = frame.get("data")
+        if isinstance(data, dict) and self.publisher_id is not None and data.get("p") == self.publisher_id:
+            self.own_received += 1
         if isinstance(data, dict) and "t" in data:
             latency = now_ns - data["t"]
             add_latency(tally.latency_all, latency)
@@ -212,6 +239,8 @@ class MemberSocket(asyncio.Protocol):
         elif kind == "error":
             # a refused join is counted apart: the socket is retried, the run goes on
             code = str(frame.get("code")) if self.joined.done() else f"join:{frame.get('code')}"
+            if self.joined.done():
+                self.refused += 1
             self.tally.errors[code] = self.tally.errors.get(code, 0) + 1
             self.tally.error_examples.setdefault(code, str(frame.get("message"))[:200])
             if not self.joined.done():

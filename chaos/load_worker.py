@@ -3,7 +3,9 @@
 Owns, for the connections the coordinator (chaos/bench.py) gave it: raising
 its own file-descriptor limit, opening and joining them in a bounded ramp
 (retrying refused upgrades with backoff), publishing at the planned rate
-inside the planned time, settling, and sending its tally back over a pipe.
+inside the planned time, settling (until every member has the room's final
+position, or until quiet in arrival mode), and sending its tally back over a
+pipe.
 Two modes: a fixed population (`ConnectionPlan`s, some of which publish) and
 arrival phases like the tutorial's Artillery test (virtual users arrive at a
 rate, join a room, then loop: send, think). Every loop here is bounded in
@@ -20,13 +22,15 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+from chaos.eventually import Timeout, eventually
 from chaos.load_stats import Tally
 from chaos.load_wire import MemberSocket, UpgradeFailed, Window, message_frame
 
 PROGRESS_INTERVAL_S = 1.0
 DEFAULT_PUBLISH_TICK_S = 0.01  # publishers are served in ticks: cheaper than one timer per publisher
-SETTLE_QUIET_S = 1.0  # after publishing stops, wait until nothing arrived for this long...
-SETTLE_MAX_S = 45.0  # ...but never longer than this (an overloaded run drains seconds of backlog)
+SETTLE_QUIET_S = 1.0  # arrival mode: after publishing stops, wait until nothing arrived for this long...
+SETTLE_MAX_S = 45.0  # ...but never longer than this (an overloaded run drains seconds of backlog); also the bound
+# of each wait of the fixed population's settle (own publishes back; every member at the final position)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class ConnectionPlan:
     source_ip: str
     sampled: bool  # decode and verify every frame of this connection
     publishes: bool
+    number: int = 0  # the connection's number in the whole run: a publisher tags its messages with it
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,8 @@ class LoadProcess:
             async with limit:
                 sock = await self._open(plan.host, plan.port, plan.path, plan.room, plan.source_ip, plan.sampled)
             if sock is not None:
-                sock.publishes = plan.publishes  # type: ignore[attr-defined]
+                if plan.publishes:
+                    sock.publisher_id = plan.number
                 self.sockets.append(sock)
 
         ramp = asyncio.gather(*(one(p) for p in self.plan.connections))
@@ -170,9 +176,9 @@ class LoadProcess:
             return
         _, window_start_ns, window_end_ns, publish_end_ns = command
         self.window.start_ns, self.window.end_ns = window_start_ns, window_end_ns
-        publishers = [s for s in self.sockets if getattr(s, "publishes", False)]
+        publishers = [s for s in self.sockets if s.publisher_id is not None]
         await self._publish(publishers, self.plan.publish_rate_per_s, publish_end_ns)
-        await self._settle()
+        await self._settle_fixed(publishers)
         self._send_result()
 
     async def _publish(self, publishers: list[MemberSocket], rate_per_s: float, end_ns: int) -> None:
@@ -194,15 +200,55 @@ class LoadProcess:
                 owed = due - sent[i]
                 if owed <= 0 or sock.closed:
                     continue
-                room = sock.room
-                sock.send(b"".join(message_frame(room, now, sent[i] + k) for k in range(owed)))
+                room, me = sock.room, sock.publisher_id
+                sock.publish(b"".join(message_frame(room, now, sent[i] + k, me) for k in range(owed)), owed)
                 sent[i] = due
                 tally.published += owed
                 if window.start_ns <= now < window.end_ns:
                     tally.published_in_window += owed
             await asyncio.sleep(self.plan.publish_tick_s)
 
+    async def _settle_fixed(self, publishers: list[MemberSocket]) -> None:
+        """Publishing is over: wait until every member has what was published to its room, then return.
+
+        Exact, not "until quiet" (a starved machine can pause deliveries for
+        longer than any quiet period): (1) wait until every publisher of this
+        process got its own messages back (or refused), so the highest seq
+        its sampled members saw is final for its rooms; (2) report those
+        positions; the coordinator answers each room's final seq, the
+        highest any process saw; (3) wait until every open member has
+        received up to it. Each wait is bounded by SETTLE_MAX_S: what is
+        still missing then is reported as lost.
+        """
+        async def own_messages_back() -> bool:  # async: read on the loop the sockets update it from
+            return all(sock.own_messages_settled() for sock in publishers)
+
+        try:
+            await eventually(own_messages_back, what="every publisher's own messages back", timeout_s=SETTLE_MAX_S)
+        except Timeout:
+            pass  # a publish lost on its way: the members' counts will show it
+        positions: dict[str, int] = {}
+        for sock in self.sockets:
+            if sock.sampled and sock.last_seq >= 0:
+                positions[sock.room] = max(positions.get(sock.room, 0), sock.last_seq)
+        self.pipe.send(("positions", self.plan.index, positions))
+        command = await self._command(SETTLE_MAX_S + 60)
+        if command[0] != "expect":
+            return
+        final: dict[str, int] = command[1]
+
+        async def every_member_at_final() -> bool:
+            return all(sock.closed or sock.received >= final.get(sock.room, sock.join_seq) - sock.join_seq
+                       for sock in self.sockets)
+
+        try:
+            await eventually(every_member_at_final, what="every member at its room's final position",
+                             timeout_s=SETTLE_MAX_S)
+        except Timeout:
+            pass  # what is missing is the result's loss
+
     async def _settle(self) -> None:
+        """Arrival mode (users come and go, no final position to wait for): until nothing arrived for a while."""
         deadline = time.monotonic() + SETTLE_MAX_S
         last = -1
         while time.monotonic() < deadline and last != self.tally.frames_total:
@@ -277,7 +323,7 @@ class LoadProcess:
             now = time.monotonic_ns()
             if now >= end_ns or sock.closed:
                 break
-            sock.send(message_frame(target.room, now, k))
+            sock.publish(message_frame(target.room, now, k, number), 1)
             tally.published += 1
             if window.start_ns <= now < window.end_ns:
                 tally.published_in_window += 1

@@ -355,6 +355,7 @@ class Publisher(_Connection):
         self.interval_s = 1.0 / rate_per_s
         self.padding = "x" * payload_bytes
         self.publishing = asyncio.Event()
+        self.parked = False  # waiting for `publishing`, nothing in flight: every ack it will ever get is in
         self.ready = asyncio.Event()  # joined to all its rooms at least once
         self.connected = False
         self._waiting: dict[str, asyncio.Future] = {}
@@ -423,7 +424,13 @@ class Publisher(_Connection):
         next_at = loop.time()
         failures = 0
         while not self.stopping and not reader.done():
-            await self.publishing.wait()
+            if not self.publishing.is_set():
+                self.parked = True
+                try:
+                    await self.publishing.wait()
+                finally:
+                    self.parked = False
+                continue  # switched off again before this task woke up: park again
             room = self.rooms[self._count % len(self.rooms)]
             self._count += 1
             sent_ms = time.time() * 1000
