@@ -93,6 +93,7 @@ class Controller:
                 await self._rebalance_locked(ring, verdict.records, reason="join")
         self.highest_epoch = max(self.highest_epoch, ring.epoch)
         self.metrics.observe(ring, verdict.records)
+        self.metrics.ticks.inc()  # last: a reader seeing it grow knows every write of this tick is done
         return ring
 
     async def run(self) -> None:

@@ -26,6 +26,9 @@ class ControlMetrics:
             "ringcast_control_ring_publications_total", "New ring epochs published", registry=r
         )
         self.rebalances = Counter("ringcast_control_rebalances_total", "Rebalances started", registry=r)
+        self.ticks = Counter(
+            "ringcast_control_ticks_total", "Leader ticks completed (periodic, and those a mutation runs)", registry=r
+        )
         self.api_requests = Counter(
             "ringcast_control_api_requests_total", "Operator API requests, by route and status", ["route", "status"],
             registry=r,

@@ -62,8 +62,9 @@ def start_control(redis_server):
     """Start `ringcast control` replicas against the test Redis; stopped (by PID) after the test."""
     started: list[ControlProcess] = []
 
-    def start(*args: str) -> ControlProcess:
-        control = ControlProcess(port=free_port(), redis_url=redis_server.url, admin_token=ADMIN_TOKEN, args=list(args))
+    def start(*args: str, admin_token: str = ADMIN_TOKEN) -> ControlProcess:
+        """`admin_token=""` starts a replica with no token configured (it refuses every mutation)."""
+        control = ControlProcess(port=free_port(), redis_url=redis_server.url, admin_token=admin_token, args=list(args))
         started.append(control)
         return control.start()
 

@@ -1,9 +1,8 @@
 """The leader lease against a real Redis: one holder, compare-and-set renew, release, expiry."""
 
-import asyncio
-
 import redis.asyncio as aioredis
 
+from chaos.eventually import eventually
 from control.lease import LeaderLease
 
 KEY = "ringcast:control:leader"
@@ -31,8 +30,8 @@ async def test_a_holder_whose_lease_was_taken_over_stops_leading(redis_server):
         old = LeaderLease(client, KEY, "a", "http://a", lease_s=0.3)
         new = LeaderLease(client, KEY, "b", "http://b", lease_s=5.0)
         assert await old.refresh() is True
-        while not await new.refresh():  # the old holder stopped renewing: its lease runs out
-            await asyncio.sleep(0.05)
+        # The old holder stopped renewing: its lease runs out and the new one takes it.
+        await eventually(new.refresh, what="the new holder to take the expired lease", timeout_s=10)
         assert not old.is_leader  # its own deadline passed too
         assert await old.refresh() is False  # SET NX fails: the new holder's value is there
         assert await new.holder() == {"id": "b", "url": "http://b"}

@@ -9,27 +9,16 @@ import signal
 
 import pytest
 
-from chaos.cluster import NodeProcess, free_port, free_port_range, http_json, wait_until
+from chaos.cluster import NodeProcess, free_port, free_port_range
+from chaos.eventually import eventually
 from router.backoff import BackoffPolicy
 from router.client import Client, ConnectionState, StateChange
 from router.membership import ring_key
 from router.ring import Member, Ring
+from tests.router.helpers import publish_ring, room_owned_by
 from tests.wsclient import WsClient
 
 FAST = BackoffPolicy(base_s=0.1, factor=2.0, cap_s=1.0, jitter=0.3)  # a test need not wait 1-30 s
-
-
-def publish_ring(redis_server, node: NodeProcess, epoch: int) -> Ring:
-    ring = Ring([Member(f"127.0.0.1:{p}", f"ws://127.0.0.1:{p}/ws") for p in node.ports], epoch)
-    redis_server.command("SET", ring_key("ringcast:"), ring.to_json())
-    for index in range(node.workers):
-        wait_until(lambda: http_json(node.http_url(index, "/ring"))[1].get("epoch") == epoch, 10,
-                   f"worker {index} to follow ring epoch {epoch}")
-    return ring
-
-
-def room_owned_by(ring: Ring, port: int) -> str:
-    return next(f"room-{i}" for i in range(10_000) if ring.owner_id(f"room-{i}") == f"127.0.0.1:{port}")
 
 
 async def next_message(client: Client, timeout_s: float = 10.0) -> dict:
@@ -40,7 +29,7 @@ async def next_message(client: Client, timeout_s: float = 10.0) -> dict:
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
 async def test_join_publish_and_receive_through_the_router(redis_server, start_node, start_router, codec):
     node = start_node(2)
-    ring = publish_ring(redis_server, node, epoch=1)
+    ring = await publish_ring(redis_server, node, epoch=1)
     router = start_router("--redis", redis_server.url)
     async with Client(router.url(), codec=codec, backoff=FAST) as client:
         joined = await client.join("lobby")
@@ -56,16 +45,16 @@ async def test_join_publish_and_receive_through_the_router(redis_server, start_n
 
 async def test_follows_moved_to_the_rooms_owner(redis_server, start_node, start_router):
     node = start_node(2)
-    ring = publish_ring(redis_server, node, epoch=2)
+    ring = await publish_ring(redis_server, node, epoch=2)
     owner_port = node.ports[1]
-    room = room_owned_by(ring, owner_port)
+    room = room_owned_by(ring, f"127.0.0.1:{owner_port}")
     # A stale router that still knows only worker 0 sends the client to the wrong worker.
     stale_router = start_router("--nodes", f"127.0.0.1:{node.ports[0]}")
     changes: list[StateChange] = []
     async with Client(stale_router.url(), backoff=FAST, on_state=changes.append) as client:
         await client.join(room)
-        await asyncio.wait_for(_until(lambda: client.worker_id == f"127.0.0.1:{owner_port}"
-                                      and client.state.state is ConnectionState.CONNECTED), 10)
+        await eventually(lambda: client.worker_id == f"127.0.0.1:{owner_port}"
+                         and client.state.state is ConnectionState.CONNECTED, what="the client on the room's owner")
         assert any(c.state is ConnectionState.WAITING and c.reason == "moved" for c in changes)
         assert client.url == f"ws://127.0.0.1:{owner_port}/ws"
         assert client.last_moved[room]["epoch"] == 2
@@ -76,10 +65,10 @@ async def test_follows_moved_to_the_rooms_owner(redis_server, start_node, start_
 
 async def test_a_client_whose_worker_is_killed_reconnects_and_keeps_receiving(redis_server, start_node, start_router):
     node = start_node(2)
-    ring = publish_ring(redis_server, node, epoch=1)
+    ring = await publish_ring(redis_server, node, epoch=1)
     router = start_router("--redis", redis_server.url)
     victim_port = node.ports[0]
-    room = room_owned_by(ring, victim_port)
+    room = room_owned_by(ring, f"127.0.0.1:{victim_port}")
     publisher = await WsClient.connect(node.ws_url(1))
     changes: list[StateChange] = []
     try:
@@ -92,10 +81,11 @@ async def test_a_client_whose_worker_is_killed_reconnects_and_keeps_receiving(re
 
             old_pid = node.worker_pid(0)
             os.kill(old_pid, signal.SIGKILL)  # no goodbye: the supervisor restarts it
-            await asyncio.wait_for(_until(lambda: any(c.reason == "connection_lost" for c in changes)), 10)
+            await eventually(lambda: any(c.reason == "connection_lost" for c in changes), what="the lost connection")
             # Without a control plane the ring still names the victim; the client retries
             # (backing off) until the restarted worker answers, re-joins and receives again.
-            await asyncio.wait_for(_until(lambda: client.state.state is ConnectionState.CONNECTED), 30)
+            await eventually(lambda: client.state.state, equals=ConnectionState.CONNECTED, timeout_s=30,
+                             what="the client connected to the restarted worker")
             assert node.worker_pid(0) != old_pid
 
             async def published_until_received() -> dict:
@@ -119,19 +109,21 @@ async def test_a_client_whose_worker_dies_lands_on_the_new_owner_once_the_ring_d
 ):
     # The supervisor waits long before restarting, so only the ring change can bring the client back.
     node = start_node(2, "--restart-backoff-base-s", "60")
-    ring = publish_ring(redis_server, node, epoch=1)
+    ring = await publish_ring(redis_server, node, epoch=1)
     router = start_router("--redis", redis_server.url, "--ring-poll-interval-s", "0.1")
     victim_port, survivor_port = node.ports
-    room = room_owned_by(ring, victim_port)
+    room = room_owned_by(ring, f"127.0.0.1:{victim_port}")
     async with Client(router.url(), backoff=FAST) as client:
         await client.join(room)
         assert client.url == f"ws://127.0.0.1:{victim_port}/ws"
         os.kill(node.worker_pid(0), signal.SIGKILL)
-        await asyncio.wait_for(_until(lambda: client.state.state is not ConnectionState.CONNECTED), 10)
+        await eventually(lambda: client.state.state is not ConnectionState.CONNECTED,
+                         what="the client to lose its worker")
         # What the control plane does when the worker's heartbeats stop: a ring without it.
         survivor = Ring([Member(f"127.0.0.1:{survivor_port}", f"ws://127.0.0.1:{survivor_port}/ws")], 2)
         redis_server.command("SET", ring_key("ringcast:"), survivor.to_json())
-        await asyncio.wait_for(_until(lambda: client.state.state is ConnectionState.CONNECTED), 30)
+        await eventually(lambda: client.state.state, equals=ConnectionState.CONNECTED, timeout_s=30,
+                         what="the client connected again")
         assert client.worker_id == f"127.0.0.1:{survivor_port}"
         await client.publish(room, "on the new owner")
         assert (await next_message(client))["text"] == "on the new owner"
@@ -147,17 +139,18 @@ async def test_a_reconnect_notice_is_honoured_with_its_delay(redis_server, start
         await client.join("lobby")
         old_pid = node.worker_pid(0)
         os.kill(old_pid, signal.SIGTERM)  # graceful: the worker sends `reconnect` with a delayMs, then closes
-        await asyncio.wait_for(_until(lambda: any(c.reason == "reconnect:shutdown" for _, c in changes)), 15)
+        await eventually(lambda: any(c.reason == "reconnect:shutdown" for _, c in changes), timeout_s=15,
+                         what="the shutdown notice")
         waited_at, waiting = next((t, c) for t, c in changes if c.reason == "reconnect:shutdown")
         assert waiting.state is ConnectionState.WAITING and 0 <= waiting.delay_s <= jitter_ms / 1000
         # The next attempt does not start before the notice's delay has passed.
-        await asyncio.wait_for(_until(lambda: changes[-1][1].state is ConnectionState.CONNECTING
-                                      or client.state.state is ConnectionState.CONNECTED), 15)
+        await eventually(lambda: changes[-1][1].state is ConnectionState.CONNECTING
+                         or client.state.state is ConnectionState.CONNECTED, timeout_s=15, what="the next attempt")
         next_attempt_at = next(t for t, c in changes if t >= waited_at and c.state is ConnectionState.CONNECTING)
         assert next_attempt_at - waited_at >= waiting.delay_s
         # And it comes back once the supervisor has restarted the worker.
-        await asyncio.wait_for(_until(lambda: client.state.state is ConnectionState.CONNECTED
-                                      and node.worker_pid(0) != old_pid), 30)
+        await eventually(lambda: client.state.state is ConnectionState.CONNECTED and node.worker_pid(0) != old_pid,
+                         timeout_s=30, what="the client connected to the restarted worker")
         await client.publish("lobby", "back")
         assert (await next_message(client))["text"] == "back"
 
@@ -178,8 +171,9 @@ async def test_moved_ping_pong_between_disagreeing_workers_is_bounded(redis_serv
         async with Client(f"http://127.0.0.1:{first}", backoff=FAST, max_moved_follows=3,
                           on_state=changes.append) as client:
             await client.join("lobby")
-            await asyncio.wait_for(_until(lambda: sum(c.reason == "moved" for c in changes) >= 3
-                                          and client.state.state is ConnectionState.CONNECTED), 20)
+            await eventually(lambda: sum(c.reason == "moved" for c in changes) >= 3
+                             and client.state.state is ConnectionState.CONNECTED, timeout_s=20,
+                             what="three moves, then connected")
             # It stays put after three moves in a row and keeps working where it is.
             await client.publish("lobby", "settled")
             assert (await next_message(client))["text"] == "settled"
@@ -201,7 +195,7 @@ async def test_a_moved_hint_from_an_older_ring_than_the_routers_is_ignored(redis
         redis_server.command("SET", ring_key("newer:"), newer.to_json())
         router = start_router("--redis", redis_server.url, "--key-prefix", "newer:")
         workers_ring = Ring([Member(f"127.0.0.1:{p}", f"ws://127.0.0.1:{p}/ws") for p in (port, port + 1)], 0)
-        room = room_owned_by(workers_ring, port)
+        room = room_owned_by(workers_ring, f"127.0.0.1:{port}")
         changes: list[StateChange] = []
         async with Client(router.url(), backoff=FAST, on_state=changes.append) as client:
             await client.join(room)
@@ -235,8 +229,3 @@ async def test_state_changes_are_also_an_async_iterator(start_router):
         waits = [c for c in seen if c.state is ConnectionState.WAITING]
         assert [c.attempt for c in waits] == [1, 2, 3]
         assert all(c.reason == "connect_failed" for c in waits)
-
-
-async def _until(predicate, interval_s: float = 0.05) -> None:
-    while not predicate():
-        await asyncio.sleep(interval_s)

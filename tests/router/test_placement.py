@@ -3,27 +3,9 @@ served and followed by a `moved` hint (or not, with placement_hint=off or withou
 
 from __future__ import annotations
 
-from chaos.cluster import NodeProcess, http_json, wait_until
-from router.membership import ring_key
-from router.ring import Member, Ring
+from chaos.cluster import NodeProcess, http_json
+from tests.router.helpers import publish_ring, ring_of, room_owned_by
 from tests.wsclient import WsClient
-
-
-def ring_of(node: NodeProcess, epoch: int) -> Ring:
-    return Ring([Member(f"127.0.0.1:{p}", f"ws://127.0.0.1:{p}/ws") for p in node.ports], epoch)
-
-
-def publish_ring(redis_server, node: NodeProcess, epoch: int) -> Ring:
-    ring = ring_of(node, epoch)
-    redis_server.command("SET", ring_key("ringcast:"), ring.to_json())
-    for index in range(node.workers):
-        wait_until(lambda: http_json(node.http_url(index, "/ring"))[1].get("epoch") == epoch, 10,
-                   f"worker {index} to follow ring epoch {epoch}")
-    return ring
-
-
-def room_owned_by(ring: Ring, member_id: str) -> str:
-    return next(f"room-{i}" for i in range(10_000) if ring.owner_id(f"room-{i}") == member_id)
 
 
 def worker_index(node: NodeProcess, member_id: str) -> int:
@@ -32,7 +14,7 @@ def worker_index(node: NodeProcess, member_id: str) -> int:
 
 async def test_join_on_the_wrong_worker_is_served_then_hinted(redis_server, start_node):
     node = start_node(2)
-    ring = publish_ring(redis_server, node, epoch=3)
+    ring = await publish_ring(redis_server, node, epoch=3)
     owner = node.ports[1]
     room = room_owned_by(ring, f"127.0.0.1:{owner}")
 
@@ -67,7 +49,7 @@ async def test_join_on_the_wrong_worker_is_served_then_hinted(redis_server, star
 
 async def test_placement_hint_off_sends_no_moved(redis_server, start_node):
     node = start_node(2, "--placement-hint", "off")
-    ring = publish_ring(redis_server, node, epoch=1)
+    ring = await publish_ring(redis_server, node, epoch=1)
     room = room_owned_by(ring, f"127.0.0.1:{node.ports[1]}")
     client = await WsClient.connect(node.ws_url(0))
     try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import urllib.request
 
-from chaos.cluster import http_json, wait_until
+from chaos.cluster import http_json
+from chaos.eventually import eventually_blocking
 from router.membership import ring_key
 from router.ring import Member, Ring
 
@@ -53,17 +54,20 @@ def test_cors_headers_and_preflight(start_router):
 
 def test_503_without_live_members_then_follows_the_published_ring(redis_server, start_router):
     router = start_router("--redis", redis_server.url, "--ring-poll-interval-s", "0.1")
+
+    def answer_with(wanted: int) -> tuple[int, dict] | None:
+        answer = http_json(router.url("/route?room=lobby"))
+        return answer if answer[0] == wanted else None
+
     status, body = http_json(router.url("/route?room=lobby"))
     assert status == 503 and body["error"] == "NO_LIVE_WORKER" and body["message"]
 
     ring = Ring([Member("w1", "ws://127.0.0.1:9201/ws"), Member("w2", "ws://127.0.0.1:9202/ws")], 4)
     redis_server.command("SET", ring_key("ringcast:"), ring.to_json())
-    status, body = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(http_json(router.url("/route?room=lobby"))),
-                              10, "the router to follow the published ring")
+    status, body = eventually_blocking(lambda: answer_with(200), what="the router to follow the published ring")
     assert body["epoch"] == 4 and body["node"] == ring.owner_id("lobby")
 
     # Every worker dead: the control plane publishes an empty ring.
     redis_server.command("SET", ring_key("ringcast:"), Ring([], 5).to_json())
-    status, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(http_json(router.url("/route?room=lobby"))),
-                              10, "the router to see the empty ring")
+    status, body = eventually_blocking(lambda: answer_with(503), what="the router to see the empty ring")
     assert body["error"] == "NO_LIVE_WORKER" and body["epoch"] == 5
