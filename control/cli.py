@@ -11,8 +11,8 @@ import asyncio
 
 from control.config import ControlConfig
 from control.service import ControlService
-from node import settings
-from node.logs import setup_logging
+from common import settings
+from common.logs import setup_logging
 
 DESCRIPTION = """\
 Run a control plane replica: it watches the workers' heartbeats in Redis,

@@ -3,7 +3,7 @@
 Owns the `ControlConfig` dataclass: one field per setting, its unit in its
 name, its default and the one-line help `ringcast control --help` prints.
 Loading (flags, `RINGCAST_*` environment, TOML section `[control]`) is
-`node.settings`' job; this module only declares and validates.
+`common.settings`' job; this module only declares and validates.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from node.settings import SettingsError, setting
+from common.settings import SettingsError, setting
 
 ADMIN_TOKEN_ENV = "RINGCAST_ADMIN_TOKEN"
 

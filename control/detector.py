@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from control.keys import ACTIVE, ALIVE, DEAD
+from common.keys import ACTIVE, ALIVE, DEAD
 from router.ring import Member
 
 

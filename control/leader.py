@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from control.config import ControlConfig
 from control.detector import Assessment, MemberRecord, assess
-from control.keys import ACTIVE, ALIVE, DRAINING
+from common.keys import ACTIVE, ALIVE, DRAINING
 from control.lease import LeaderLease
 from control.metrics import ControlMetrics
 from control.store import ControlStore, NotLeader, Snapshot

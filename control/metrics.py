@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from control.keys import ALIVE, DEAD
+from common.keys import ALIVE, DEAD
 
 
 class ControlMetrics:

@@ -19,7 +19,7 @@ from aiohttp import web
 from common.tasks import stop_tasks
 from control.api import ControlApi
 from control.config import ControlConfig
-from control.keys import Keys
+from common.keys import Keys
 from control.leader import Controller
 from control.lease import LeaderLease
 from control.metrics import ControlMetrics

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from control.detector import MemberRecord
-from control.keys import Keys
+from common.keys import Keys
 from router.ring import Ring
 
 # Publish the ring only while the caller's lease value is the one in Redis.

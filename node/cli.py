@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-from node import settings
+from common import settings
 from node.config import NodeConfig
-from node.logs import setup_logging
+from common.logs import setup_logging
 from node.supervisor import Supervisor
 
 SECRETS_ENV = "RINGCAST_JWT_SECRETS"

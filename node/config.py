@@ -2,7 +2,7 @@
 
 Owns the `NodeConfig` dataclass: one field per setting, its unit in its name,
 its default and a one-line help that `ringcast node --help` prints. Loading
-(flags, `RINGCAST_*` environment, TOML) is `node.settings`' job; this module
+(flags, `RINGCAST_*` environment, TOML) is `common.settings`' job; this module
 only declares and validates.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from node.auth import parse_secrets
 from node.history import HistoryPolicy, HistoryRules
-from node.settings import SettingsError, setting
+from common.settings import SettingsError, setting
 from router.membership import parse_nodes
 
 

@@ -6,7 +6,7 @@ and following the control plane's per-worker command key, which the same
 round trip reads back: drain (leave, steer every client to its room's new
 owner, become `drained`), undrain (accept again) and rebalance (steer the
 members of rooms this worker no longer owns). Key names come from
-`control.keys`; the pace of every move from `node.steering`.
+`common.keys`; the pace of every move from `node.steering`.
 
 It must not subscribe to any pub/sub channel, hash rooms itself (the ring
 does), or decide membership (the control plane does). If Redis is down the
@@ -27,7 +27,7 @@ import psutil
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from control.keys import ACTIVE, DRAINED, DRAINING, Keys
+from common.keys import ACTIVE, DRAINED, DRAINING, Keys
 from node import steering
 from node.connection import Connection
 from router.ring import EmptyRing, Ring

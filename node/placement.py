@@ -27,10 +27,10 @@ HINT = "hint"
 
 
 class Placement:
-    def __init__(self, config: NodeConfig, decoder: protocol.Decoder) -> None:
+    def __init__(self, config: NodeConfig) -> None:
         self.member_id = config.shard_id
         self.hint_enabled = config.placement_hint == HINT
-        self.decoder = decoder
+        self.max_room_name_chars = config.max_room_name_chars
         redis_url = config.redis if config.bus == "redis" else ""
         self.source: RingSource | None = make_ring_source(
             redis_url, config.nodes, config.key_prefix, config.ring_poll_interval_s, config.bus_timeout_s
@@ -69,7 +69,7 @@ class Placement:
         return protocol.moved(room, owner.url, ring.epoch)
 
     async def handle_route(self, request: web.Request) -> web.Response:
-        return respond(answers.route(self.ring, request.query.get("room"), self.decoder))
+        return respond(answers.route(self.ring, request.query.get("room"), self.max_room_name_chars))
 
     async def handle_ring(self, request: web.Request) -> web.Response:
         return respond(answers.ring_view(self.ring))

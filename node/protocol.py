@@ -13,12 +13,13 @@ docs/protocol.md documents everything here for client authors.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from typing import Any, Union
 
 import msgpack
 import orjson
+
+from common.rooms import DEFAULT_MAX_ROOM_NAME_CHARS, InvalidRoomName, check_room_name
 
 PROTOCOL_VERSION = 1
 
@@ -32,8 +33,6 @@ CODEC_BY_SUBPROTOCOL = {SUBPROTOCOL_JSON: JSON, SUBPROTOCOL_MSGPACK: MSGPACK, No
 # The fields a `message` may carry its data in; the delivered frame uses the same one.
 DATA_KEYS = ("text", "payload", "data")
 MAX_REQUEST_ID_CHARS = 64
-ROOM_NAME_CHARSET = "A-Z a-z 0-9 and _ - . : @ / # = +"
-_ROOM_NAME_CHARS = re.compile(r"[A-Za-z0-9_\-.:@/#=+]+")
 
 
 class ErrorCode(str, enum.Enum):
@@ -134,7 +133,7 @@ ClientFrame = Union[Join, Leave, Publish, Ping, History]
 class ProtocolLimits:
     """The protocol's own bounds (the transport bounds frame size before us)."""
 
-    max_room_name_chars: int = 128
+    max_room_name_chars: int = DEFAULT_MAX_ROOM_NAME_CHARS
     max_json_depth: int = 32
     max_frame_bytes: int = 64 * 1024
 
@@ -171,18 +170,11 @@ class Decoder:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:32]!r}", request_id)
 
     def room(self, value: Any, request_id: RequestId | None = None) -> str:
-        """Validate a room name (also used for names from HTTP query strings)."""
-        if not isinstance(value, str) or not value:
-            raise ProtocolError(ErrorCode.INVALID_ROOM, "`room` must be a non-empty string", request_id)
-        if len(value) > self.limits.max_room_name_chars:
-            raise ProtocolError(
-                ErrorCode.INVALID_ROOM,
-                f"room name longer than {self.limits.max_room_name_chars} characters",
-                request_id,
-            )
-        if not _ROOM_NAME_CHARS.fullmatch(value):
-            raise ProtocolError(ErrorCode.INVALID_ROOM, f"room name may only use {ROOM_NAME_CHARSET}", request_id)
-        return value
+        """Validate a room name (the rule is common.rooms')."""
+        try:
+            return check_room_name(value, self.limits.max_room_name_chars)
+        except InvalidRoomName as exc:
+            raise ProtocolError(ErrorCode.INVALID_ROOM, str(exc), request_id) from None
 
     def _parse(self, frame: bytes | str, codec: str) -> Any:
         if codec == JSON:

@@ -38,7 +38,7 @@ from node.connection import Connection
 from node.heartbeat import HeartbeatReporter
 from node.history import recovery_outcome
 from node.hub import Hub
-from node.logs import setup_logging
+from common.logs import setup_logging
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.placement import Placement
@@ -91,7 +91,7 @@ class Worker:
                 max_frame_bytes=config.max_frame_bytes,
             )
         )
-        self.placement = Placement(config, self.decoder)
+        self.placement = Placement(config)
         self.state = ACTIVE
         self.connections: dict[str, Connection] = {}
         self.admission = Admission(

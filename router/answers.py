@@ -3,7 +3,7 @@
 Owns the shape of the route service's replies and its error codes, so the
 router process (`router.service`) and every worker (`node.placement`) answer
 the same question the same way. Room names are validated by the wire
-protocol's own rule (`node.protocol.Decoder.room`): the rules live in one place.
+protocol's own rule (`common.rooms`): the rule lives in one place.
 
 Error codes (body `{"error": CODE, "message": ...}`):
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.protocol import Decoder, ProtocolError
+from common.rooms import InvalidRoomName, check_room_name
 from router.ring import EmptyRing, Ring
 
 INVALID_ROOM = "INVALID_ROOM"
@@ -37,12 +37,12 @@ CORS_HEADERS = {
 Answer = tuple[int, dict[str, Any], dict[str, str]]  # status, JSON body, extra headers
 
 
-def route(ring: Ring, room: Any, decoder: Decoder) -> Answer:
+def route(ring: Ring, room: Any, max_room_name_chars: int) -> Answer:
     """Where `room` lives: {room, node, url, epoch}, or a 400/503 error body."""
     try:
-        name = decoder.room(room)
-    except ProtocolError as exc:
-        return 400, {"error": INVALID_ROOM, "message": exc.message}, {}
+        name = check_room_name(room, max_room_name_chars)
+    except InvalidRoomName as exc:
+        return 400, {"error": INVALID_ROOM, "message": str(exc)}, {}
     try:
         member = ring.route(name)
     except EmptyRing:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from node import settings
-from node.logs import setup_logging
+from common import settings
+from common.logs import setup_logging
 from router.config import RouterConfig
 from router.service import RouteService
 

@@ -3,14 +3,14 @@
 Owns the `RouterConfig` dataclass: one field per setting, its unit in its
 name, its default and the one-line help `ringcast router --help` prints.
 Loading (flags, `RINGCAST_*` environment, TOML section `[router]`) is
-`node.settings`' job; this module only declares and validates.
+`common.settings`' job; this module only declares and validates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.settings import SettingsError, setting
+from common.settings import SettingsError, setting
 from router.membership import NODES_SYNTAX, parse_nodes
 
 

@@ -16,7 +16,6 @@ import signal
 import orjson
 from aiohttp import web
 
-from node.protocol import Decoder, ProtocolLimits
 from router import answers
 from router.config import RouterConfig
 from router.membership import RedisRingSource, RingSource, make_ring_source
@@ -44,7 +43,6 @@ class RouteService:
         )
         if self.source is None:
             raise ValueError("the route service needs --redis or --nodes")
-        self.decoder = Decoder(ProtocolLimits(max_room_name_chars=config.max_room_name_chars))
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -63,7 +61,7 @@ class RouteService:
         await self.source.close()
 
     async def handle_route(self, request: web.Request) -> web.Response:
-        return respond(answers.route(self.source.ring, request.query.get("room"), self.decoder))
+        return respond(answers.route(self.source.ring, request.query.get("room"), self.config.max_room_name_chars))
 
     async def handle_ring(self, request: web.Request) -> web.Response:
         return respond(answers.ring_view(self.source.ring))

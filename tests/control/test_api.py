@@ -9,7 +9,7 @@ import pytest
 
 from chaos.cluster import REPO
 from chaos.eventually import eventually
-from control.keys import Keys
+from common.keys import Keys
 from tests.conftest import ADMIN_TOKEN
 from tests.control.helpers import events_of, node_view, ring_of, wait_event, wait_ring
 from tests.wsclient import WsClient

@@ -1,7 +1,7 @@
 """The failure detector's rules, pure: alive, dead, returned with hold-down, ring eligibility."""
 
 from control.detector import MemberRecord, assess
-from control.keys import ACTIVE, ALIVE, DEAD, DRAINING
+from common.keys import ACTIVE, ALIVE, DEAD, DRAINING
 
 DEAD_AFTER_MS = 3000
 HOLD_MS = 5000

@@ -6,7 +6,7 @@ import redis.asyncio as aioredis
 
 from chaos.eventually import eventually
 from chaos.fleet import Fleet
-from control.keys import Keys
+from common.keys import Keys
 from tests.control.helpers import leader_caught_up, ring_of, wait_ring
 
 ROOMS = [f"rebalance-{i}" for i in range(40)]

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from node import envelope, frames, protocol, settings
+from common import settings
+from node import envelope, frames, protocol
 from node.config import NodeConfig
 from node.protocol import ErrorCode, ProtocolError
 from node.ratelimit import TokenBucket, UserBuckets
