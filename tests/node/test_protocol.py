@@ -1,25 +1,20 @@
-"""Unit and property tests of the pure modules of node/: protocol, frames, ratelimit, settings, envelope.
+"""Unit and property tests of node/protocol.py: client frames in, server frames out.
 
-No processes, no sockets: these modules take values and return values, so
-they are tested exhaustively here, and the decoder is fuzzed with hypothesis
-(it must answer every input with a value or a ProtocolError, nothing else).
+No processes, no sockets: the module takes values and returns values, so it
+is tested exhaustively here, and the decoder is fuzzed with hypothesis (it
+must answer every input with a value or a ProtocolError, nothing else).
 """
 
 from __future__ import annotations
-
-import dataclasses
-import struct
 
 import msgpack
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from common import settings
-from node import envelope, frames, protocol
-from node.config import NodeConfig
+from node import protocol
 from node.protocol import ErrorCode, ProtocolError
-from node.ratelimit import TokenBucket, UserBuckets
+from tests.node.wire_helpers import json_values
 
 LIMITS = protocol.ProtocolLimits(max_room_name_chars=16, max_json_depth=4, max_frame_bytes=4096)
 DECODER = protocol.Decoder(LIMITS)
@@ -204,12 +199,6 @@ def test_server_frames_encode_in_both_codecs():
 
 # --- property tests of the decoder -------------------------------------------------------------
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=20,
-)
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text()
     | st.binary(max_size=4) | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4)),
@@ -299,150 +288,3 @@ def as_wire_object(frame: protocol.ClientFrame) -> dict:
 @given(valid_frames, st.sampled_from(CODECS))
 def test_valid_frames_round_trip(frame, codec):
     assert DECODER.decode(wire(as_wire_object(frame), codec), codec) == frame
-
-
-# --- frames.py: server frame headers ------------------------------------------------------------
-
-def parse_server_frame(data: bytes) -> tuple[bool, int, bytes, bytes]:
-    """A tiny reference parser (RFC 6455 5.2): (fin, opcode, payload, rest)."""
-    first, second = data[0], data[1]
-    assert second & 0x80 == 0, "server frames are never masked"
-    length, offset = second & 0x7F, 2
-    if length == 126:
-        (length,), offset = struct.unpack("!H", data[2:4]), 4
-        assert length >= 126, "minimal encoding"
-    elif length == 127:
-        (length,), offset = struct.unpack("!Q", data[2:10]), 10
-        assert length >= 65536, "minimal encoding"
-    return bool(first & 0x80), first & 0x0F, data[offset:offset + length], data[offset + length:]
-
-
-@pytest.mark.parametrize("size,header", [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10), (70000, 10)])
-def test_frame_headers_at_length_boundaries(size, header):
-    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    for binary, opcode in ((False, frames.OP_TEXT), (True, frames.OP_BINARY)):
-        built = frames.data_frame(payload, binary)
-        assert len(built) == header + size
-        assert parse_server_frame(built) == (True, opcode, payload, b"")
-
-
-def test_frames_written_back_to_back_parse_apart():
-    stream = frames.data_frame(b"a" * 200, False) + frames.PING + frames.data_frame(b"b", True)
-    fin, op1, p1, rest = parse_server_frame(stream)
-    _, op2, p2, rest = parse_server_frame(rest)
-    _, op3, p3, rest = parse_server_frame(rest)
-    assert (op1, p1, op2, p2, op3, p3, rest) == (frames.OP_TEXT, b"a" * 200, frames.OP_PING, b"", frames.OP_BINARY, b"b", b"")
-
-
-def test_close_and_pong_frames_fit_a_control_frame():
-    _, opcode, payload, _ = parse_server_frame(frames.close_frame(1009, "é" * 200))
-    assert opcode == frames.OP_CLOSE and struct.unpack("!H", payload[:2])[0] == 1009 and len(payload) <= 125
-    _, opcode, payload, _ = parse_server_frame(frames.pong(b"z" * 300))
-    assert opcode == frames.OP_PONG and payload == b"z" * 125
-
-
-# --- ratelimit.py ------------------------------------------------------------------------------
-
-def test_token_bucket_allows_the_burst_then_refills_at_the_rate():
-    bucket = TokenBucket(rate_per_s=2.0, burst=3, now=100.0)
-    assert [bucket.take(100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert bucket.take(100.0) == pytest.approx(0.5)  # one token needs 1/2 s
-    assert bucket.take(100.25) == pytest.approx(0.25)
-    assert bucket.take(100.5) == 0.0
-    assert bucket.take(1000.0) == 0.0 and bucket.tokens == pytest.approx(2.0)  # refilled to the burst, not beyond
-
-
-def test_user_buckets_are_shared_and_kept_after_the_last_connection_in_a_bounded_lru():
-    users = UserBuckets(rate_per_s=1.0, burst=2, max_idle_users=1)
-    first, second = users.acquire("alice", 0.0), users.acquire("alice", 0.0)
-    assert first is second
-    first.take(0.0), first.take(0.0)
-    users.release("alice"), users.release("alice")
-    assert users.acquire("alice", 0.0).take(0.0) > 0  # a reconnect does not refill
-    users.release("alice")
-    users.acquire("bob", 0.0), users.release("bob")  # evicts alice from the one idle slot
-    assert len(users) == 1
-    assert users.acquire("alice", 0.0).take(0.0) == 0.0
-    users.release("nobody")  # harmless
-
-
-# --- envelope.py -------------------------------------------------------------------------------
-
-@given(st.integers(0, 2**63 - 1), st.text(max_size=20), st.sampled_from(protocol.DATA_KEYS), json_values)
-def test_envelope_round_trips(ts_ms, sender, key, data):
-    env = envelope.Envelope(ts_ms, sender, key, data)
-    assert envelope.unpack(envelope.pack(env)) == env
-
-
-@pytest.mark.parametrize("body", [b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb("x"), msgpack.packb([1, 2, 3, 4, 5])])
-def test_bad_envelopes_raise_value_error(body):
-    with pytest.raises(ValueError):
-        envelope.unpack(body)
-
-
-# --- settings.py ---------------------------------------------------------------------------------
-
-def load(argv, environ=None):
-    return settings.load(NodeConfig, argv, prog="t", description="t", section="node", environ=environ or {})
-
-
-def test_precedence_flag_over_env_over_toml_over_default(tmp_path):
-    path = tmp_path / "ringcast.toml"
-    path.write_text('max_frame_bytes = 1000\nport = 9100\n[node]\nheartbeat_interval_s = 7.5\nmax_connections = 11\n')
-    env = {"RINGCAST_MAX_FRAME_BYTES": "2000", "RINGCAST_MAX_CONNECTIONS": "22"}
-    config = load(["--config", str(path), "--max-connections", "33"], env)
-    assert config.max_connections == 33  # flag
-    assert config.max_frame_bytes == 2000  # env over file
-    assert config.port == 9100 and config.heartbeat_interval_s == 7.5  # file (top level and [node])
-    assert config.max_rooms_per_connection == NodeConfig().max_rooms_per_connection  # default
-    assert load([], {"RINGCAST_CONFIG": str(path)}).port == 9100  # the file named by the environment
-
-
-def test_list_and_bool_settings_from_every_source(tmp_path):
-    assert load(["--nodes", "a=127.0.0.1:1", "--nodes", "127.0.0.1:2"]).nodes == ["a=127.0.0.1:1", "127.0.0.1:2"]
-    assert load([], {"RINGCAST_HISTORY_RULE": "chat:*=5:5, x:*=0:0"}).history_rule == ["chat:*=5:5", "x:*=0:0"]
-    path = tmp_path / "c.toml"
-    path.write_text('allowed_origins = ["https://a.example"]\n')
-    assert load(["--config", str(path)]).allowed_origins == ["https://a.example"]
-
-
-@pytest.mark.parametrize(
-    "argv,environ",
-    [
-        (["--max-frame-bytes", "lots"], {}),
-        ([], {"RINGCAST_MAX_FRAME_BYTES": "1.5"}),
-        ([], {"RINGCAST_HEARTBEAT_INTERVAL_S": "soon"}),
-        (["--max-connections", "0"], {}),
-        (["--heartbeat-timeout-s", "-1"], {}),
-        ([], {"RINGCAST_BUS": "kafka"}),
-        (["--bus", "memory", "--workers", "2"], {}),
-        (["--port", "65535", "--workers", "2"], {}),
-    ],
-)
-def test_bad_values_exit_2_with_a_message(argv, environ, capsys):
-    with pytest.raises(SystemExit) as info:
-        load(argv, environ)
-    assert info.value.code == 2
-    assert "error" in capsys.readouterr().err
-
-
-def test_bad_toml_values_and_unknown_keys_are_refused(tmp_path, capsys):
-    for text, word in (("max_frame_bytes = 1.5\n", "max_frame_bytes"), ("max_frame_byte = 1\n", "unknown"),
-                       ("[node]\nheartbeat = 1\n", "heartbeat"), ("not toml =", "cannot read")):
-        path = tmp_path / "bad.toml"
-        path.write_text(text)
-        with pytest.raises(SystemExit):
-            load(["--config", str(path)])
-        assert word in capsys.readouterr().err, text
-    with pytest.raises(SystemExit):
-        load(["--config", str(tmp_path / "missing.toml")])
-
-
-def test_help_documents_every_setting_with_its_default(capsys):
-    with pytest.raises(SystemExit):
-        load(["--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for field in dataclasses.fields(NodeConfig):
-        assert settings.flag_name(field.name) in text, field.name
-        assert settings.env_name(field.name) in text, field.name
-    assert "(default: 65536;" in text

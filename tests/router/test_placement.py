@@ -3,13 +3,10 @@ served and followed by a `moved` hint (or not, with placement_hint=off or withou
 
 from __future__ import annotations
 
-from chaos.cluster import NodeProcess, http_json
+from chaos.cluster import http_json
 from tests.router.helpers import publish_ring, ring_of, room_owned_by
+from tests.router.placement_helpers import node_with_static_ring
 from tests.wsclient import WsClient
-
-
-def worker_index(node: NodeProcess, member_id: str) -> int:
-    return node.ports.index(int(member_id.rsplit(":", 1)[1]))
 
 
 async def test_join_on_the_wrong_worker_is_served_then_hinted(redis_server, start_node):
@@ -76,22 +73,16 @@ async def test_without_any_ring_a_worker_serves_without_hints_and_route_is_503(s
 
 
 async def test_a_static_nodes_list_places_rooms_without_a_control_plane(redis_server):
-    from chaos.cluster import free_port_range
-
-    port = free_port_range(2)
-    nodes = f"127.0.0.1:{port},127.0.0.1:{port + 1}"
-    node = NodeProcess(port=port, workers=2, args=["--redis", redis_server.url, "--nodes", nodes]).start()
-    try:
+    with node_with_static_ring(redis_server, workers=2) as node:
         ring = ring_of(node, 0)
-        room = room_owned_by(ring, f"127.0.0.1:{port + 1}")
+        second = f"127.0.0.1:{node.ports[1]}"
+        room = room_owned_by(ring, second)
         status, body = http_json(node.http_url(0, f"/route?room={room}"))
-        assert status == 200 and body["node"] == f"127.0.0.1:{port + 1}"
+        assert status == 200 and body["node"] == second
         client = await WsClient.connect(node.ws_url(0))
         try:
             await client.join(room)
             moved = await client.expect("moved")
-            assert moved["url"] == f"ws://127.0.0.1:{port + 1}/ws" and moved["epoch"] == 0
+            assert moved["url"] == f"ws://{second}/ws" and moved["epoch"] == 0
         finally:
             await client.close()
-    finally:
-        node.stop()
