@@ -253,7 +253,7 @@ async def watch_bus(ctx: DrillContext, reconnects_before: list[int], cuts_every_
     Back means resynced, not just connected: /healthz says busConnected as
     soon as the subscriber's socket is open, but the worker counts the
     reconnect, serves its rooms again and fills the gap only when the PONG
-    after its re-SUBSCRIBEs arrives (node/bus_redis.py), and that is what
+    after its re-SUBSCRIBEs arrives (node/redis_subscriber.py), and that is what
     `ringcast_bus_connected` shows. When the fault closes every subscriber
     (Redis exits), a worker whose reconnect counter has not moved has not
     even noticed yet: it is not back either.

@@ -1,19 +1,25 @@
 """The Redis bus: one channel per room on a single Redis, for a cluster of workers.
 
-Owns the two connections a worker keeps to Redis and how they fail:
+Owns what a worker does with Redis for room traffic, in three parts:
 
-- Commands (publish) go through redis-py's asyncio client. Publishes queued
-  in one event-loop turn go out as one pipeline of EVALs; each EVAL assigns
-  the room's next sequence number and PUBLISHes in one atomic script, so the
-  channel order is the sequence order. A publish that cannot finish within
-  `bus_timeout_s` raises BusUnavailable; it never hangs.
-- The subscriber is one dedicated connection carrying every hosted room's
-  channel and nothing else. It is a small asyncio protocol over hiredis'
-  reply parser so that every reply in one socket read is delivered in one
-  loop turn (fan-out then coalesces writes per member) and so subscription
-  confirmations, liveness pings and reconnects are explicit: after a lost
-  connection it reconnects with capped, jittered backoff and re-subscribes
-  exactly the rooms still hosted.
+- Names: every channel and key the bus uses for a room (`BusKeys`). These are
+  the data plane's names; the control plane's are in common/keys.py.
+- Publish and history: commands go through redis-py's asyncio client.
+  Publishes queued in one event-loop turn go out as one pipeline of EVALs;
+  each EVAL assigns the room's next sequence number, appends to the room's
+  history stream and PUBLISHes in one atomic script, so the channel order is
+  the sequence order. The payload is node/bus_wire.py's format; the script is
+  built from its Lua fragments. A publish that cannot finish within
+  `timeout_s` raises BusUnavailable (or PublishUnconfirmed); it never hangs.
+- Receive: one node/redis_subscriber.py connection carries every hosted
+  room's channel and nothing else (subscription confirmations, liveness
+  pings, reconnect with backoff, re-subscribe and the resync signal are its
+  job). This module maps rooms to channels and parses what arrives into
+  BusMessages for the `deliver` callback.
+
+Subclasses (node/bus_global.py) may override `channel()` and
+`_room_message()`, and use `subscriber` and `_await_confirmation()`; nothing
+else here is meant for them.
 
 It must not know about WebSocket connections or members: that is the hub's.
 """
@@ -21,22 +27,59 @@ It must not know about WebSocket connections or members: that is the hub's.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import random
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import unquote, urlparse
 
-import hiredis
 import redis.asyncio as redis_async
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from node import bus_wire
 from node.bus import LATEST, Bus, BusMessage, BusUnavailable, HistoryPage, Position, PublishUnconfirmed
 from node.history import HistoryPolicy
+from node.redis_subscriber import RedisAddress, RedisSubscriber
+from router.backoff import BackoffPolicy
 
 log = logging.getLogger("ringcast.bus")
+
+
+# --- names --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BusKeys:
+    """Every Redis name the bus uses for a room.
+
+    The room in braces is a Redis Cluster hash tag: a room's state hash and
+    history stream always share a slot, so one script can touch both.
+    """
+
+    channel_prefix: str  # room channels: <channel_prefix><room> (default "ringcast:room:")
+    key_prefix: str  # room keys: <key_prefix>room:{<room>} and <key_prefix>hist:{<room>}
+
+    def channel(self, room: str) -> str:
+        """The pub/sub channel of the room's live messages."""
+        return self.channel_prefix + room
+
+    def state_key(self, room: str) -> str:
+        """The hash holding the room's `seq` and `epoch`."""
+        return f"{self.key_prefix}room:{{{room}}}"
+
+    def history_key(self, room: str) -> str:
+        """The stream of the room's kept messages (node/bus_wire.py's history entries)."""
+        return f"{self.key_prefix}hist:{{{room}}}"
+
+    def room_of_channel(self, channel: bytes) -> str:
+        """The room of a channel named by `channel()` (UnicodeDecodeError if not UTF-8)."""
+        return channel.decode()[len(self.channel_prefix):]
+
+
+# --- scripts ------------------------------------------------------------------------
+# The payload and history entry formats are node/bus_wire.py's; the scripts splice in its Lua.
+
+_entry_id = bus_wire.lua_history_entry_id
+_BODY_FIELD = bus_wire.HISTORY_BODY_FIELD
 
 # KEYS[1] room state hash, KEYS[2] room history stream;
 # ARGV: channel, body, state TTL (s), history size, history TTL (s).
@@ -44,7 +87,7 @@ log = logging.getLogger("ringcast.bus")
 # next publish starts a new epoch at seq 1 (and drops any stale history) so
 # clients can tell. Sequence, history and publish happen in one script, so no
 # subscriber can see an order different from the history.
-PUBLISH_SCRIPT = """
+PUBLISH_SCRIPT = f"""
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -55,54 +98,48 @@ if not epoch then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if tonumber(ARGV[4]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'b', ARGV[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], {_entry_id('seq')}, '{_BODY_FIELD}', ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[5])
 end
-redis.call('PUBLISH', ARGV[1], seq .. ' ' .. epoch .. ' ' .. ARGV[2])
-return {seq, epoch}
+redis.call('PUBLISH', ARGV[1], {bus_wire.lua_payload('seq', 'epoch', 'ARGV[2]')})
+return {{seq, epoch}}
 """
 
 # KEYS[1] room state hash, KEYS[2] room history stream;
 # ARGV: since seq (-1 position only, -2 latest), since epoch, limit.
-READ_HISTORY_SCRIPT = """
+READ_HISTORY_SCRIPT = f"""
 local state = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
 local seq = tonumber(state[1]) or 0
 local epoch = state[2] or ''
 local since = tonumber(ARGV[1])
-local entries = {}
+local entries = {{}}
 if since == -2 then
   entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
 elseif since >= 0 then
   if epoch ~= ARGV[2] then since = 0 end
-  entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', ARGV[3])
+  entries = redis.call('XRANGE', KEYS[2], {_entry_id('(since + 1)')}, '+', 'COUNT', ARGV[3])
 end
-return {seq, epoch, entries}
+return {{seq, epoch, entries}}
 """
 
 MAX_PIPELINE_COMMANDS = 512
-RESYNC_PING = b"ringcast-resync"  # payload of the PING that marks the end of a re-subscribe
+RECONNECT_JITTER = 0.5  # a reconnect waits between half and all of its backoff ceiling
+
+
+# --- the bus ------------------------------------------------------------------------
 
 
 @dataclass
 class RedisBusSettings:
-    url: str
-    channel_prefix: str
-    key_prefix: str
-    timeout_s: float
-    reconnect_base_s: float
-    reconnect_cap_s: float
-    room_state_ttl_s: int
+    url: str  # redis://[[user]:password@]host[:port][/db]
+    channel_prefix: str  # see BusKeys
+    key_prefix: str  # see BusKeys
+    timeout_s: float  # longest wait of a publish, history read or subscribe; the subscriber's liveness bound
+    reconnect_base_s: float  # first subscriber reconnect delay ceiling; doubles per failure
+    reconnect_cap_s: float  # largest subscriber reconnect delay
+    room_state_ttl_s: int  # a room's seq/epoch outlive its last publish by this long (or its history TTL if longer)
     policy_for: Callable[[str], HistoryPolicy] = lambda room: HistoryPolicy(0, 0)
     max_connections: int = 16  # command connections to Redis (the subscriber has its own)
-
-
-def encode_command(*args: str | bytes) -> bytes:
-    """One RESP array command."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 @dataclass
@@ -113,43 +150,20 @@ class _PendingPublish:
     sent: bool = False  # handed to Redis: from then on a failure leaves the outcome unknown
 
 
-class _SubscriberProtocol(asyncio.Protocol):
-    """Feeds socket bytes to hiredis and hands each complete reply on."""
-
-    def __init__(self, bus: "RedisBus") -> None:
-        self.bus = bus
-        self.reader = hiredis.Reader()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.bus._last_rx = asyncio.get_running_loop().time()  # any byte from Redis proves it alive
-        self.reader.feed(data)
-        on_reply = self.bus._on_subscriber_reply
-        while True:
-            reply = self.reader.gets()
-            if reply is False:
-                return
-            on_reply(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.bus._on_subscriber_lost(self)
-
-
 class RedisBus(Bus):
     def __init__(self, settings: RedisBusSettings) -> None:
         super().__init__()
         self.settings = settings
-        parsed = urlparse(settings.url)
-        if parsed.scheme not in ("redis", ""):
-            raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r} (use redis://HOST:PORT/DB)")
-        self._host = parsed.hostname or "127.0.0.1"
-        self._port = parsed.port or 6379
-        self._username = unquote(parsed.username) if parsed.username else None
-        self._password = unquote(parsed.password) if parsed.password else None
-        self._prefix = settings.channel_prefix.encode()
+        self.keys = BusKeys(settings.channel_prefix, settings.key_prefix)
+        self._subscriber = RedisSubscriber(
+            RedisAddress.from_url(settings.url),
+            timeout_s=settings.timeout_s,
+            backoff=BackoffPolicy(
+                base_s=settings.reconnect_base_s, factor=2.0, cap_s=settings.reconnect_cap_s, jitter=RECONNECT_JITTER
+            ),
+            on_message=self._on_channel_message,
+            on_state=lambda connected: self._on_state(connected),  # looked up per call: set_handlers may replace it
+        )
         # A blocking pool: a burst of joins (each reads history) waits for a free
         # connection instead of failing with "Too many connections".
         pool = redis_async.BlockingConnectionPool.from_url(
@@ -162,34 +176,14 @@ class RedisBus(Bus):
         self._client = redis_async.Redis(connection_pool=pool, retry=None)
         self._pending: list[_PendingPublish] = []
         self._flusher: asyncio.Task | None = None
-        # subscriber state
-        self._rooms: set[str] = set()  # desired subscriptions
-        self._protocol: _SubscriberProtocol | None = None
-        self._live = False  # connected and re-subscribed
-        # per room: one entry per SUBSCRIBE sent on the live connection, each with its waiters
-        self._sent_subscribes: dict[str, collections.deque[list[asyncio.Future]]] = {}
-        self._waiting_for_connection: dict[str, list[asyncio.Future]] = {}
-        self._pong_due: float | None = None
-        self._last_rx = 0.0  # loop time of the last byte read from the subscriber connection
-        self._runner: asyncio.Task | None = None
-        self._closing = False
-        self._lost = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        self._runner = asyncio.create_task(self._run_subscriber(), name="bus-subscriber")
+        self._subscriber.start()
 
     async def close(self) -> None:
-        self._closing = True
-        if self._runner:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-        if self._protocol and self._protocol.transport:
-            self._protocol.transport.close()
+        await self._subscriber.close()
         if self._flusher:
             self._flusher.cancel()
         for pending in self._pending:
@@ -200,22 +194,29 @@ class RedisBus(Bus):
 
     @property
     def connected(self) -> bool:
-        return self._live
+        return self._subscriber.connected
 
     @property
     def subscribed_rooms(self) -> frozenset[str]:
-        return frozenset(self._rooms)
+        return frozenset(self.keys.room_of_channel(channel) for channel in self._subscriber.channels)
 
-    # --- publish --------------------------------------------------------------
+    @property
+    def subscriber(self) -> RedisSubscriber:
+        """The subscriber connection this bus receives on (for subclasses and tests)."""
+        return self._subscriber
+
+    # --- names ----------------------------------------------------------------
 
     def channel(self, room: str) -> str:
-        return self.settings.channel_prefix + room
+        return self.keys.channel(room)
 
     def state_key(self, room: str) -> str:
-        return f"{self.settings.key_prefix}room:{{{room}}}"
+        return self.keys.state_key(room)
 
     def history_key(self, room: str) -> str:
-        return f"{self.settings.key_prefix}hist:{{{room}}}"
+        return self.keys.history_key(room)
+
+    # --- publish and history --------------------------------------------------
 
     async def read_history(self, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:
         try:
@@ -229,8 +230,8 @@ class RedisBus(Bus):
         epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         messages = []
         for entry_id, fields in entries:
-            body = fields[fields.index(b"b") + 1]
-            messages.append(BusMessage(room, int(entry_id.split(b"-", 1)[0]), epoch_text, body))
+            seq_of_entry, body = bus_wire.decode_history_entry(entry_id, fields)
+            messages.append(BusMessage(room, seq_of_entry, epoch_text, body))
         if since_seq == LATEST:
             messages.reverse()
         return HistoryPage(int(seq), epoch_text, messages)
@@ -288,178 +289,41 @@ class RedisBus(Bus):
                     seq, epoch = result
                     item.future.set_result(Position(int(seq), epoch.decode() if isinstance(epoch, bytes) else str(epoch)))
 
-    # --- subscribe --------------------------------------------------------------
+    # --- subscribe ------------------------------------------------------------
 
     async def subscribe(self, room: str) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._rooms.add(room)
-        if self._live and self._protocol and self._protocol.transport:
-            self._sent_subscribes.setdefault(room, collections.deque()).append([future])
-            self._protocol.transport.write(encode_command("SUBSCRIBE", self.channel(room)))
-        else:
-            self._waiting_for_connection.setdefault(room, []).append(future)
-        await self._await_confirmation(future)
+        channel = self.channel(room).encode()
+        self._subscriber.subscribe(channel)
+        await self._await_confirmation(self._subscriber.until_confirmed(channel))
+
+    def unsubscribe(self, room: str) -> None:
+        self._subscriber.unsubscribe(self.channel(room).encode())
 
     async def _await_confirmation(self, future: asyncio.Future) -> None:
-        """Wait for a SUBSCRIBE's confirmation, or raise BusUnavailable after the bus timeout."""
+        """Wait for a subscription's confirmation, or raise BusUnavailable after the bus timeout."""
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 await asyncio.shield(future)
         except TimeoutError:
             raise BusUnavailable(f"subscription not confirmed within {self.settings.timeout_s}s") from None
 
-    def unsubscribe(self, room: str) -> None:
-        self._rooms.discard(room)
-        waiting = self._waiting_for_connection.pop(room, [])
-        for future in waiting:
-            if not future.done():
-                future.set_result(None)
-        if self._live and self._protocol and self._protocol.transport:
-            self._protocol.transport.write(encode_command("UNSUBSCRIBE", self.channel(room)))
+    # --- receive --------------------------------------------------------------
 
-    # --- subscriber connection ------------------------------------------------
+    def _room_message(self, channel: bytes, body: bytes) -> tuple[str, bytes]:
+        """The room and room body of a message `body` read on `channel`; ValueError if it has none."""
+        return self.keys.room_of_channel(channel), body
 
-    async def _run_subscriber(self) -> None:
-        failures = 0
-        loop = asyncio.get_running_loop()
-        while not self._closing:
-            try:
-                await self._connect_subscriber(loop)
-                failures = 0
-                await self._watch_subscriber(loop)
-            except (OSError, TimeoutError, ConnectionError, RuntimeError) as exc:
-                if not self._closing:
-                    log.warning("bus subscriber: %s", exc)
-            self._drop_subscriber()
-            if self._closing:
-                return
-            failures += 1
-            delay = min(self.settings.reconnect_cap_s, self.settings.reconnect_base_s * 2 ** (failures - 1))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-
-    async def _connect_subscriber(self, loop: asyncio.AbstractEventLoop) -> None:
-        async with asyncio.timeout(self.settings.timeout_s):
-            transport, protocol = await loop.create_connection(
-                lambda: _SubscriberProtocol(self), self._host, self._port
-            )
-        self._protocol = protocol  # type: ignore[assignment]
-        self._lost = asyncio.Event()
-        if self._password is not None:
-            auth = ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)
-            transport.write(encode_command(*auth))  # reply ("OK" or error) is read by _on_subscriber_reply
-        # Re-subscribe the rooms hosted now; every waiter (old or new) rides on this one SUBSCRIBE.
-        self._sent_subscribes = {}
-        rooms = sorted(self._rooms)
-        for room in rooms:
-            waiters = self._waiting_for_connection.pop(room, [])
-            self._sent_subscribes[room] = collections.deque([waiters])
-        for future_list in self._waiting_for_connection.values():  # rooms unsubscribed meanwhile
-            for future in future_list:
-                if not future.done():
-                    future.set_result(None)
-        self._waiting_for_connection = {}
-        for start in range(0, len(rooms), 1000):
-            transport.write(encode_command("SUBSCRIBE", *[self.channel(r) for r in rooms[start:start + 1000]]))
-        # Redis answers in order: this PONG comes after every SUBSCRIBE above is
-        # confirmed, so only then is the bus "connected" (the hub's gap fill relies on it).
-        transport.write(encode_command("PING", RESYNC_PING))
-        self._pong_due = None
-        self._live = True
-        log.info("bus subscriber connected to %s:%d, re-subscribing %d rooms", self._host, self._port, len(rooms))
-
-    async def _watch_subscriber(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Ping the subscriber connection; a silent Redis (paused, partitioned) is a lost one."""
-        interval = self.settings.timeout_s / 2
-        while True:
-            try:
-                await asyncio.wait_for(self._lost.wait(), interval)
-                return
-            except TimeoutError:
-                pass
-            if self._pong_due is not None and loop.time() > self._pong_due:
-                # A busy event loop may not have read the answer yet: let pending reads run first.
-                await asyncio.sleep(0)
-                silent_s = loop.time() - self._last_rx
-                if self._pong_due is not None and loop.time() > self._pong_due and silent_s > self.settings.timeout_s:
-                    raise TimeoutError(f"Redis did not answer a ping within {self.settings.timeout_s}s")
-            now = loop.time()
-            if self._pong_due is None and self._protocol and self._protocol.transport:
-                self._pong_due = now + self.settings.timeout_s
-                self._protocol.transport.write(encode_command("PING"))
-
-    def _drop_subscriber(self) -> None:
-        was_live = self._live
-        self._live = False
-        protocol, self._protocol = self._protocol, None
-        if protocol and protocol.transport:
-            protocol.transport.abort()
-        # SUBSCRIBEs in flight are lost with the connection; their waiters wait for the re-subscribe.
-        for room, entries in self._sent_subscribes.items():
-            if room in self._rooms:
-                bucket = self._waiting_for_connection.setdefault(room, [])
-                for waiters in entries:
-                    bucket.extend(waiters)
-            else:
-                for waiters in entries:
-                    for future in waiters:
-                        if not future.done():
-                            future.set_result(None)
-        self._sent_subscribes = {}
-        if was_live:
-            log.warning("bus subscriber lost; %d rooms to re-subscribe", len(self._rooms))
-            self._on_state(False)
-
-    def _on_subscriber_lost(self, protocol: _SubscriberProtocol) -> None:
-        if protocol is self._protocol:
-            self._lost.set()
-
-    def _on_pong(self, payload: bytes) -> None:
-        if payload == RESYNC_PING:
-            self._on_state(True)  # every SUBSCRIBE sent before it is confirmed
-        else:
-            self._pong_due = None
-
-    def _on_subscriber_reply(self, reply: object) -> None:
-        if isinstance(reply, list) and reply:
-            kind = reply[0]
-            if kind == b"message":
-                # Anyone with access to Redis can PUBLISH to a room channel: a payload no worker
-                # wrote is dropped here, not allowed to kill the connection that carries every room.
-                try:
-                    channel, payload = reply[1], reply[2]
-                    seq, epoch, body = payload.split(b" ", 2)
-                    message = BusMessage(channel[len(self._prefix):].decode(), int(seq), epoch.decode(), body)
-                except (ValueError, IndexError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
-                    log.error("bus subscriber: dropping a malformed message on %r", reply[1:2])
-                    return
-                try:
-                    self._deliver(message)
-                except Exception:
-                    log.exception("bug while delivering room %s seq %d; message dropped", message.room, message.seq)
-                return
-            if kind == b"subscribe":
-                room = reply[1][len(self._prefix):].decode()
-                entries = self._sent_subscribes.get(room)
-                if entries:
-                    for future in entries.popleft():
-                        if not future.done():
-                            future.set_result(None)
-                    if not entries:
-                        del self._sent_subscribes[room]
-                return
-            if kind == b"pong":
-                self._on_pong(reply[1])
-                return
-            if kind == b"unsubscribe":
-                return
-        if reply == b"PONG" or reply == RESYNC_PING:
-            # With no room subscribed the connection is in normal mode, where Redis
-            # answers PING with +PONG and PING <payload> with the bare payload.
-            self._on_pong(b"" if reply == b"PONG" else reply)
+    def _on_channel_message(self, channel: bytes, payload: bytes) -> None:
+        # Anyone with access to Redis can PUBLISH to a room channel: a payload no worker
+        # wrote is dropped here, not allowed to kill the connection that carries every room.
+        try:
+            seq, epoch, tagged = bus_wire.decode(payload)
+            room, body = self._room_message(channel, tagged)
+        except ValueError as exc:  # MalformedBusMessage, UnicodeDecodeError
+            log.error("bus subscriber: dropping a malformed message on %r: %s", channel, exc)
             return
-        if isinstance(reply, hiredis.ReplyError):
-            log.error("bus subscriber: Redis error %s", reply)
-            if self._protocol and self._protocol.transport:
-                self._protocol.transport.close()
-            return
-        # "OK" from AUTH and anything else harmless
+        message = BusMessage(room, seq, epoch, body)
+        try:
+            self._deliver(message)
+        except Exception:
+            log.exception("bug while delivering room %s seq %d; message dropped", message.room, message.seq)
