@@ -12,9 +12,13 @@ held as *recovering*: the subscription is made live, then the room's position
 messages for it are buffered. The worker sends `joined` and the history, then
 calls `go_live`, which sends the buffered messages newer than the last one
 sent and makes the joiner a plain member, all in one synchronous step: no
-gap, no duplicate, no message before `joined`. After a bus outage it fills
-the gap for the members it already has from the rooms' history
-(`fill_gaps`).
+gap, no duplicate, no message before `joined`. The history read and the live
+stream travel on different Redis connections, so a joiner's position can be
+ahead of the room's live stream: such a member is *ahead* until the stream
+passes its position, and the messages it already has are not sent to it
+again. After a bus outage it fills the gap for the members it already has
+from the rooms' history (`fill_gaps`, which holds every room's live messages
+in the caller's own turn, before any later message can be fanned out).
 
 It must not parse client frames or talk to Redis directly (the bus does).
 """
@@ -35,13 +39,14 @@ log = logging.getLogger("ringcast.hub")
 
 
 class _Room:
-    __slots__ = ("members", "joining", "ready", "recovering", "last_seq", "last_epoch", "filling")
+    __slots__ = ("members", "joining", "ready", "recovering", "ahead", "last_seq", "last_epoch", "filling")
 
     def __init__(self) -> None:
         self.members: set[Connection] = set()
         self.joining = 0  # joins waiting for the subscription
         self.ready: asyncio.Future | None = None  # the subscription in progress, None once live
         self.recovering: dict[Connection, list[BusMessage]] = {}  # joiners reading history, live buffer each
+        self.ahead: dict[Connection, tuple[str, int]] = {}  # members whose position the live stream has not reached
         self.last_seq = 0  # position of the last message fanned out here (or the first join's position)
         self.last_epoch: str | None = None
         self.filling: list[BusMessage] | None = None  # live messages held while a gap after a bus outage is filled
@@ -104,6 +109,9 @@ class Hub:
                 frame = self.message_frame(message, conn.binary)
                 if frame is not None:
                     self.outbox.push(conn, frame)
+                last_sent_seq = message.seq if message.epoch == epoch else last_sent_seq
+        if epoch != entry.last_epoch or last_sent_seq > entry.last_seq:
+            entry.ahead[conn] = (epoch, last_sent_seq)  # live messages up to there are already its own
         entry.members.add(conn)
 
     def leave(self, conn: Connection, room: str) -> None:
@@ -113,6 +121,7 @@ class Hub:
             return
         entry.members.discard(conn)
         entry.recovering.pop(conn, None)
+        entry.ahead.pop(conn, None)
         self._drop_if_empty(room, entry)
 
     def leave_all(self, conn: Connection) -> None:
@@ -164,10 +173,13 @@ class Hub:
             self._buffer_for_recovering(entry, message)
         if not entry.members:
             return
+        skip = self._already_had(entry, message) if entry.ahead else ()
         json_frame: bytes | None = None
         msgpack_frame: bytes | None = None
         push = self.outbox.push
         for conn in entry.members:
+            if skip and conn in skip:
+                continue
             if conn.binary:
                 if msgpack_frame is None:
                     msgpack_frame = self.message_frame(message, True)
@@ -180,22 +192,36 @@ class Hub:
                     if json_frame is None:
                         return
                 push(conn, json_frame)
-        self.metrics.messages_delivered.inc(len(entry.members))
+        self.metrics.messages_delivered.inc(len(entry.members) - len(skip))
 
-    async def fill_gaps(self, limit: int) -> None:
+    @staticmethod
+    def _already_had(entry: _Room, message: BusMessage) -> set[Connection]:
+        """Members that got `message` from their history page already; forget those the stream has passed."""
+        had = set()
+        for conn, (epoch, seq) in list(entry.ahead.items()):
+            if message.epoch == epoch and message.seq <= seq:
+                had.add(conn)
+            if message.epoch != epoch or message.seq >= seq:
+                del entry.ahead[conn]  # from the next message on, a plain member
+        return had
+
+    def fill_gaps(self, limit: int) -> asyncio.Future:
         """After the bus reconnects: deliver what members missed while it was down.
 
         Messages published while the worker's subscription was gone are in
-        the rooms' history. Each hosted room holds its live messages, reads the
-        history after the last position it delivered, fans out what is new,
-        then releases what it held, in order and without duplicates (past
-        `limit` missed messages, members see a jump in `seq`).
+        the rooms' history. Each hosted room holds its live messages at once,
+        in the caller's turn (the bus may deliver the next live message in
+        the same socket read as its reconnect: it must be held, or it would
+        move the room's position past the gap). Then, in the returned future,
+        each room reads the history after the last position it delivered, fans
+        out what is new, and releases what it held, in order and without
+        duplicates (past `limit` missed messages, members see a jump in `seq`).
         """
         filling = [(room, entry) for room, entry in self.rooms.items()
                    if entry.members and entry.last_epoch is not None and entry.filling is None]
         for _, entry in filling:
             entry.filling = []
-        await asyncio.gather(*(self._fill(room, entry, limit) for room, entry in filling))
+        return asyncio.ensure_future(asyncio.gather(*(self._fill(room, entry, limit) for room, entry in filling)))
 
     async def _fill(self, room: str, entry: _Room, limit: int) -> None:
         missed: list[BusMessage] = []
@@ -213,10 +239,14 @@ class Hub:
             self._fan_out(entry, message)
 
     def _buffer_for_recovering(self, entry: _Room, message: BusMessage) -> None:
+        cut = []
         for conn, buffered in entry.recovering.items():
             if len(buffered) >= self.max_join_buffer_messages:
                 conn.close_reason = "join_buffer_overflow"
                 conn.closed = True
                 conn.transport.abort()  # it resumes from its last position on reconnect
+                cut.append(conn)
                 continue
             buffered.append(message)
+        for conn in cut:  # no longer joining: go_live finds nothing, its handler's leave_all drops the room
+            del entry.recovering[conn]
