@@ -314,5 +314,7 @@ def main(argv: list[str]) -> int:
           f"{results['latency']['after']['p99_ms']} ms")
     for failure in report["failures"]:
         print(f"  reason: {failure}")
-    print(f"  reports: {files['json']} {files['md']} {files['png']}")
+    print(f"  reports: {' '.join(path for path in files.values() if path)}")
+    if report.get("plot_error"):
+        print(f"  {report['plot_error']}")
     return EXIT_PASS if report["verdict"] == "PASS" else EXIT_FAIL

@@ -76,8 +76,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+class PlotUnavailable(RuntimeError):
+    """matplotlib is not installed: the report is written without its PNG timeline."""
+
+
 def plot(path: Path, report: dict) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotUnavailable(
+            "no PNG timeline: matplotlib is not installed (pip install 'ringcast[reports]'; "
+            "the README's commands install it)"
+        ) from None
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -119,7 +129,10 @@ def write_all(out_dir: Path, report: dict) -> dict[str, str]:
     report["files"] = files
     try:
         plot(Path(files["png"]), report)
-    except Exception as exc:  # noqa: BLE001 - a missing plot must not hide the verdict
+    except PlotUnavailable as exc:
+        report["plot_error"] = str(exc)
+        files["png"] = ""
+    except Exception as exc:  # noqa: BLE001 - a broken plot must not hide the verdict
         report["plot_error"] = repr(exc)
         files["png"] = ""
     write_json(Path(files["json"]), report)

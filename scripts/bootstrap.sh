@@ -45,7 +45,7 @@ stamp=.venv/.ringcast-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
   echo "bootstrap: installing ringcast and the locked versions of its dependencies into .venv" >&2
   log=.venv/pip-install.log
-  if ! .venv/bin/python -m pip install -c requirements.lock -e '.[test]' >"$log" 2>&1; then
+  if ! .venv/bin/python -m pip install -c requirements.lock -e '.[test,reports]' >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     fail "pip install failed; full log in $log"
   fi
