@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from chaos.eventually import Timeout, eventually
-from chaos.resuming_client import Backoff, Ledger, Publisher, RoomMember
+from chaos.resuming_client import DRILL_BACKOFF, Ledger, Publisher, RoomMember
+from router.backoff import BackoffPolicy
 
 CONNECT_CONCURRENCY = 200  # sockets opened at once while ramping up; more only queues in the accept backlog
 
@@ -41,7 +42,7 @@ def raise_fd_limit(wanted: int) -> int:
 
 class Population:
     def __init__(self, size: PopulationSize, urls: list[str], room_prefix: str, ledger: Ledger,
-                 backoff: Backoff = Backoff()) -> None:
+                 backoff: BackoffPolicy = DRILL_BACKOFF) -> None:
         self.size = size
         self.urls = urls
         self.ledger = ledger

@@ -1,11 +1,14 @@
 """A fleet of lightweight WebSocket clients that follow the cluster's steering.
 
 Owns a bounded number of cheap clients (one shared aiohttp session, one task
-each) that connect, join one room, and then behave like a well-written SDK
-client: on a `reconnect` notice they wait `delayMs` and move to its `url`
-(asking `resolve` when it has none); when their socket drops without notice
+each) that connect, join one room, and then behave like the SDK (each
+drives a `router.client_core.ClientCore`, so frames and replies are the
+SDK's own): on a `reconnect` notice they wait `delayMs` and move to its
+`url` (asking `resolve` when it has none); when their socket drops without notice
 (a worker was killed) they ask `resolve` where their room lives now and
-retry with a capped backoff. Every notice, error frame, refused upgrade and
+retry with `router.backoff` (capped, jittered). `moved` hints are recorded
+by the core but not followed: the tests count exactly the steering by
+notices and `resolve`. Every notice, error frame, refused upgrade and
 unexpected close is recorded per client, for the drain/failover tests and
 the control plane benchmark. It must not decide where rooms live: `resolve`
 does (the route service, or the control plane's ring).
@@ -21,10 +24,12 @@ from typing import Awaitable, Callable
 import aiohttp
 import orjson
 
+from router.backoff import BackoffPolicy
+from router.client_core import ClientCore, Connected, Joined, Notice, Reconnect, RequestFailed
+
 Resolve = Callable[[str], Awaitable[str]]  # room -> ws URL of its owner
 
-RETRY_BASE_S = 0.05
-RETRY_CAP_S = 1.0
+RETRY = BackoffPolicy(base_s=0.1, factor=2.0, cap_s=1.0, jitter=0.5)  # after a refused or failed connect
 
 
 @dataclass
@@ -45,10 +50,11 @@ class FleetClient:
 
 class Fleet:
     def __init__(self, rooms: list[str], initial_url: Callable[[str], str], resolve: Resolve,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, backoff: BackoffPolicy = RETRY) -> None:
         self.clients = [FleetClient(i, room, initial_url(room)) for i, room in enumerate(rooms)]
         self.resolve = resolve
         self.connect_timeout_s = connect_timeout_s
+        self.backoff = backoff
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
@@ -72,9 +78,12 @@ class Fleet:
 
     async def _life(self, client: FleetClient, gate: asyncio.Semaphore) -> None:
         assert self._session is not None
+        core = ClientCore(max_moved_follows=0)  # steered by `reconnect` notices and `resolve` only, as counted
+        core.join(client.room)
         failures = 0
         while not self._stop.is_set():
-            notice = None
+            notice: Reconnect | None = None
+            refused_rejoin = False
             # The gate covers the handshake and the join: at most `connect_concurrency` in flight.
             await gate.acquire()
             holding = True
@@ -84,35 +93,44 @@ class Fleet:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 gate.release()
                 client.refused.append(f"{client.url}: {exc}")
+                await asyncio.sleep(self.backoff.delay_s(failures))
                 failures += 1
-                await asyncio.sleep(min(RETRY_CAP_S, RETRY_BASE_S * 2 ** min(failures, 10)))
                 client.url = await self._resolve(client)
                 continue
             try:
-                await ws.send_str(orjson.dumps({"type": "join", "room": client.room}).decode())
+                core.connection_opened(client.url)
+                if client.room not in core.rooms:  # a join refused on an earlier connection
+                    core.join(client.room)
                 async for msg in ws:
                     if msg.type is not aiohttp.WSMsgType.TEXT:
                         continue
                     frame = orjson.loads(msg.data)
-                    kind = frame.get("type")
-                    if holding and kind in ("joined", "error", "reconnect"):
+                    events = core.receive(frame)
+                    if holding and frame.get("type") in ("joined", "error", "reconnect"):
                         gate.release()
                         holding = False
-                    if kind == "welcome":
-                        client.worker = frame["workerId"]
-                        client.workers_seen.append(client.worker)
-                    elif kind == "joined":
-                        client.joined = True
-                        client.joined_at = time.monotonic()
-                        failures = 0
-                    elif kind == "error":
-                        client.errors.append(frame)
-                    elif kind == "reconnect":
-                        notice = frame
-                        client.notices.append(frame)
+                    for event in events:
+                        if isinstance(event, Connected):
+                            client.worker = event.worker_id or ""
+                            client.workers_seen.append(client.worker)
+                        elif isinstance(event, Joined):
+                            client.joined = True
+                            client.joined_at = time.monotonic()
+                            failures = 0
+                        elif isinstance(event, (RequestFailed, Notice)) and frame.get("type") == "error":
+                            client.errors.append(frame)
+                        elif isinstance(event, Reconnect) and event.close_now:
+                            refused_rejoin = True  # BUS_UNAVAILABLE on a re-join: back on a fresh connection
+                        elif isinstance(event, Reconnect):
+                            notice = event
+                            client.notices.append(frame)
+                    if notice is not None or refused_rejoin:
                         client.joined = False
                         break
+                    for out in core.frames_to_send():
+                        await ws.send_str(orjson.dumps(out).decode())
             finally:
+                core.connection_lost()
                 if holding:
                     gate.release()
                 await ws.close()
@@ -120,8 +138,11 @@ class Fleet:
                 return
             client.joined = False
             if notice is not None:
-                await asyncio.sleep(notice.get("delayMs", 0) / 1000)
-                client.url = notice.get("url") or await self._resolve(client)
+                await asyncio.sleep(notice.delay_s or 0.0)
+                client.url = notice.url or await self._resolve(client)
+            elif refused_rejoin:
+                await asyncio.sleep(self.backoff.delay_s(failures))
+                failures += 1
             else:
                 client.unexpected_closes += 1
                 client.url = await self._resolve(client)

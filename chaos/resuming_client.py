@@ -1,14 +1,20 @@
 """Verifying, resuming drill clients: room members that check every message, publishers that count acks.
 
 Owns what the delivery promise looks like from a client under faults, at
-drill sizes (thousands of sockets in one asyncio process):
+drill sizes (thousands of sockets in one asyncio process). The protocol is
+the SDK's own: every client drives a `router.client_core.ClientCore` (frames,
+request ids, positions, duplicates, resume with `since`, gap repair, hints),
+and waits with `router.backoff`; this module adds only the cheap I/O (one
+shared aiohttp session, one task per socket, fixed worker URLs tried in
+turn instead of a route lookup) and the verification:
 
-- `RoomMember` holds one WebSocket in one room and keeps the last
-  (seq, epoch) it accepted. It accepts only the next message of the stream;
-  a repeat is a duplicate, a jump is a gap. On a gap while connected it
-  re-joins with `since` (leave + join) so the server replays what it missed;
-  on any disconnect it reconnects with backoff and jitter (honouring a
-  `reconnect` frame's `delayMs` and `url`) and re-joins with `since`.
+- `RoomMember` holds one WebSocket in one room and records what it accepted
+  (`_Stream`). The core hands it only the next message of the stream; what
+  the core dropped is counted honestly (duplicates, out of order), and a
+  gap on a live connection is counted before the core repairs it (leave +
+  join with `since`). On any disconnect it reconnects with backoff
+  (honouring a `reconnect` frame's `delayMs` and `url`) and the core
+  re-joins with `since`.
 - `Publisher` publishes at a steady pace with an `id` on every message and
   counts a message as sent only when its `ack` arrives; BUS_UNAVAILABLE,
   rate limits and disconnects are retried, never counted as sent.
@@ -23,32 +29,35 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import random
 import time
 from array import array
-from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
-BUS_UNAVAILABLE = "BUS_UNAVAILABLE"
+from router.backoff import BackoffPolicy
+from router.client_core import (
+    ClientCore,
+    Duplicate,
+    Event,
+    Gap,
+    Joined,
+    Message,
+    Notice,
+    OutOfOrder,
+    Reconnect,
+    Reply,
+    Request,
+    RequestFailed,
+)
+
 RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
-JOIN_TIMEOUT_S = 10.0  # a join (or an ack) slower than this counts as a lost connection
+JOIN_TIMEOUT_S = 10.0  # a welcome, a join (or an ack) slower than this counts as a lost connection
 
-
-@dataclass(frozen=True)
-class Backoff:
-    """How a drill client waits before reconnecting after a disconnect it was not warned about."""
-
-    first_jitter_s: float = 0.5  # first retry after a random 0..first_jitter_s: spreads a mass disconnect
-    base_s: float = 0.1  # then base_s * 2**attempt, "equal jitter" (half fixed, half random)
-    cap_s: float = 2.0  # longest wait between two attempts
-
-    def delay_s(self, attempt: int) -> float:
-        if attempt == 0:
-            return random.uniform(0.0, self.first_jitter_s)
-        delay = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
-        return random.uniform(delay / 2, delay)
+# The drills' reconnect schedule: full jitter from the first retry spreads a mass disconnect over
+# 0.5 s, then 1 s, capped at 2 s (a drill measures recovery; the SDK's 1-30 s would dominate it).
+DRILL_BACKOFF = BackoffPolicy(base_s=0.5, factor=2.0, cap_s=2.0, jitter=1.0)
+Backoff = BackoffPolicy  # the name drill code and tests/chaos/test_drills.py import
 
 
 class Ledger:
@@ -123,14 +132,16 @@ class _Stream:
 
 
 class _Connection:
-    """The shared reconnect loop of members and publishers: connect, run a session, wait, repeat."""
+    """The shared reconnect loop of members and publishers: connect, run a session over the core, wait, repeat."""
 
-    def __init__(self, ledger: Ledger, session: aiohttp.ClientSession, urls: list[str], home: int, backoff: Backoff):
+    def __init__(self, ledger: Ledger, session: aiohttp.ClientSession | None, urls: list[str], home: int,
+                 backoff: BackoffPolicy):
         self.ledger = ledger
         self.session = session
         self.urls = urls
         self.url = urls[home % len(urls)]  # where it connects next: its home, a notice's url, or the next one
         self.backoff = backoff
+        self.core = ClientCore()
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.stopping = False
         self.redirect_url: str | None = None  # from a `reconnect` frame
@@ -138,8 +149,10 @@ class _Connection:
         self.dropped_by_us = False  # abort() cut the socket: its close code is not the server's doing
         self.left_by_choice = False  # the session ended on our decision (a notice, a failed join): not a cut
         self.last_notice_url: str | None = None
+        self.served = False  # the current session got as far as being joined
 
     async def run(self) -> None:
+        assert self.session is not None
         attempt = 0
         while not self.stopping:
             if self.redirect_url:
@@ -160,13 +173,15 @@ class _Connection:
                 attempt += 1
                 continue
             self.ws = ws
-            served = False
+            self.served = False
             try:
-                served = await self.session_on(ws)
+                await self.session_on(ws)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConnectionError):
                 pass
             finally:
                 self.ws = None
+                for request in self.core.connection_lost():
+                    self.request_lost(request)
                 self.on_disconnected()
                 if not ws.closed:
                     await ws.close()
@@ -179,7 +194,7 @@ class _Connection:
                 delay, self.notice_delay_s = self.notice_delay_s, None
                 attempt = 0
             else:
-                attempt = 0 if served else attempt + 1
+                attempt = 0 if self.served else attempt + 1
                 delay = self.backoff.delay_s(attempt)
             await asyncio.sleep(delay)
 
@@ -201,18 +216,59 @@ class _Connection:
         if self.ws is not None and not self.ws.closed:
             await self.ws.close()
 
-    async def session_on(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Serve one connection; True if it got as far as being joined."""
-        raise NotImplementedError
+    async def session_on(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await self.serve(ws)
+
+    async def serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Read one connection: the welcome (the core queues the joins, with `since`), then every frame."""
+        welcome = await ws.receive(timeout=JOIN_TIMEOUT_S)
+        if welcome.type is not aiohttp.WSMsgType.TEXT:
+            raise ConnectionError(f"socket closed before welcome ({welcome.type.name})")
+        self.core.connection_opened(self.url)
+        self.core.receive(orjson.loads(welcome.data))
+        try:
+            await self.send_queued(ws)
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                leave = False
+                for event in self.core.receive(orjson.loads(msg.data)):
+                    leave = self.on_event(event) or leave
+                if leave:
+                    break
+                await self.send_queued(ws)
+        finally:
+            for request in self.core.connection_lost():  # fail what is in flight now, not after the session
+                self.request_lost(request)
+
+    async def send_queued(self, ws) -> None:
+        for frame in self.core.frames_to_send():
+            await ws.send_str(orjson.dumps(frame).decode())
+
+    def on_event(self, event: Event) -> bool:
+        """Handle one event of the core; True: leave this connection now."""
+        if isinstance(event, Reconnect):
+            if event.close_now:
+                self.left_by_choice = True  # a refused re-join (or a move): back with backoff, resuming
+                return True
+            self.follow_notice(event)
+            return True  # the server closes next; stop reading
+        if isinstance(event, Notice) and event.frame.get("type") == "error":
+            self.ledger.error(str(event.frame.get("code", "?")), {"url": self.url, "during": "unmatched",
+                                                                  **event.frame})
+        return False
+
+    def request_lost(self, request: Request) -> None:
+        """A request in flight when the connection ended."""
 
     def on_disconnected(self) -> None:
         pass
 
-    def follow_notice(self, frame: dict) -> None:
+    def follow_notice(self, event: Reconnect) -> None:
         self.ledger.errors["reconnect_notice"] += 1  # not an error, but client-visible: counted with them
         self.left_by_choice = True
-        self.notice_delay_s = float(frame.get("delayMs", 0)) / 1000
-        self.redirect_url = self.last_notice_url = frame.get("url")
+        self.notice_delay_s = event.delay_s
+        self.redirect_url = self.last_notice_url = event.url
         if not self.redirect_url:
             self.ledger.errors["reconnect_notice_without_url"] += 1
 
@@ -220,21 +276,30 @@ class _Connection:
 class RoomMember(_Connection):
     """One resuming member of one room that verifies the order and completeness of what it receives."""
 
-    def __init__(self, ledger: Ledger, session: aiohttp.ClientSession, urls: list[str], home: int, room: str,
-                 backoff: Backoff) -> None:
+    def __init__(self, ledger: Ledger, session: aiohttp.ClientSession | None, urls: list[str], home: int, room: str,
+                 backoff: BackoffPolicy) -> None:
         super().__init__(ledger, session, urls, home, backoff)
         self.room = room
+        self.core.join(room)
         self.stream = _Stream()
         self.joined_once = asyncio.Event()
         self.connected = False
-        self.live = False  # False between sending a join and its `joined`: messages then are not ours to judge
         self.accept_jump = False  # the server declared a gap (recovered:false); the next message restarts the stream
         self.first_after_fault_s: float | None = None
         self.ever_disconnected = False
-        self.join_failures = 0  # consecutive refused joins (reset by a `joined`)
+        self.join_failures = 0  # consecutive refused first joins (reset by a `joined`)
+
+    async def session_on(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if self.room not in self.core.rooms:  # its first join was refused, and the connection ended before a retry
+            self.core.join(self.room)
+        await self.serve(ws)
+
+    @property
+    def live(self) -> bool:
+        """Joined on this connection with no join in flight: messages now are ours to judge."""
+        return self.core.is_live(self.room)
 
     def on_disconnected(self) -> None:
-        self.live = False
         if self.connected:
             self.connected = False
             self.ledger.connected -= 1
@@ -242,51 +307,56 @@ class RoomMember(_Connection):
                 self.ledger.disconnects.append(self.ledger.now())
                 self.ever_disconnected = True
 
-    def _join_frame(self) -> str:
-        frame: dict = {"type": "join", "room": self.room}
-        if self.stream.epoch is not None:
-            frame["since"] = {"seq": self.stream.last_seq, "epoch": self.stream.epoch}
-        return orjson.dumps(frame).decode()
+    def on_event(self, event: Event) -> bool:
+        if isinstance(event, Message):
+            self._accept(event.frame)
+        elif isinstance(event, Duplicate):
+            self.ledger.duplicates += 1
+        elif isinstance(event, OutOfOrder):
+            self.ledger.out_of_order += 1
+        elif isinstance(event, Gap):
+            self.ledger.gaps_while_connected += 1
+            if len(self.ledger.gap_samples) < 10:
+                self.ledger.gap_samples.append({"t": round(self.ledger.now(), 3), "room": self.room, "url": self.url,
+                                                "last": [event.last.epoch, event.last.seq],
+                                                "got": [event.frame.get("epoch"), event.frame.get("seq")]})
+        elif isinstance(event, Joined):
+            self._joined(event.frame)
+        elif isinstance(event, RequestFailed):
+            during = "join" if event.request is None or event.request.kind == "join" else "member"
+            self.ledger.error(event.code, {"url": self.url, "during": during, **event.frame})
+            if event.room_dropped:  # the first join was refused (BUS_UNAVAILABLE): try again on this connection
+                self.join_failures += 1
+                delay = self.backoff.delay_s(min(self.join_failures, 6))
+                asyncio.get_running_loop().call_later(delay, self._retry_join, self.ws)
+        else:
+            return super().on_event(event)
+        return False
 
-    async def session_on(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        await ws.send_str(self._join_frame())
-        served = False
-        async for msg in ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                break
-            frame = orjson.loads(msg.data)
-            kind = frame.get("type")
-            if kind == "message":
-                if self.live and frame.get("room") == self.room:
-                    await self._on_message(ws, frame)
-            elif kind == "joined":
-                served = True
-                self._on_joined(frame)
-            elif kind == "reconnect":
-                self.follow_notice(frame)
-                break
-            elif kind == "error":
-                code = frame.get("code", "?")
-                self.ledger.error(code, {"url": str(ws._response.url), "during": "join" if not self.live else "member",
-                                         **frame})
-                if not self.live:  # the join failed (BUS_UNAVAILABLE): try it again on this connection, later
-                    self.join_failures += 1
-                    delay = self.backoff.delay_s(min(self.join_failures, 6))
-                    asyncio.get_running_loop().call_later(delay, self._retry_join, ws)
-        return served
+    def _retry_join(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
+        if ws is not None and not ws.closed and ws is self.ws and self.room not in self.core.rooms:
+            self.core.join(self.room)
+            asyncio.ensure_future(self._send_quietly(ws))
 
-    def _retry_join(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        if not ws.closed and ws is self.ws and not self.live:
-            asyncio.ensure_future(self._send_quietly(ws, self._join_frame()))
-
-    @staticmethod
-    async def _send_quietly(ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+    async def _send_quietly(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
-            await ws.send_str(text)
+            await self.send_queued(ws)
         except (ConnectionError, aiohttp.ClientError, RuntimeError):
             pass  # the read loop sees the closed socket and reconnects
 
     def _on_joined(self, frame: dict) -> None:
+        """Feed a `joined` frame (the core matches it; tests call this directly)."""
+        for event in self.core.receive(frame):
+            self.on_event(event)
+
+    async def _on_message(self, ws, frame: dict) -> None:
+        """Feed a `message` frame and send what the core queued in answer (a gap's repair)."""
+        for event in self.core.receive(frame):
+            self.on_event(event)
+        await self.send_queued(ws)
+
+    def _joined(self, frame: dict) -> None:
+        self.served = True
         self.join_failures = 0
         if "recovered" in frame:
             self.ledger.resumes["recovered" if frame["recovered"] else frame.get("reason", "?")] += 1
@@ -299,10 +369,10 @@ class RoomMember(_Connection):
             self.ledger.connected += 1
             if self.ever_disconnected:
                 self.ledger.reconnects.append(self.ledger.now())
-        self.live = True
         self.joined_once.set()
 
-    async def _on_message(self, ws: aiohttp.ClientWebSocketResponse, frame: dict) -> None:
+    def _accept(self, frame: dict) -> None:
+        """Record a message the core passed on: the next of the stream, or the first after a declared loss."""
         stream = self.stream
         seq, epoch = frame["seq"], frame["epoch"]
         if self.accept_jump:
@@ -310,21 +380,8 @@ class RoomMember(_Connection):
             if epoch != stream.epoch or seq != stream.last_seq + 1:
                 self.ledger.declared_losses += 1
                 stream.start(epoch, seq - 1)
-        elif epoch == stream.epoch:
-            if seq <= stream.last_seq:
-                self.ledger.duplicates += 1
-                return
-            if seq != stream.last_seq + 1:
-                await self._rejoin(ws, epoch, seq)
-                return
-        elif epoch in stream.intervals:
-            self.ledger.out_of_order += 1
-            return
-        elif seq == 1:
-            stream.start(epoch, 0)  # a new stream: the room's state was lost (e.g. Redis restarted empty)
-        else:
-            await self._rejoin(ws, epoch, seq)
-            return
+        elif epoch != stream.epoch or seq != stream.last_seq + 1:
+            stream.start(epoch, seq - 1)  # a new stream from seq 1 (the core passes nothing else): record it
         stream.accept(seq)
         data = frame.get("data")
         sent_ms = data.get("ts") if isinstance(data, dict) else None
@@ -333,91 +390,108 @@ class RoomMember(_Connection):
                 and sent_ms >= self.ledger.fault_end_ms:
             self.first_after_fault_s = self.ledger.now()
 
-    async def _rejoin(self, ws: aiohttp.ClientWebSocketResponse, epoch: str, seq: int) -> None:
-        """A gap on a live connection: leave and join again with `since`, so the server replays the missing part."""
-        self.ledger.gaps_while_connected += 1
-        if len(self.ledger.gap_samples) < 10:
-            self.ledger.gap_samples.append({"t": round(self.ledger.now(), 3), "room": self.room, "url": str(ws._response.url),
-                                            "last": [self.stream.epoch, self.stream.last_seq], "got": [epoch, seq]})
-        self.live = False
-        await ws.send_str(orjson.dumps({"type": "leave", "room": self.room}).decode())
-        await ws.send_str(self._join_frame())
-
 
 class Publisher(_Connection):
     """Publishes to its rooms in turn at a steady pace; a message counts as sent only once acked."""
 
-    def __init__(self, ledger: Ledger, session: aiohttp.ClientSession, urls: list[str], home: int, name: str,
-                 rooms: list[str], rate_per_s: float, payload_bytes: int, backoff: Backoff) -> None:
+    MAX_JOIN_ATTEMPTS = 19  # a refused join (BUS_UNAVAILABLE) is retried on the same connection this often
+
+    def __init__(self, ledger: Ledger, session: aiohttp.ClientSession | None, urls: list[str], home: int, name: str,
+                 rooms: list[str], rate_per_s: float, payload_bytes: int, backoff: BackoffPolicy) -> None:
         super().__init__(ledger, session, urls, home, backoff)
         self.name = name
         self.rooms = rooms
+        for room in rooms:
+            self.core.join(room)
         self.interval_s = 1.0 / rate_per_s
         self.padding = "x" * payload_bytes
         self.publishing = asyncio.Event()
         self.parked = False  # waiting for `publishing`, nothing in flight: every ack it will ever get is in
         self.ready = asyncio.Event()  # joined to all its rooms at least once
         self.connected = False
-        self._waiting: dict[str, asyncio.Future] = {}
+        self._joined: set[str] = set()  # rooms joined on this connection
+        self._all_joined = asyncio.Event()
+        self._join_attempts: collections.Counter[str] = collections.Counter()
         self._count = 0
 
     def on_disconnected(self) -> None:
         self.connected = False
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(ConnectionError("connection lost"))
-        self._waiting.clear()
 
-    async def _request(self, ws: aiohttp.ClientWebSocketResponse, frame: dict) -> dict:
-        request_id = frame["id"]
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
-        try:
-            await ws.send_str(orjson.dumps(frame).decode())
-            async with asyncio.timeout(JOIN_TIMEOUT_S):
-                return await future
-        finally:
-            self._waiting.pop(request_id, None)
+    def request_lost(self, request: Request) -> None:
+        if request.waiter is not None and not request.waiter.done():
+            request.waiter.set_exception(ConnectionError("connection lost"))
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        try:
-            async for msg in ws:
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    break
-                frame = orjson.loads(msg.data)
-                kind = frame.get("type")
-                if kind == "reconnect":
-                    self.follow_notice(frame)
-                    break
-                future = self._waiting.get(str(frame.get("id")))
-                if future is not None and not future.done():
-                    future.set_result(frame)
-        finally:
-            self.on_disconnected()
-
-    async def session_on(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        reader = asyncio.create_task(self._read(ws))
-        try:
-            for room in self.rooms:
-                for attempt in range(1, 20):  # a refused join (BUS_UNAVAILABLE) is retried on this connection
-                    reply = await self._request(ws, {"type": "join", "room": room, "id": f"join:{room}"})
-                    if reply["type"] != "error":
-                        break
-                    self.ledger.error(reply.get("code", "?"), {"url": str(ws._response.url), "during": "join", **reply})
-                    await asyncio.sleep(self.backoff.delay_s(min(attempt, 6)))
-                else:
+    def on_event(self, event: Event) -> bool:
+        if isinstance(event, Joined):
+            self._joined.add(event.room)
+            if self._joined.issuperset(self.rooms):
+                self._all_joined.set()
+        elif isinstance(event, Reply):
+            if event.request.waiter is not None and not event.request.waiter.done():
+                event.request.waiter.set_result(event.frame)
+        elif isinstance(event, RequestFailed):
+            request = event.request
+            if request is not None and request.kind == "publish":
+                if request.waiter is not None and not request.waiter.done():
+                    request.waiter.set_result(event.frame)  # the publish loop judges the error
+                return False
+            self.ledger.error(event.code, {"url": self.url, "during": "join", **event.frame})
+            if event.room_dropped and request is not None and request.room is not None:
+                room = request.room
+                self._join_attempts[room] += 1
+                if self._join_attempts[room] >= self.MAX_JOIN_ATTEMPTS:
                     self.left_by_choice = True
-                    return False
-            self.connected = True
+                    return True
+                delay = self.backoff.delay_s(min(self._join_attempts[room], 6))
+                asyncio.get_running_loop().call_later(delay, self._retry_join, self.ws, room)
+        else:
+            return super().on_event(event)
+        return False
+
+    def _retry_join(self, ws: aiohttp.ClientWebSocketResponse | None, room: str) -> None:
+        if ws is not None and not ws.closed and ws is self.ws and room not in self.core.rooms:
+            self.core.join(room)
+            asyncio.ensure_future(self._send_quietly(ws))
+
+    async def _send_quietly(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            await self.send_queued(ws)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            pass
+
+    async def session_on(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._joined.clear()
+        self._all_joined.clear()
+        self._join_attempts.clear()
+        for room in self.rooms:  # a room given up on in an earlier session is joined again
+            if room not in self.core.rooms:
+                self.core.join(room)
+        reader = asyncio.create_task(self.serve(ws))
+        try:
+            joined = asyncio.create_task(self._all_joined.wait())
+            await asyncio.wait({reader, joined}, timeout=JOIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            joined.cancel()
+            if not self._all_joined.is_set():
+                if not reader.done():
+                    self.ledger.error("reply_timeout")
+                return
+            self.served = self.connected = True
             self.ready.set()
             await self._publish_loop(ws, reader)
-            return True
         except TimeoutError:
             self.ledger.error("reply_timeout")
-            return False
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+    async def _request(self, ws: aiohttp.ClientWebSocketResponse, request: Request) -> dict:
+        request.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.send_queued(ws)
+            async with asyncio.timeout(JOIN_TIMEOUT_S):
+                return await request.waiter
+        finally:
+            self.core.cancel(request)
 
     async def _publish_loop(self, ws: aiohttp.ClientWebSocketResponse, reader: asyncio.Task) -> None:
         loop = asyncio.get_running_loop()
@@ -438,13 +512,13 @@ class Publisher(_Connection):
             if self.padding:
                 data["pad"] = self.padding
             self.ledger.publish_attempts += 1
-            reply = await self._request(ws, {"type": "message", "room": room, "data": data, "id": str(self._count)})
+            reply = await self._request(ws, self.core.publish(room, data=data))
             if reply["type"] == "ack":
                 self.ledger.ack(room, reply["epoch"], reply["seq"], sent_ms)
                 failures = 0
             else:
                 code = reply.get("code", "?")
-                self.ledger.error(code, {"url": str(ws._response.url), "during": "publish", **reply})
+                self.ledger.error(code, {"url": self.url, "during": "publish", **reply})
                 if code == RATE_LIMIT_EXCEEDED:
                     await asyncio.sleep(float(reply.get("retryAfter") or 0.05))
                 else:  # BUS_UNAVAILABLE and the rest: back off, then carry on with the next message

@@ -32,8 +32,11 @@ Publishing is at most once from the SDK's side: a publish that was in flight
 when the connection dropped fails with `ConnectionLost` and is not retried
 (the caller knows whether a retry is safe).
 
-It must not hash rooms (the route service answers) nor share state between
-`Client` objects; it never spawns threads.
+The protocol state (frames, request ids, positions, duplicates, resume,
+hint policy) lives in `router.client_core.ClientCore`; this module only
+moves bytes, keeps time and wakes the application up. It must not hash
+rooms (the route service answers) nor share state between `Client`
+objects; it never spawns threads.
 """
 
 from __future__ import annotations
@@ -52,13 +55,34 @@ import msgpack
 import orjson
 
 from router.backoff import BackoffPolicy
+from router.client_core import (
+    ClientClosed,
+    ClientCore,
+    ClientError,
+    MISSING,
+    ConnectionLost,
+    Gap,
+    Joined,
+    Message,
+    Position,
+    Reconnect,
+    Reply,
+    Request,
+    RequestFailed,
+    ServerError,
+    TooManyRequests,
+)
+
+__all__ = [
+    "Client", "ClientClosed", "ClientError", "ConnectionLost", "ConnectionState", "Position", "ServerError",
+    "StateChange", "TooManyRequests",
+]
 
 log = logging.getLogger("ringcast.client")
 
 JSON = "json"
 MSGPACK = "msgpack"
 _SUBPROTOCOL = {JSON: "ringcast.json", MSGPACK: "ringcast.msgpack"}
-_BUS_UNAVAILABLE = "BUS_UNAVAILABLE"
 _MAX_STATE_EVENTS = 256  # state changes buffered per `states()` iterator; the oldest is dropped past it
 
 
@@ -79,60 +103,8 @@ class StateChange:
     delay_s: float = 0.0  # WAITING: seconds until the next attempt
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    seq: int
-    epoch: str
-
-
-class ClientError(Exception):
-    """Base of every error the SDK raises."""
-
-
-class ServerError(ClientError):
-    """The server answered a request with an `error` frame (docs/protocol.md lists the codes)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class ConnectionLost(ClientError):
-    """The connection dropped while the request was in flight; it may or may not have happened."""
-
-
-class ClientClosed(ClientError):
-    """The client was closed."""
-
-
 class _LookupFailed(Exception):
     pass
-
-
-@dataclass
-class _Hint:
-    url: str | None  # None: ask the router
-    delay_s: float
-    reason: str
-
-
-@dataclass
-class _Room:
-    waiter: asyncio.Future | None = None  # the application's pending join(), if any
-    joined_once: bool = False
-    sent_generation: int = -1  # the connection generation a join was last sent on
-    position: Position | None = None
-
-
-@dataclass
-class _Pending:
-    kind: str  # "join", "leave", "publish"
-    room: str
-    future: asyncio.Future | None = None
-
-
-_MISSING = object()
 
 
 class Client:
@@ -150,6 +122,7 @@ class Client:
         connect_timeout_s: float = 5.0,
         ping_interval_s: float | None = 20.0,
         max_pending_messages: int = 10_000,
+        max_pending_requests: int = 1_000,
         max_moved_follows: int = 3,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -165,6 +138,8 @@ class Client:
         ping_interval_s: WebSocket ping period to notice a dead peer; None disables it.
         max_pending_messages: delivered messages buffered for `async for`; past it the reader
             stops reading (the server then sees a slow consumer) instead of growing memory.
+        max_pending_requests: publishes/leaves awaiting their reply; past it publish() raises
+            TooManyRequests at once instead of queueing without bound.
         max_moved_follows: `moved` hints followed in a row at one ring epoch (guards against
             two workers that disagree about the ring sending the client back and forth).
         rand: source of randomness for the backoff jitter (tests inject a seeded one).
@@ -179,30 +154,24 @@ class Client:
         self.connect_timeout_s = connect_timeout_s
         self.ping_interval_s = ping_interval_s
         self.max_moved_follows = max_moved_follows
+        self._core = ClientCore(resume=resume, max_moved_follows=max_moved_follows,
+                                max_pending_requests=max_pending_requests)
         self._rand = rand
         self._on_state = on_state
         self._state = StateChange(ConnectionState.IDLE, "created")
         self._state_queues: list[deque[StateChange]] = []
         self._state_wakeups: list[asyncio.Event] = []
-        self._rooms: dict[str, _Room] = {}
-        self._pending: dict[int, _Pending] = {}
-        self._next_id = 1
-        self._generation = 0
+        self._join_waiters: dict[str, asyncio.Future] = {}  # room -> the application's pending join()
         self._messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(max_pending_messages)
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._send_lock = asyncio.Lock()  # frames leave in the order the core queued them
         self._connected = asyncio.Event()
         self._rooms_changed = asyncio.Event()
         self._runner: asyncio.Task | None = None
         self._closed = False
-        self._moved_follows = 0
-        self._moved_epoch = -1
-        self._ring_epoch = -1  # newest ring epoch seen (route answers, followed hints): older hints are stale
         self.url: str | None = None  # the worker currently connected to
         self.worker_id: str | None = None  # its shard id, from `welcome`
-        self.last_moved: dict[str, dict[str, Any]] = {}  # room -> the last `moved` frame for it
-        self.duplicates_dropped = 0  # messages at or before a room's position, not yielded
-        self.unrecovered: dict[str, dict[str, Any]] = {}  # room -> the last `joined` with recovered: false
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -226,10 +195,11 @@ class Client:
             await self._ws.close()
         if self._session is not None:
             await self._session.close()
-        self._fail_pending(ClientClosed("client closed"))
-        for room in self._rooms.values():
-            if room.waiter is not None and not room.waiter.done():
-                room.waiter.set_exception(ClientClosed("client closed"))
+        self._fail_requests(self._core.connection_lost(), ClientClosed("client closed"))
+        for waiter in self._join_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(ClientClosed("client closed"))
+        self._join_waiters.clear()
         self._set_state(ConnectionState.CLOSED, "closed")
         try:
             self._messages.put_nowait(None)
@@ -244,52 +214,61 @@ class Client:
 
     @property
     def rooms(self) -> list[str]:
-        return sorted(self._rooms)
+        return sorted(self._core.rooms)
+
+    @property
+    def last_moved(self) -> dict[str, dict[str, Any]]:
+        """room -> the last `moved` frame received for it."""
+        return self._core.last_moved
+
+    @property
+    def unrecovered(self) -> dict[str, dict[str, Any]]:
+        """room -> the last `joined` with recovered: false."""
+        return self._core.unrecovered
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Messages at or before a room's position, not yielded."""
+        return self._core.duplicates_dropped
 
     def position(self, room: str) -> Position | None:
         """The last (seq, epoch) seen in `room`: from its `joined` or its latest message."""
-        state = self._rooms.get(room)
-        return state.position if state is not None else None
+        return self._core.position(room)
 
     async def join(self, room: str) -> dict[str, Any]:
         """Join `room` (it is re-joined after every reconnect) and return the `joined` frame."""
         self._check_open()
-        if room in self._rooms:
-            raise ValueError(f"already joined {room!r}")
         waiter = asyncio.get_running_loop().create_future()
-        self._rooms[room] = _Room(waiter=waiter)
+        self._core.join(room)  # raises ValueError when already joined
+        self._join_waiters[room] = waiter
         self._rooms_changed.set()
-        if self._connected.is_set():
-            try:
-                await self._send_join(room)
-            except ConnectionLost:
-                pass  # the connection loop joins it on the next connection
+        await self._flush_quietly()  # connected: the join is queued; otherwise the next welcome queues it
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 return await asyncio.shield(waiter)
         except TimeoutError:
-            self._rooms.pop(room, None)
+            self._core.forget_room(room)
             raise
+        finally:
+            if self._join_waiters.get(room) is waiter:
+                del self._join_waiters[room]
 
     async def leave(self, room: str) -> None:
         """Leave `room`; it is no longer re-joined."""
         self._check_open()
-        if self._rooms.pop(room, None) is None:
-            raise ValueError(f"not joined {room!r}")
-        if self._connected.is_set():
-            await self._request({"type": "leave", "room": room}, "leave", room)
+        request = self._core.leave(room)  # raises ValueError when not joined
+        if request is not None:
+            await self._await_reply(request)
 
-    async def publish(self, room: str, text: str | None = None, *, data: Any = _MISSING) -> dict[str, Any]:
+    async def publish(self, room: str, text: str | None = None, *, data: Any = MISSING) -> dict[str, Any]:
         """Publish `text` (or any JSON-able `data`) to a joined room; returns the server's `ack`."""
         self._check_open()
-        if (text is None) == (data is _MISSING):
+        if (text is None) == (data is MISSING):
             raise ValueError("give exactly one of text or data")
-        frame: dict[str, Any] = {"type": "message", "room": room}
-        if text is not None:
-            frame["text"] = text
-        else:
-            frame["data"] = data
-        return await self._request(frame, "publish", room)
+        async with asyncio.timeout(self.request_timeout_s):
+            await self._connected.wait()
+            request = self._core.publish(room, text, data=data)
+            return await self._await_reply(request)
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self
@@ -333,13 +312,13 @@ class Client:
         attempt = 0
         next_url: str | None = None
         while not self._closed:
-            if not self._rooms:
+            if not self._core.rooms:
                 self._set_state(ConnectionState.IDLE, "no_rooms")
                 self._rooms_changed.clear()
                 await self._rooms_changed.wait()
                 continue
             self._set_state(ConnectionState.CONNECTING, "connecting", next_url, attempt)
-            hint: _Hint | None = None
+            hint: Reconnect | None = None
             reason = "connection_lost"
             try:
                 url = next_url or await self._lookup()
@@ -356,13 +335,13 @@ class Client:
                 self._connected.clear()
                 self._ws = None
                 self.url = None
-                self._fail_pending(ConnectionLost("connection lost"))
+                self._fail_requests(self._core.connection_lost(), ConnectionLost("connection lost"))
             if self._closed:
                 return
-            if hint is None or hint.reason != "moved":
-                self._moved_follows = 0  # the bound is on moves in a row
             if hint is not None:
-                delay_s, next_url, reason = hint.delay_s, hint.url, hint.reason
+                reason, next_url = hint.reason, hint.url
+            if hint is not None and hint.delay_s is not None:
+                delay_s = hint.delay_s  # the server's own (already jittered) delay, or a move: not a failure
             else:
                 delay_s = self.backoff.delay_s(attempt, self._rand)
                 attempt += 1
@@ -373,7 +352,7 @@ class Client:
     async def _lookup(self) -> str:
         """Ask the router where the home room lives."""
         assert self._session is not None
-        home = min(self._rooms)
+        home = self._core.home_room or ""
         url = f"{self.router_url}/route?room={quote(home, safe='')}"
         try:
             async with self._session.get(url) as response:
@@ -382,11 +361,10 @@ class Client:
             raise _LookupFailed(f"{url}: {exc!r}") from None
         if response.status != 200 or not isinstance(body, dict) or not isinstance(body.get("url"), str):
             raise _LookupFailed(f"{url}: HTTP {response.status} {body!r}")
-        if isinstance(body.get("epoch"), int):
-            self._ring_epoch = max(self._ring_epoch, body["epoch"])
+        self._core.route_answer(body.get("epoch"))
         return body["url"]
 
-    async def _connection(self, url: str) -> _Hint | None:
+    async def _connection(self, url: str) -> Reconnect | None:
         """One WebSocket's life: connect, welcome, re-join, read until it ends; returns the hint it left."""
         assert self._session is not None
         self.url = None
@@ -402,163 +380,105 @@ class Client:
             welcome = self._decode(await ws.receive(timeout=self.connect_timeout_s))
             if welcome.get("type") != "welcome":
                 raise ConnectionError(f"expected welcome, got {welcome.get('type')!r}")
-            self._generation += 1
+            self._core.connection_opened(url)
+            self._core.receive(welcome)  # queues the re-join of every room, `since` included
             self._ws = ws
             self.url = url
-            self.worker_id = welcome.get("workerId")
-            # Re-join before publishes may go out: the worker handles one connection's frames in
-            # order, so a publish sent after its room's join never meets NOT_JOINED.
-            for room in sorted(self._rooms):
-                await self._send_join(room)
+            self.worker_id = self._core.worker_id
+            await self._flush()  # the re-joins go out before any publish
             self._connected.set()
             self._set_state(ConnectionState.CONNECTED, "connected", url)
-            for room in sorted(self._rooms):  # rooms join() added while the loop above awaited
-                await self._send_join(room)
             return await self._read(ws)
         finally:
             if not ws.closed:
                 await ws.close()
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> _Hint | None:
-        hint: _Hint | None = None
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> Reconnect | None:
+        hint: Reconnect | None = None
         while True:
             msg = await ws.receive()
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 return hint
-            frame = self._decode(msg)
-            kind = frame.get("type")
-            if kind == "message":
-                if not self._note_position(frame):
-                    self.duplicates_dropped += 1
-                    continue
-                await self._messages.put(frame)  # blocks when full: backpressure, not memory growth
-            elif kind == "joined" and frame.get("recovered") is False:
-                self.unrecovered[str(frame.get("room"))] = frame
-                self._on_reply(frame)
-                await self._messages.put(frame)  # the gap's place in the stream
-            elif kind == "reconnect":
-                url = frame.get("url") if isinstance(frame.get("url"), str) else None
-                delay_s = max(0, int(frame.get("delayMs") or 0)) / 1000
-                hint = _Hint(url, delay_s, f"reconnect:{frame.get('reason', '')}")
-                # The worker closes the socket next; keep reading what it still sends.
-            elif kind == "moved":
-                moved = self._follow_moved(frame)
-                if moved is not None:
-                    return moved
+            for event in self._core.receive(self._decode(msg)):
+                if isinstance(event, Message):
+                    await self._messages.put(event.frame)  # blocks when full: backpressure, not memory growth
+                elif isinstance(event, Joined):
+                    self._on_joined(event)
+                    if event.unrecovered:
+                        await self._messages.put(event.frame)  # the gap's place in the stream
+                elif isinstance(event, Reply):
+                    self._resolve(event.request, event.frame)
+                elif isinstance(event, RequestFailed):
+                    self._on_failed(event)
+                elif isinstance(event, Reconnect):
+                    if event.close_now:
+                        return event
+                    hint = event  # the worker closes the socket next; keep reading what it still sends
+                elif isinstance(event, Gap):
+                    log.warning("gap in %s after %s (got seq %s): re-joining with since", event.room, event.last,
+                                event.frame.get("seq"))
+                # Duplicate, OutOfOrder: dropped (counted by the core); Notice: nothing to do
+            await self._flush()  # a gap repair's leave + join
+
+    def _on_joined(self, event: Joined) -> None:
+        waiter = self._join_waiters.pop(event.room, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(event.frame)
+
+    def _on_failed(self, event: RequestFailed) -> None:
+        request = event.request
+        if request is None or (request.kind == "join" and not event.room_dropped):
+            log.info("re-join refused (%s): reconnecting", event.code)
+            return
+        if event.room_dropped:
+            waiter = self._join_waiters.pop(request.room or "", None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(event.error())
             else:
-                self._on_reply(frame)
-
-    def _follow_moved(self, frame: dict[str, Any]) -> _Hint | None:
-        room, url, epoch = frame.get("room"), frame.get("url"), frame.get("epoch")
-        if not isinstance(room, str) or not isinstance(url, str):
-            return None
-        self.last_moved[room] = frame
-        if not self._rooms or room != min(self._rooms) or url == self.url:
-            return None
-        ring_epoch = epoch if isinstance(epoch, int) else -1
-        if ring_epoch < self._ring_epoch:
-            # A worker that has not caught up with the ring yet: the router already knew better.
-            log.info("ignoring stale moved to %s (ring epoch %s < %d)", url, epoch, self._ring_epoch)
-            return None
-        if ring_epoch > self._moved_epoch:
-            self._moved_epoch, self._moved_follows = ring_epoch, 0
-        if self._moved_follows >= self.max_moved_follows:
-            log.warning("ignoring moved to %s: followed %d in a row at ring epoch %s", url, self._moved_follows, epoch)
-            return None
-        self._moved_follows += 1
-        self._ring_epoch = max(self._ring_epoch, ring_epoch)
-        return _Hint(url, 0.0, "moved")
-
-    def _on_reply(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("type")
-        if kind == "joined":
-            room = self._rooms.get(frame.get("room"))  # type: ignore[arg-type]
-            if room is not None:
-                room.joined_once = True
-                if isinstance(frame.get("seq"), int):
-                    self._on_joined_position(room, Position(frame["seq"], str(frame.get("epoch", ""))))
-                if room.waiter is not None and not room.waiter.done():
-                    room.waiter.set_result(frame)
-                room.waiter = None
-        request_id = frame.get("id")
-        if not isinstance(request_id, int):
+                log.warning("could not re-join %s: %s", request.room, event.error())
             return
-        pending = self._pending.pop(request_id, None)
-        if pending is None:
-            return
-        if kind == "error":
-            self._on_request_error(pending, str(frame.get("code")), str(frame.get("message", "")))
-        elif pending.future is not None and not pending.future.done():
-            pending.future.set_result(frame)
-
-    def _on_request_error(self, pending: _Pending, code: str, message: str) -> None:
-        error = ServerError(code, message)
-        if pending.kind == "join":
-            room = self._rooms.get(pending.room)
-            if room is None:
-                return
-            if code == _BUS_UNAVAILABLE and room.joined_once:
-                # A re-join the bus could not do: keep the room, try again on a fresh connection.
-                if self._ws is not None:
-                    asyncio.ensure_future(self._ws.close())
-                return
-            del self._rooms[pending.room]
-            if room.waiter is not None and not room.waiter.done():
-                room.waiter.set_exception(error)
-            else:
-                log.warning("could not re-join %s: %s", pending.room, error)
-            return
-        if pending.future is not None and not pending.future.done():
-            pending.future.set_exception(error)
+        if request.waiter is not None and not request.waiter.done():
+            request.waiter.set_exception(event.error())
 
     # --- frames ------------------------------------------------------------------------------
 
-    def _join_frame(self, room: str) -> dict[str, Any]:
-        """The join for `room`; the resume hook: with `resume`, carry the last position as `since`."""
-        frame: dict[str, Any] = {"type": "join", "room": room}
-        position = self._rooms[room].position
-        if self.resume and position is not None:
-            frame["since"] = {"seq": position.seq, "epoch": position.epoch}
-        return frame
-
-    async def _send_join(self, room: str) -> None:
-        state = self._rooms.get(room)
-        if state is None or state.sent_generation == self._generation:
-            return  # already sent on this connection
-        state.sent_generation = self._generation
-        frame = self._join_frame(room)
-        frame["id"] = self._register(_Pending("join", room))
-        await self._send(frame)
-
-    async def _request(self, frame: dict[str, Any], kind: str, room: str) -> dict[str, Any]:
-        async with asyncio.timeout(self.request_timeout_s):
-            await self._connected.wait()
-            future = asyncio.get_running_loop().create_future()
-            request_id = frame["id"] = self._register(_Pending(kind, room, future))
-            try:
-                await self._send(frame)
-            except ConnectionLost:
-                self._pending.pop(request_id, None)
-                raise
-            return await future
-
-    def _register(self, pending: _Pending) -> int:
-        request_id = self._next_id
-        self._next_id += 1
-        self._pending[request_id] = pending
-        return request_id
-
-    async def _send(self, frame: dict[str, Any]) -> None:
-        ws = self._ws
-        if ws is None or ws.closed:
-            raise ConnectionLost("not connected")
+    async def _await_reply(self, request: Request) -> dict[str, Any]:
+        request.waiter = asyncio.get_running_loop().create_future()
         try:
-            if self.codec == MSGPACK:
-                await ws.send_bytes(msgpack.packb(frame, use_bin_type=True))
-            else:
-                await ws.send_str(orjson.dumps(frame).decode())
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            raise ConnectionLost(str(exc)) from None
+            await self._flush()
+            async with asyncio.timeout(self.request_timeout_s):
+                return await request.waiter
+        finally:
+            self._core.cancel(request)
+
+    @staticmethod
+    def _resolve(request: Request, frame: dict[str, Any]) -> None:
+        if request.waiter is not None and not request.waiter.done():
+            request.waiter.set_result(frame)
+
+    async def _flush(self) -> None:
+        """Send what the core queued, in its order; ConnectionLost when there is no socket."""
+        async with self._send_lock:
+            frames = self._core.frames_to_send()
+            if not frames:
+                return
+            ws = self._ws
+            if ws is None or ws.closed:
+                raise ConnectionLost("not connected")
+            try:
+                for frame in frames:
+                    if self.codec == MSGPACK:
+                        await ws.send_bytes(msgpack.packb(frame, use_bin_type=True))
+                    else:
+                        await ws.send_str(orjson.dumps(frame).decode())
+            except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+                raise ConnectionLost(str(exc)) from None
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self._flush()
+        except ConnectionLost:
+            pass  # the connection loop re-joins every room on the next connection
 
     def _decode(self, msg: aiohttp.WSMessage) -> dict[str, Any]:
         if msg.type == aiohttp.WSMsgType.TEXT:
@@ -571,38 +491,13 @@ class Client:
             raise ConnectionError("server sent a frame that is not an object")
         return frame
 
-    def _note_position(self, frame: dict[str, Any]) -> bool:
-        """Advance the room's position; False for a message at or before it (a duplicate)."""
-        room = self._rooms.get(frame.get("room"))  # type: ignore[arg-type]
-        if room is None or not isinstance(frame.get("seq"), int):
-            return True
-        return self._advance(room, Position(frame["seq"], str(frame.get("epoch", ""))))
-
-    def _on_joined_position(self, room: _Room, joined_at: Position) -> None:
-        """A `joined` names where the live stream starts; on a resume the replay comes first."""
-        current = room.position
-        if current is None or not self.resume:
-            room.position = joined_at
-        elif current.epoch != joined_at.epoch:
-            room.position = Position(0, joined_at.epoch)  # a new stream: its replay starts at seq 1
-        # else: same stream; the replayed messages advance the position one by one
-
-    def _advance(self, room: _Room, position: Position) -> bool:
-        current = room.position
-        if current is None or current.epoch != position.epoch or position.seq > current.seq:
-            room.position = position
-            return True
-        return not self.resume
-
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _fail_pending(self, error: Exception) -> None:
-        pending, self._pending = self._pending, {}
-        for item in pending.values():
-            if item.future is not None and not item.future.done():
-                item.future.set_exception(error)
-        for room in self._rooms.values():
-            room.sent_generation = -1
+    @staticmethod
+    def _fail_requests(requests: list[Request], error: Exception) -> None:
+        for request in requests:
+            if request.waiter is not None and not request.waiter.done():
+                request.waiter.set_exception(error)
 
     def _check_open(self) -> None:
         if self._closed:

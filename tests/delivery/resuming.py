@@ -1,9 +1,10 @@
 """A verifying, resuming room member for delivery tests.
 
-Owns what the delivery promise looks like from a client: keep the last
-(seq, epoch) seen, rejoin with `since` after any disconnect (on any of the
-given worker URLs), follow `reconnect` frames, and record every message so a
-test can check it got each one exactly once and in order.
+Owns what the delivery promise looks like from a client: the SDK's core
+(`router.client_core`) keeps the last (seq, epoch) seen and rejoins with
+`since` after any disconnect (on any of the given worker URLs); the reader
+follows `reconnect` frames and records every message so a test can check it
+got each one exactly once and in order.
 
 It also keeps the evidence that a resume really happened, so a test can tell
 "nothing was lost because the resume worked" from "nothing was lost because
@@ -23,6 +24,18 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from chaos.eventually import eventually
+from router.client_core import (
+    ClientCore,
+    Duplicate,
+    Event,
+    Gap,
+    Joined,
+    Message,
+    Notice,
+    OutOfOrder,
+    Reconnect,
+    RequestFailed,
+)
 from tests.wsclient import WsClient
 
 RETRY_CODES = ("BUS_UNAVAILABLE", "PUBLISH_UNCONFIRMED")
@@ -42,14 +55,21 @@ class Rejoin:
 
 @dataclass
 class ResumingReader:
+    """A room member driving the SDK's core (`router.client_core`) over a raw test socket.
+
+    The core owns the position, the `since` of every re-join, duplicate dropping and gap
+    repair; the reader records what the core reported, so the counters say what really
+    arrived: `duplicates` are repeats the server sent (dropped before `seqs`), `gaps` are
+    jumps the server sent (repaired by re-joining with `since`, never filled in by guesswork).
+    """
+
     urls: list[str]
     room: str
     reconnect_gate: asyncio.Event | None = None  # if given, a reader that lost its connection waits for it
-    seqs: list[int] = field(default_factory=list)
-    epoch: str | None = None
-    last_seq: int = 0
+    seqs: list[int] = field(default_factory=list)  # messages handed on, in order
     duplicates: int = 0
-    gaps: list[tuple[int, int]] = field(default_factory=list)
+    out_of_order: int = 0  # messages of an epoch the stream had already left
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # (last seq, seq received) of every jump
     joins: list[dict] = field(default_factory=list)  # every `joined` answer, resuming or not
     rejoins: list[Rejoin] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
@@ -60,6 +80,20 @@ class ResumingReader:
     reconnects: int = 0  # connections opened after a lost one (never the first, never a normal end)
     joined_once: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)  # set when a connection is first lost
+    core: ClientCore = field(default_factory=ClientCore)
+
+    def __post_init__(self) -> None:
+        self.core.join(self.room)
+
+    @property
+    def epoch(self) -> str | None:
+        position = self.core.position(self.room)
+        return position.epoch if position is not None else None
+
+    @property
+    def last_seq(self) -> int:
+        position = self.core.position(self.room)
+        return position.seq if position is not None else 0
 
     async def run(self, until_seq: int, deadline_s: float) -> None:
         """Read until `until_seq` is seen (in the current epoch) or the deadline passes."""
@@ -78,8 +112,9 @@ class ResumingReader:
                 self.reconnects += 1
             self.connections += 1
             try:
-                ended, delay_s = await self._session(client, until_seq, deadline)
+                ended, delay_s = await self._session(client, url, until_seq, deadline)
             finally:
+                self.core.connection_lost()
                 await client.close()
             if ended == "done":
                 return
@@ -89,50 +124,49 @@ class ResumingReader:
             if self.reconnect_gate is not None:
                 await asyncio.wait_for(self.reconnect_gate.wait(), max(0.0, deadline - loop.time()))
 
-    async def _session(self, client: WsClient, until_seq: int, deadline: float) -> tuple[str, float]:
-        """One connection: join (with `since` once a position is known) and read; returns (how it ended, delay)."""
-        join: dict = {"type": "join", "room": self.room}
-        if self.epoch is not None:
-            join["since"] = {"seq": self.last_seq, "epoch": self.epoch}
+    async def _session(self, client: WsClient, url: str, until_seq: int, deadline: float) -> tuple[str, float]:
+        """One connection: the core joins (with `since` once a position is known); returns (how it ended, delay)."""
         loop = asyncio.get_running_loop()
+        self.core.connection_opened(url)
+        self.core.receive(client.welcome)
         try:
-            await client.send(join)
-            while self.last_seq < until_seq:
+            while True:
+                for frame in self.core.frames_to_send():
+                    await client.send(frame)
+                if self.last_seq >= until_seq:
+                    return "done", 0.0
                 frame = await client.recv(max(0.1, deadline - loop.time()))
-                kind = frame.get("type")
-                if kind == "joined":
-                    self.joins.append(frame)
-                    if "since" in join:
-                        self.rejoins.append(Rejoin(join["since"], frame))
-                    if self.epoch is None:
-                        self.epoch, self.last_seq = frame["epoch"], frame["seq"]
-                    self.joined_once.set()
-                elif kind == "message":
-                    self._record(frame)
-                elif kind == "reconnect":
-                    return "reconnect", frame.get("delayMs", 0) / 1000
-                elif kind == "error":
-                    self.errors.append(frame)
-                    if frame.get("code") in RETRY_CODES:
-                        return frame["code"], 0.2
+                for event in self.core.receive(frame):
+                    ended = self._record(event)
+                    if ended is not None:
+                        return ended
         except asyncio.TimeoutError:
             return "deadline", 0.0
         except (ConnectionError, aiohttp.ClientError, OSError):
             return "cut", 0.05
-        return "done", 0.0
 
-    def _record(self, frame: dict) -> None:
-        seq, epoch = frame["seq"], frame["epoch"]
-        if epoch != self.epoch:
-            # A new stream (first message of a room joined empty, or the room's state was lost).
-            self.epoch, self.last_seq = epoch, 0
-        if seq <= self.last_seq:
+    def _record(self, event: Event) -> tuple[str, float] | None:
+        """Note one event of the core; (how the connection ends, delay) when it must end."""
+        if isinstance(event, Message):
+            self.seqs.append(event.frame["seq"])
+        elif isinstance(event, Duplicate):
             self.duplicates += 1
-            return
-        if seq != self.last_seq + 1:
-            self.gaps.append((self.last_seq, seq))
-        self.seqs.append(seq)
-        self.last_seq = seq
+        elif isinstance(event, OutOfOrder):
+            self.out_of_order += 1
+        elif isinstance(event, Gap):
+            self.gaps.append((event.last.seq, event.frame["seq"]))
+        elif isinstance(event, Joined):
+            self.joins.append(event.frame)
+            if event.since is not None:
+                self.rejoins.append(Rejoin(event.since.as_since(), event.frame))
+            self.joined_once.set()
+        elif isinstance(event, (RequestFailed, Notice)) and event.frame.get("type") == "error":
+            self.errors.append(event.frame)
+            if event.frame.get("code") in RETRY_CODES:
+                return event.frame["code"], 0.2
+        elif isinstance(event, Reconnect):
+            return ("reconnect", event.delay_s or 0.0) if not event.close_now else (event.reason, 0.2)
+        return None
 
 
 async def publish_numbered(client: WsClient, room: str, count: int, pause_s: float,

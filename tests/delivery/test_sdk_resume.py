@@ -8,23 +8,13 @@ import signal
 
 from chaos.eventually import eventually
 from router.client import Client, ConnectionState
+from tests.client_helpers import FAST, collect_until
 from tests.delivery.resuming import bus_reconnected, publish_numbered
 from tests.router.helpers import publish_ring, room_owned_by
-from tests.router.test_client import FAST
 from tests.wsclient import WsClient
 
 FLAGS = ("--history-size", "1000", "--restart-backoff-base-s", "0.2",
          "--message-rate-per-s", "1000", "--message-burst", "1000")
-
-
-async def _collect(client: Client, until_seq: int, timeout_s: float) -> list[dict]:
-    frames: list[dict] = []
-    async with asyncio.timeout(timeout_s):
-        async for frame in client:
-            frames.append(frame)
-            if frame.get("type") == "message" and frame["seq"] >= until_seq:
-                return frames
-    return frames
 
 
 async def _acked_at_each_connect(client: Client, progress: list[int], seen: list[int]) -> None:
@@ -51,7 +41,7 @@ async def test_sdk_resumes_after_its_worker_is_killed_with_every_message_once_in
         acked_at_connect: list[int] = []
         watching = asyncio.create_task(_acked_at_each_connect(reader, progress, acked_at_connect))
         publishing = asyncio.create_task(publish_numbered(publisher, room, total, 0.01, progress=progress))
-        collecting = asyncio.create_task(_collect(reader, total, 60))
+        collecting = asyncio.create_task(collect_until(reader, total, 60))
         await eventually(lambda: len(progress) >= total // 3, what="a third of the messages acknowledged", timeout_s=30)
         acked_at_kill = len(progress)
         os.kill(node.worker_pid(0), signal.SIGKILL)
@@ -78,7 +68,7 @@ async def test_sdk_surfaces_a_resume_that_could_not_be_complete(redis_server, st
         publisher = await WsClient.connect(node.ws_url(0))
         await publisher.join(room)
         await publish_numbered(publisher, room, 3, 0)
-        before = await _collect(reader, 3, 10)
+        before = await collect_until(reader, 3, 10)
         assert [f["seq"] for f in before] == [1, 2, 3]
         old_epoch = before[0]["epoch"]
         await publisher.close()
@@ -91,7 +81,7 @@ async def test_sdk_surfaces_a_resume_that_could_not_be_complete(redis_server, st
         publisher = await WsClient.connect(node.ws_url(0))
         await publisher.join(room)
         await publish_numbered(publisher, room, 2, 0)
-        after = await _collect(reader, 2, 30)
+        after = await collect_until(reader, 2, 30)
         await publisher.close()
     gap = [f for f in after if f["type"] == "joined"]
     assert len(gap) == 1 and gap[0]["recovered"] is False and gap[0]["reason"] == "epoch_changed"

@@ -11,19 +11,12 @@ import pytest
 
 from chaos.cluster import NodeProcess, free_port, free_port_range
 from chaos.eventually import eventually
-from router.backoff import BackoffPolicy
 from router.client import Client, ConnectionState, StateChange
 from router.membership import ring_key
 from router.ring import Member, Ring
+from tests.client_helpers import FAST, next_message
 from tests.router.helpers import publish_ring, room_owned_by
 from tests.wsclient import WsClient
-
-FAST = BackoffPolicy(base_s=0.1, factor=2.0, cap_s=1.0, jitter=0.3)  # a test need not wait 1-30 s
-
-
-async def next_message(client: Client, timeout_s: float = 10.0) -> dict:
-    async with asyncio.timeout(timeout_s):
-        return await anext(client)
 
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
