@@ -146,23 +146,23 @@ class ControlApi:
         rows = []
         for node_id in sorted(set(snap.records) | set(snap.heartbeats)):
             record = snap.records.get(node_id)
-            beat = snap.heartbeats.get(node_id, {})
+            beat = snap.heartbeats.get(node_id)
             seen = snap.seen_ms.get(node_id)
             rows.append({
                 "id": node_id,
-                "url": record.url if record else beat.get("url"),
+                "url": record.url if record else beat.url if beat else None,
                 "health": record.health if record else "unknown",
                 "desired": record.desired if record else None,
-                "state": beat.get("state"),
+                "state": beat.state if beat else None,
                 "inRing": node_id in snap.ring,
                 "holdUntilMs": record.hold_until_ms if record else 0,
                 "lastSeenAgoMs": snap.now_ms - seen if seen is not None else None,
-                "connections": beat.get("connections"),
-                "rooms": beat.get("rooms"),
-                "cpuPercent": beat.get("cpuPercent"),
-                "rssBytes": beat.get("rssBytes"),
-                "pid": beat.get("pid"),
-                "steering": beat.get("steering"),
+                "connections": beat.connections if beat else None,
+                "rooms": beat.rooms if beat else None,
+                "cpuPercent": beat.cpu_percent if beat else None,
+                "rssBytes": beat.rss_bytes if beat else None,
+                "pid": beat.pid if beat else None,
+                "steering": beat.steering.to_dict() if beat and beat.steering else None,
             })
         self.metrics.observe(snap.ring, snap.records)
         return web.json_response({"ringEpoch": snap.ring.epoch, "nodes": rows})
@@ -198,9 +198,8 @@ class ControlApi:
         generation = await self.store.rebalance_generation()
         nodes = []
         for node_id, beat in sorted(snap.heartbeats.items()):
-            steering = beat.get("steering") or {}
-            if steering.get("kind") == "rebalance":
-                nodes.append({"node": node_id, **steering})
+            if beat.steering is not None and beat.steering.kind == "rebalance":
+                nodes.append({"node": node_id, **beat.steering.to_dict()})
         current = [n for n in nodes if n["generation"] == generation]
         # Done once a worker has reported this generation and none still runs it.
         done = bool(current) and all(n["done"] for n in current)

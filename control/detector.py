@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from common.keys import ACTIVE, ALIVE, DEAD
+from common.records import Heartbeat
 from router.ring import Member
 
 
@@ -54,20 +55,20 @@ class Assessment:
     ring_members: list[Member] = field(default_factory=list)
 
 
-def eligible(record: MemberRecord, heartbeat: dict | None, now_ms: int) -> bool:
+def eligible(record: MemberRecord, heartbeat: Heartbeat | None, now_ms: int) -> bool:
     """In the ring: alive, wanted active, reporting active, and past any hold-down."""
     return (
         record.health == ALIVE
         and record.desired == ACTIVE
         and heartbeat is not None
-        and heartbeat.get("state") == ACTIVE
+        and heartbeat.state == ACTIVE
         and now_ms >= record.hold_until_ms
     )
 
 
 def assess(
     records: dict[str, MemberRecord],
-    heartbeats: dict[str, dict],
+    heartbeats: dict[str, Heartbeat],
     seen_ms: dict[str, int],
     now_ms: int,
     dead_after_ms: int,
@@ -81,10 +82,10 @@ def assess(
         if record is None:
             if not fresh or heartbeat is None:
                 continue  # a stale heartbeat of a node nobody remembers: not a member
-            out.records[node_id] = MemberRecord(node_id, str(heartbeat["url"]), int(heartbeat.get("weight", 1)),
-                                                alive_since_ms=now_ms)
+            # A heartbeat carries no weight: a new member starts at the default one.
+            out.records[node_id] = MemberRecord(node_id, heartbeat.url, alive_since_ms=now_ms)
             out.changed.append(node_id)
-            out.events.append(("joined", node_id, {"url": heartbeat["url"]}))
+            out.events.append(("joined", node_id, {"url": heartbeat.url}))
             continue
         if record.health == ALIVE and not fresh:
             record.health = DEAD
@@ -97,7 +98,7 @@ def assess(
             record.alive_since_ms = now_ms
             record.hold_until_ms = now_ms + hold_down_ms
             if heartbeat is not None:
-                record.url = str(heartbeat["url"])
+                record.url = heartbeat.url
             out.changed.append(node_id)
             out.events.append(("returned", node_id, {"holdDownMs": hold_down_ms}))
     for node_id, record in sorted(out.records.items()):

@@ -12,6 +12,7 @@ it; a follower only serves reads. It does no HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from redis.exceptions import RedisError
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from control.config import ControlConfig
 from control.detector import Assessment, MemberRecord, assess
 from common.keys import ACTIVE, ALIVE, DRAINING
+from common.records import Command
 from control.lease import LeaderLease
 from control.metrics import ControlMetrics
 from control.store import ControlStore, NotLeader, Snapshot
@@ -70,10 +72,9 @@ class Controller:
             if kind in ("joined", "returned"):
                 # Give it a command to start from, so the next rebalance generation is news to it.
                 generation = await self.store.rebalance_generation() if generation is None else generation
-                command = await self.store.command(node)
-                command.setdefault("version", 0)
-                command.setdefault("state", verdict.records[node].desired)
-                command.setdefault("rebalance", generation)
+                command = await self.store.command(node) or Command(version=0, state=verdict.records[node].desired)
+                if command.rebalance is None:
+                    command = dataclasses.replace(command, rebalance=generation)
                 await self.store.set_command(node, command)
         base = snap.ring
         if base.epoch < self.highest_epoch:
@@ -125,10 +126,11 @@ class Controller:
             await self.store.write_records([record])
             snap.records[node_id] = record
             ring = await self._tick_locked(snap)
-            command = await self.store.command(node_id)
-            command.update(state=DRAINING, version=int(command.get("version", 0)) + 1, drainWindowS=window_s,
-                           drainTimeoutS=timeout_s, ringEpoch=ring.epoch)
-            await self.store.set_command(node_id, command)
+            command = await self.store.command(node_id) or Command()
+            await self.store.set_command(node_id, dataclasses.replace(
+                command, state=DRAINING, version=command.version + 1, drain_window_s=window_s,
+                drain_timeout_s=timeout_s, ring_epoch=ring.epoch,
+            ))
             await self.store.add_event("drain", node_id, {"windowS": window_s, "timeoutS": timeout_s, "epoch": ring.epoch})
             return {"node": node_id, "desired": DRAINING, "ringEpoch": ring.epoch, "windowS": window_s, "timeoutS": timeout_s}
 
@@ -137,9 +139,8 @@ class Controller:
             snap, record = await self._record(node_id)
             record.desired = ACTIVE
             await self.store.write_records([record])
-            command = await self.store.command(node_id)
-            command.update(state=ACTIVE, version=int(command.get("version", 0)) + 1)
-            await self.store.set_command(node_id, command)
+            command = await self.store.command(node_id) or Command()
+            await self.store.set_command(node_id, dataclasses.replace(command, state=ACTIVE, version=command.version + 1))
             await self.store.add_event("undrain", node_id, {})
             snap.records[node_id] = record
             # It rejoins the ring once its heartbeat reports it accepting again (next tick after that).
@@ -156,11 +157,10 @@ class Controller:
         generation = await self.store.next_rebalance_generation()
         nodes = sorted(node_id for node_id, record in records.items() if record.health == ALIVE)
         for node_id in nodes:
-            command = await self.store.command(node_id)
-            command.update(rebalance=generation, ringEpoch=ring.epoch, rebalanceWindowS=self.config.drain_window_s)
-            command.setdefault("version", 0)
-            command.setdefault("state", records[node_id].desired)
-            await self.store.set_command(node_id, command)
+            command = await self.store.command(node_id) or Command(version=0, state=records[node_id].desired)
+            await self.store.set_command(node_id, dataclasses.replace(
+                command, rebalance=generation, ring_epoch=ring.epoch, rebalance_window_s=self.config.drain_window_s,
+            ))
         self.metrics.rebalances.inc()
         await self.store.add_event("rebalance", None, {"generation": generation, "epoch": ring.epoch,
                                                        "reason": reason, "nodes": nodes})

@@ -5,13 +5,15 @@ snapshot read per tick (heartbeats, seen times, membership records, ring,
 Redis' clock), writing membership records and per-worker commands, the
 bounded event log, the rebalance generation, and publishing the ring with a
 write fenced by the leader lease (a deposed leader cannot overwrite its
-successor's ring). Because all of it lives in Redis, any replica can serve
+successor's ring). Heartbeats and commands cross it as `common.records`,
+never as loose dicts. Because all of it lives in Redis, any replica can serve
 reads and a restarted replica loses nothing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -19,7 +21,10 @@ import redis.asyncio as aioredis
 
 from control.detector import MemberRecord
 from common.keys import Keys
+from common.records import Command, Heartbeat, MalformedRecord
 from router.ring import Ring
+
+log = logging.getLogger("ringcast.control.store")
 
 # Publish the ring only while the caller's lease value is the one in Redis.
 _FENCED_SET = """
@@ -39,13 +44,26 @@ class NotLeader(RuntimeError):
 class Snapshot:
     now_ms: int  # Redis server time: every age is measured on this one clock
     records: dict[str, MemberRecord]
-    heartbeats: dict[str, dict]
+    heartbeats: dict[str, Heartbeat]  # a heartbeat that cannot be read is left out (and logged)
     seen_ms: dict[str, int]
     ring: Ring
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _heartbeats(raw: dict) -> dict[str, Heartbeat]:
+    """The readable heartbeats. One worker writing something else must not stop the control plane:
+    its heartbeat is left out, so it is judged on its seen time alone and stays out of the ring."""
+    out = {}
+    for key, value in raw.items():
+        node_id = _text(key)
+        try:
+            out[node_id] = Heartbeat.from_json(value)
+        except MalformedRecord as exc:
+            log.warning("ignoring the heartbeat of %s: %s", node_id, exc)
+    return out
 
 
 class ControlStore:
@@ -66,7 +84,7 @@ class ControlStore:
         return Snapshot(
             now_ms=int(now[0]) * 1000 + int(now[1]) // 1000,
             records={_text(k): MemberRecord.from_dict(json.loads(v)) for k, v in records.items()},
-            heartbeats={_text(k): json.loads(v) for k, v in heartbeats.items()},
+            heartbeats=_heartbeats(heartbeats),
             seen_ms={_text(k): int(v) for k, v in seen.items()},
             ring=Ring.from_json(ring) if ring else Ring(),
         )
@@ -92,12 +110,13 @@ class ControlStore:
         pipe.delete(self.keys.command(node_id), self.keys.rooms(node_id))
         await pipe.execute()
 
-    async def command(self, node_id: str) -> dict:
+    async def command(self, node_id: str) -> Command | None:
+        """The worker's current command, None if it has none; MalformedRecord if it cannot be read."""
         raw = await self.redis.get(self.keys.command(node_id))
-        return json.loads(raw) if raw else {}
+        return Command.from_json(raw) if raw else None
 
-    async def set_command(self, node_id: str, command: dict) -> None:
-        await self.redis.set(self.keys.command(node_id), json.dumps(command, separators=(",", ":")))
+    async def set_command(self, node_id: str, command: Command) -> None:
+        await self.redis.set(self.keys.command(node_id), command.to_json())
 
     async def next_rebalance_generation(self) -> int:
         return int(await self.redis.incr(self.keys.rebalance_generation))

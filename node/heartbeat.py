@@ -1,23 +1,25 @@
 """The worker's side of the control plane: heartbeat reporter and command follower.
 
-Owns, for one worker, the periodic heartbeat to Redis (id, URL, state,
-connections, hosted rooms with member counts, CPU, RSS, steering progress)
-and following the control plane's per-worker command key, which the same
-round trip reads back: drain (leave, steer every client to its room's new
-owner, become `drained`), undrain (accept again) and rebalance (steer the
-members of rooms this worker no longer owns). Key names come from
-`common.keys`; the pace of every move from `node.steering`.
+Owns, for one worker, the periodic heartbeat to Redis (a `common.records.Heartbeat`:
+id, URL, state, connections, hosted rooms with member counts, CPU, RSS,
+steering progress) and following the control plane's per-worker command (a
+`common.records.Command`), which the same round trip reads back: a new
+version asks for a drain or an undrain, a higher rebalance generation for a
+rebalance. It turns them into calls of the worker's `drain`, `undrain` and
+`rebalance`, and owns the task of the one in progress (cancelled by an
+undrain or by shutdown). Key names come from `common.keys`.
 
-It must not subscribe to any pub/sub channel, hash rooms itself (the ring
-does), or decide membership (the control plane does). If Redis is down the
-worker keeps serving; heartbeats resume when it returns.
+It must not change the worker's state itself (the worker's methods do),
+steer clients (the worker and `node.steering` do), subscribe to any pub/sub
+channel, hash rooms (the ring does), or decide membership (the control plane
+does). If Redis is down the worker keeps serving; heartbeats resume when it
+returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import logging
 import os
 import time
@@ -27,10 +29,9 @@ import psutil
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common.keys import ACTIVE, DRAINED, DRAINING, Keys
+from common.keys import ACTIVE, DRAINING, Keys
+from common.records import Command, Heartbeat, MalformedRecord
 from node import steering
-from node.connection import Connection
-from router.ring import EmptyRing, Ring
 
 if TYPE_CHECKING:  # the worker imports this module; only type checkers look back
     from node.worker import Worker
@@ -52,8 +53,10 @@ end
 return {now, redis.call('GET', KEYS[4])}
 """
 
-RING_WAIT_S = 5.0  # longest a drain/rebalance waits for the ring epoch its command names
-RING_RETRY_S = 0.05
+# What a worker assumes when its command leaves a field out (a command written before any drain or rebalance).
+DEFAULT_DRAIN_WINDOW_S = 5.0
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+DEFAULT_REBALANCE_WINDOW_S = 5.0
 
 
 class HeartbeatReporter:
@@ -78,24 +81,23 @@ class HeartbeatReporter:
 
     # --- reporting ---------------------------------------------------------------
 
-    def report(self) -> dict:
+    def report(self) -> Heartbeat:
         worker = self.worker
         hub = worker.hub
-        memory = self.process.memory_info()
-        return {
-            "id": worker.worker_id,
-            "url": self.url,
-            "state": worker.state,
-            "connections": len(worker.connections),
-            "rooms": len(hub.rooms) if hub is not None else 0,
-            "cpuPercent": self.process.cpu_percent(None),
-            "rssBytes": memory.rss,
-            "pid": os.getpid(),
-            "startedAtMs": self.started_at_ms,
-            "commandVersion": self.command_version,
-            "rebalanceGeneration": self.rebalance_generation,
-            "steering": self.progress.to_dict() if self.progress is not None else None,
-        }
+        return Heartbeat(
+            id=worker.worker_id,
+            url=self.url,
+            state=worker.state,
+            connections=len(worker.connections),
+            rooms=len(hub.rooms) if hub is not None else 0,
+            cpu_percent=self.process.cpu_percent(None),
+            rss_bytes=self.process.memory_info().rss,
+            pid=os.getpid(),
+            started_at_ms=self.started_at_ms,
+            command_version=self.command_version,
+            rebalance_generation=self.rebalance_generation,
+            steering=self.progress.report() if self.progress is not None else None,
+        )
 
     def room_counts(self) -> list[str]:
         """The most populated hosted rooms (bounded), flattened for HSET."""
@@ -109,15 +111,18 @@ class HeartbeatReporter:
             flat += [room, str(len(entry.members))]
         return flat
 
-    async def beat(self) -> dict | None:
-        """One heartbeat; returns the command read back (None when there is none)."""
+    async def beat(self) -> Command | None:
+        """One heartbeat; returns the command read back (None when there is none).
+
+        Raises MalformedRecord if the command cannot be read (the heartbeat is written all the same).
+        """
         node_id = self.worker.worker_id
         rooms_ttl_ms = int(max(self.interval_s * 5, 5.0) * 1000)
         _now_ms, raw = await self.beat_script(
             keys=[self.keys.heartbeats, self.keys.seen, self.keys.rooms(node_id), self.keys.command(node_id)],
-            args=[node_id, json.dumps(self.report(), separators=(",", ":")), rooms_ttl_ms, *self.room_counts()],
+            args=[node_id, self.report().to_json(), rooms_ttl_ms, *self.room_counts()],
         )
-        return json.loads(raw) if raw else None
+        return Command.from_json(raw) if raw else None
 
     async def run(self) -> None:
         while True:
@@ -127,6 +132,8 @@ class HeartbeatReporter:
                     self.follow(command)
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 log.warning("heartbeat to Redis failed (%s); still serving on the last ring", exc)
+            except MalformedRecord as exc:
+                log.warning("ignoring the control plane's command for this worker: %s", exc)
             except Exception:
                 log.exception("bug in the heartbeat loop")
             await asyncio.sleep(self.interval_s)
@@ -143,24 +150,20 @@ class HeartbeatReporter:
 
     # --- following commands ----------------------------------------------------------
 
-    def follow(self, command: dict) -> None:
-        version = int(command.get("version", 0))
-        generation = int(command.get("rebalance", 0))
+    def follow(self, command: Command) -> None:
         worker = self.worker
-        if version != self.command_version:
-            self.command_version = version
-            wanted = command.get("state", ACTIVE)
-            if wanted == DRAINING and worker.state == ACTIVE:
-                self._start(self._drain(command, version))
-            elif wanted == ACTIVE and worker.state in (DRAINING, DRAINED):
-                self._cancel()
-                worker.state = ACTIVE
-                log.info("worker %s undrained: accepting connections again", worker.worker_id)
+        if command.version != self.command_version:
+            self.command_version = command.version
+            if command.state == DRAINING and worker.accepting:
+                self._start(self._drain(command))
+            elif command.state == ACTIVE and worker.undrain():
+                self._cancel()  # the drain that was under way, if any
+        generation = command.rebalance or 0
         if self.rebalance_generation is None:
             self.rebalance_generation = generation  # a (re)started worker does not replay old rebalances
         elif generation > self.rebalance_generation:
             self.rebalance_generation = generation
-            if worker.state == ACTIVE and (self.task is None or self.task.done()):
+            if worker.accepting and (self.task is None or self.task.done()):
                 self._start(self._rebalance(command, generation))
 
     def _start(self, coro) -> None:
@@ -172,95 +175,23 @@ class HeartbeatReporter:
             self.task.cancel()
         self.task = None
 
-    async def _ring_at_least(self, epoch: int) -> Ring | None:
-        """The worker's ring (placement's copy, polled from Redis) once its epoch reaches `epoch`.
-
-        None if it does not get there within RING_WAIT_S: the clients are then told
-        to ask the router instead of being sent to a stale owner.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RING_WAIT_S
-        while True:
-            ring = self.worker.placement.ring
-            if ring.epoch >= epoch and len(ring):
-                return ring
-            if loop.time() >= deadline:
-                return None
-            await asyncio.sleep(RING_RETRY_S)
-
-    @staticmethod
-    def _owner_url(ring: Ring | None, conn: Connection, me: str) -> str | None:
-        """Where `conn` should go: the owner of its (first, by name) room; None means ask the router."""
-        if ring is None or not conn.rooms:
-            return None
-        try:
-            owner = ring.route(min(conn.rooms))
-        except EmptyRing:
-            return None
-        return None if owner.id == me else owner.url
-
-    def successor_ring(self, ring: Ring | None = None) -> Ring | None:
-        """The ring the control plane will publish once this worker has left: the current one
-        without it (consistent hashing gives every other room the same owner). None if empty."""
-        ring = self.worker.placement.ring if ring is None else ring
-        me = self.worker.worker_id
-        if me not in ring:
-            return ring if len(ring) else None
-        others = [member for member in ring.members.values() if member.id != me]
-        return Ring(others, ring.epoch) if others else None
-
-    def successor_targets(self):
-        """For a shutdown: each connection's target in the successor ring (computed once)."""
-        ring = self.successor_ring()
-        me = self.worker.worker_id
-        return lambda conn: self._owner_url(ring, conn, me)
-
-    async def _drain(self, command: dict, version: int) -> None:
-        worker = self.worker
-        me = worker.worker_id
-        worker.state = DRAINING  # from here /readyz is 503 and upgrades are refused
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(command.get("drainTimeoutS", 30.0))
-        progress = self.progress = steering.SteeringProgress("drain", generation=version)
-        log.info("worker %s draining %d connections", me, len(worker.connections))
-        # The published ring without this worker; if it is late, the current one minus this worker.
-        ring = self.successor_ring(await self._ring_at_least(int(command.get("ringEpoch", 0))))
-        try:
-            async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                await steering.steer_away(
-                    list(worker.connections.values()), reason="drain",
-                    window_s=float(command.get("drainWindowS", 5.0)),
-                    max_rate_per_s=worker.config.steer_max_rate_per_s,
-                    jitter_ms=worker.config.reconnect_jitter_ms,
-                    target_url=lambda conn: self._owner_url(ring, conn, me),
-                    notify=worker.steer_notice, progress=progress,
-                )
-                while worker.connections:
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            log.warning("worker %s: drain deadline reached with %d connections; cutting them", me, len(worker.connections))
-            for conn in list(worker.connections.values()):
-                conn.transport.abort()
-        progress.finished_at_ms = progress.finished_at_ms or int(time.time() * 1000)
-        worker.state = DRAINED
-        log.info("worker %s drained", me)
-
-    async def _rebalance(self, command: dict, generation: int) -> None:
-        worker = self.worker
-        me = worker.worker_id
-        progress = self.progress = steering.SteeringProgress("rebalance", generation=generation)
-        ring = await self._ring_at_least(int(command.get("ringEpoch", 0)))
-        if ring is None or me not in ring:
-            progress.finished_at_ms = int(time.time() * 1000)
-            return  # not placed (or no ring): nothing this worker owns can be said to have moved
-        # A connection moves only when none of its rooms is owned here any more.
-        movers = [
-            conn for conn in worker.connections.values()
-            if conn.rooms and not conn.closed and all(ring.owner_id(room) != me for room in conn.rooms)
-        ]
-        log.info("worker %s rebalance %d: %d connections to move (ring epoch %d)", me, generation, len(movers), ring.epoch)
-        await steering.steer_away(
-            movers, reason="rebalance", window_s=float(command.get("rebalanceWindowS", 5.0)),
-            max_rate_per_s=worker.config.steer_max_rate_per_s, jitter_ms=worker.config.reconnect_jitter_ms,
-            target_url=lambda conn: self._owner_url(ring, conn, me), notify=worker.steer_notice, progress=progress,
+    async def _drain(self, command: Command) -> None:
+        self.progress = steering.SteeringProgress("drain", generation=command.version)
+        await self.worker.drain(
+            ring_epoch=command.ring_epoch or 0,
+            window_s=_or(command.drain_window_s, DEFAULT_DRAIN_WINDOW_S),
+            timeout_s=_or(command.drain_timeout_s, DEFAULT_DRAIN_TIMEOUT_S),
+            progress=self.progress,
         )
+
+    async def _rebalance(self, command: Command, generation: int) -> None:
+        self.progress = steering.SteeringProgress("rebalance", generation=generation)
+        await self.worker.rebalance(
+            ring_epoch=command.ring_epoch or 0,
+            window_s=_or(command.rebalance_window_s, DEFAULT_REBALANCE_WINDOW_S),
+            progress=self.progress,
+        )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -1,6 +1,6 @@
 """The node supervisor: starts, watches and restarts one host's worker processes.
 
-Owns the process tree of a node host: worker i runs `python -m node.worker`
+Owns the process tree of a node host: worker i runs `python -m node.launch`
 on port `port + i`; a worker that exits unexpectedly is restarted after a
 capped exponential backoff (reset once it has stayed up for a while), and
 every restart is logged and exposed by the new worker as
@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from node.config import NodeConfig
-from node.worker import RESTARTS_ENV, config_to_json, secrets_env
+from node.launch import MODULE, RESTARTS_ENV, config_to_json, secrets_env
 
 log = logging.getLogger("ringcast.supervisor")
 
@@ -45,7 +45,7 @@ class Supervisor:
     async def _spawn(self, slot: WorkerSlot) -> None:
         env = dict(os.environ, **{RESTARTS_ENV: str(slot.restarts)}, **secrets_env(slot.config))
         slot.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "node.worker", config_to_json(slot.config), env=env,
+            sys.executable, "-m", MODULE, config_to_json(slot.config), env=env,
         )
         slot.started_at = asyncio.get_running_loop().time()
         log.info("started worker %d (%s) pid %d", slot.index, slot.config.shard_id, slot.process.pid)

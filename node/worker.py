@@ -1,98 +1,63 @@
-"""One worker process: a shard that holds WebSocket connections and hosts rooms.
+"""One worker: a shard that holds WebSocket connections and hosts rooms.
 
-Owns the aiohttp application (`/ws`, `/healthz`, `/readyz`, `/metrics`), the
-per-connection read loop, admission (per-IP and per-worker caps), the
-heartbeat sweep, and graceful shutdown. It moves bytes and calls the pure
-protocol module; it does not parse or encode frames itself, does not index
-rooms (the hub does) and does not talk to Redis (the bus does).
+Owns the aiohttp application (`/ws`, `/healthz`, `/readyz`, `/metrics`),
+admission and the upgrade (per-IP and per-worker caps, before any socket is
+spent), the read loop of each connection (rate limit, then the frame goes to
+`node.session`), the close policy (flood, slow consumer, expired token,
+silent peer), the heartbeat sweep, the worker's lifecycle (start, cleanup,
+graceful shutdown) and its state: `drain`, `undrain` and `rebalance` are the
+only ways in and out of `active` apart from shutdown, whoever asks for them
+(the control plane's commands arrive through `node.heartbeat`).
 
-Run by the supervisor as `python -m node.worker CONFIG_JSON`.
+It moves bytes and calls the pure protocol module: it does not decode frames
+or run their commands (the session does), does not index rooms (the hub
+does), does not talk to Redis (the bus does) and does not choose its bus or
+start its process (`node.launch` does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
-import os
 import secrets
 import signal
 import socket
-import sys
 import time
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from common.keys import ACTIVE, DRAINED, DRAINING, SHUTTING_DOWN
 from common.tasks import stop_tasks
-from node import envelope, frames, protocol, steering
+from node import frames, protocol, steering
 from node.admission import Admission, Refusal
 from node.auth import Identity, TokenVerifier
-from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable, PublishUnconfirmed
-from node.bus_global import GlobalBroadcastBus
-from node.bus_memory import MemoryBus
-from node.bus_redis import RedisBus, RedisBusSettings
+from node.bus import Bus
 from node.config import NodeConfig
 from node.connection import Connection
 from node.heartbeat import HeartbeatReporter
-from node.history import recovery_outcome
 from node.hub import Hub
-from common.logs import setup_logging
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.placement import Placement
 from node.ratelimit import TokenBucket, UserBuckets
+from node.session import Sessions
 
 log = logging.getLogger("ringcast.worker")
 
-ACTIVE = "active"
-DRAINING = "draining"
-SHUTTING_DOWN = "shutting_down"
-
-RESTARTS_ENV = "RINGCAST_WORKER_RESTARTS"  # set by the supervisor for each (re)start
-SECRETS_ENV = "RINGCAST_WORKER_JWT_SECRETS"  # the supervisor hands the signing keys over here, not in argv
-SWEEP_INTERVAL_S = 1.0
-SLOW_CONSUMER_GRACE_S = 1.0  # a slow consumer's 1013 close frame has this long to drain before the cut  # heartbeat/sampling sweep period; per-connection timers would cost memory
-
-
-def make_bus(config: NodeConfig) -> Bus:
-    rules = config.history_rules()
-    if config.bus == "memory":
-        return MemoryBus(rules.policy_for)
-    bus_class = GlobalBroadcastBus if config.bus == "global" else RedisBus
-    return bus_class(
-        RedisBusSettings(
-            url=config.redis,
-            channel_prefix=config.channel_prefix,
-            key_prefix=config.key_prefix,
-            timeout_s=config.bus_timeout_s,
-            reconnect_base_s=config.bus_reconnect_base_s,
-            reconnect_cap_s=config.bus_reconnect_cap_s,
-            room_state_ttl_s=config.room_state_ttl_s,
-            policy_for=rules.policy_for,
-            max_connections=config.bus_max_connections,
-        )
-    )
+SWEEP_INTERVAL_S = 1.0  # heartbeat/sampling sweep period; per-connection timers would cost memory
+SLOW_CONSUMER_GRACE_S = 1.0  # a slow consumer's 1013 close frame has this long to drain before the cut
 
 
 class Worker:
-    def __init__(self, config: NodeConfig, bus: Bus | None = None) -> None:
+    def __init__(self, config: NodeConfig, bus: Bus, restarts: int = 0) -> None:
         self.config = config
         self.worker_id = config.shard_id
         self.metrics = NodeMetrics(self.worker_id)
-        self.metrics.restarts.set(int(os.environ.get(RESTARTS_ENV, "0") or 0))
-        self.bus = bus if bus is not None else make_bus(config)
-        self.history_rules = config.history_rules()
-        self.decoder = protocol.Decoder(
-            protocol.ProtocolLimits(
-                max_room_name_chars=config.max_room_name_chars,
-                max_json_depth=config.max_json_depth,
-                max_frame_bytes=config.max_frame_bytes,
-            )
-        )
+        self.metrics.restarts.set(restarts)
+        self.bus = bus
         self.placement = Placement(config)
-        self.state = ACTIVE
+        self.state = ACTIVE  # changed only here: drain, undrain, shutdown
         self.connections: dict[str, Connection] = {}
         self.admission = Admission(
             allowed_origins=tuple(config.allowed_origins),
@@ -107,22 +72,18 @@ class Worker:
         )
         self.outbox: Outbox | None = None
         self.hub: Hub | None = None
+        self.sessions: Sessions | None = None
         self._background: list[asyncio.Task] = []
         self._detached: set[asyncio.Future] = set()  # fire-and-forget work, referenced until done
         self._bus_was_lost = False
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task | None = None
         self.heartbeat: HeartbeatReporter | None = None  # reports to the control plane, follows its commands
-        self.limits = {
-            "maxFrameBytes": config.max_frame_bytes,
-            "maxMessageBytes": config.max_message_bytes,
-            "maxRoomsPerConnection": config.max_rooms_per_connection,
-            "maxRoomNameChars": config.max_room_name_chars,
-            "messageRatePerS": config.message_rate_per_s,
-            "messageBurst": config.message_burst,
-            "heartbeatIntervalS": config.heartbeat_interval_s,
-            "heartbeatTimeoutS": config.heartbeat_timeout_s,
-        }
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new sockets are welcome (`/readyz` 200): only while active."""
+        return self.state == ACTIVE
 
     # --- application ----------------------------------------------------------
 
@@ -142,6 +103,9 @@ class Worker:
             self.config.max_outbound_bytes, self._on_slow_consumer, self.config.write_coalesce_ms / 1000
         )
         self.hub = Hub(self.bus, self.outbox, self.metrics, self.config.max_join_buffer_messages)
+        self.sessions = Sessions(
+            self.config, self.worker_id, self.bus, self.hub, self.outbox, self.metrics, self.placement
+        )
         self.bus.set_handlers(self.hub.deliver, self._on_bus_state)
         await self.bus.start()
         await self.placement.start()
@@ -185,7 +149,7 @@ class Worker:
         )
 
     async def handle_readyz(self, request: web.Request) -> web.Response:
-        ready = self.state == ACTIVE
+        ready = self.accepting
         body = {"ready": ready, "worker": self.worker_id, "state": self.state, "connections": len(self.connections)}
         return web.json_response(body, status=200 if ready else 503)
 
@@ -202,7 +166,7 @@ class Worker:
         return web.json_response({"error": reason, "message": text}, status=status, headers=headers)
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
-        if self.state != ACTIVE:
+        if not self.accepting:
             return self._refuse(503, "NOT_ACCEPTING", f"worker is {self.state}; ask the router for another", 1)
         ip = request.remote or "unknown"
         decision = self.admission.check(
@@ -244,10 +208,10 @@ class Worker:
         except OSError:
             pass
 
-    # --- one connection -------------------------------------------------------
+    # --- one connection: the read loop ----------------------------------------------
 
     async def _serve(self, ws: web.WebSocketResponse, transport: asyncio.Transport, ip: str, identity: Identity | None) -> None:
-        assert self.hub is not None and self.outbox is not None
+        assert self.sessions is not None and self.outbox is not None
         self._tune_socket(transport)
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -262,7 +226,7 @@ class Worker:
         self.connections[conn.id] = conn
         self.metrics.connections.set(len(self.connections))
         self.metrics.connections_opened.inc()
-        self.outbox.push(conn, conn.frame(protocol.welcome(conn.id, self.worker_id, self.limits)))
+        self.sessions.begin(conn)
         try:
             while True:
                 msg = await ws.receive()
@@ -284,7 +248,7 @@ class Worker:
                     break
         finally:
             conn.closed = True
-            self.hub.leave_all(conn)
+            self.sessions.end(conn)
             if conn.identity is not None:
                 self.user_buckets.release(conn.identity.user)
             self.connections.pop(conn.id, None)
@@ -294,6 +258,8 @@ class Worker:
                 transport.abort()
 
     async def _on_frame(self, conn: Connection, data: str | bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Rate-limit one client frame, then hand it to the session."""
+        assert self.sessions is not None
         started = loop.time()
         wait_s = conn.bucket.take(started)
         if not wait_s and conn.user_bucket is not None:
@@ -304,155 +270,14 @@ class Worker:
             if conn.rejections >= self.config.flood_close_after_rejections:
                 self._close(conn, protocol.CloseCode.POLICY_VIOLATION, "flooding", "flood")
                 return
-            self._send_error(conn, protocol.ErrorCode.RATE_LIMIT_EXCEEDED, "slow down", None, wait_s)
+            self.sessions.send_error(conn, protocol.ErrorCode.RATE_LIMIT_EXCEEDED, "slow down", None, wait_s)
             return
         conn.rejections = 0
         conn.ping_sent_at = None  # any frame proves the peer is alive
-        request_id: protocol.RequestId | None = None
-        try:
-            frame = self.decoder.decode(data, conn.codec)
-            request_id = frame.request_id  # a client waiting for its reply gets one even when we fail
-            self.metrics.messages_received.labels(type(frame).__name__.lower()).inc()
-            if isinstance(frame, protocol.Publish):
-                await self._publish(conn, frame)
-            elif isinstance(frame, protocol.Join):
-                await self._join(conn, frame)
-            elif isinstance(frame, protocol.Leave):
-                self._leave(conn, frame)
-            elif isinstance(frame, protocol.History):
-                await self._history(conn, frame)
-            else:
-                self.outbox.push(conn, conn.frame(protocol.pong(int(time.time() * 1000), frame.request_id)))
-        except protocol.ProtocolError as exc:
-            self.metrics.messages_received.labels("invalid").inc()
-            self._send_error(conn, exc.code, exc.message, exc.request_id)
-        except Exception:
-            log.exception("bug while handling a frame on connection %s", conn.id)
-            self._send_error(conn, protocol.ErrorCode.INTERNAL_ERROR, "internal error; logged", request_id)
+        await self.sessions.handle(conn, data)
         self.metrics.message_handling.observe(loop.time() - started)
 
-    async def _join(self, conn: Connection, frame: protocol.Join) -> None:
-        assert self.hub is not None
-        if conn.identity is not None and not conn.identity.may_join(frame.room):
-            raise protocol.ProtocolError(
-                protocol.ErrorCode.FORBIDDEN, f"your token does not allow joining {frame.room}", frame.request_id
-            )
-        if frame.room in conn.rooms:
-            raise protocol.ProtocolError(protocol.ErrorCode.ALREADY_JOINED, f"already in {frame.room}", frame.request_id)
-        if len(conn.rooms) >= self.config.max_rooms_per_connection:
-            raise protocol.ProtocolError(
-                protocol.ErrorCode.TOO_MANY_ROOMS,
-                f"at most {self.config.max_rooms_per_connection} rooms per connection",
-                frame.request_id,
-            )
-        since = frame.since
-        since_seq, since_epoch = (POSITION_ONLY, "") if since is None else (since.seq, since.epoch)
-        try:
-            page = await self.hub.join(conn, frame.room, since_seq, since_epoch, self.config.max_history_page)
-        except BusUnavailable as exc:
-            raise protocol.ProtocolError(protocol.ErrorCode.BUS_UNAVAILABLE, str(exc), frame.request_id) from None
-        except ConnectionError:  # the socket went away while joining
-            return
-        # From here to go_live nothing awaits: joined, the missed messages, then the live stream.
-        recovered = reason = None
-        if since is not None:
-            recovered, reason = recovery_outcome(
-                since.seq, since.epoch, page.seq, page.epoch,
-                page.messages[0].seq if page.messages else None,
-                page.messages[-1].seq if page.messages else None,
-                self.history_rules.policy_for(frame.room).size,
-            )
-            self.metrics.resumes.labels("recovered" if recovered else reason).inc()
-        self.outbox.push(
-            conn, conn.frame(protocol.joined(frame.room, page.seq, page.epoch, frame.request_id, recovered, reason))
-        )
-        for message in page.messages:
-            missed = self.hub.message_frame(message, conn.binary)
-            if missed is not None:
-                self.outbox.push(conn, missed)
-        self.hub.go_live(conn, frame.room, page.epoch, page.seq)
-        hint = self.placement.moved_hint(frame.room)
-        if hint is not None:
-            self.outbox.push(conn, conn.frame(hint))
-
-    async def _history(self, conn: Connection, frame: protocol.History) -> None:
-        assert self.hub is not None
-        if conn.identity is not None and not conn.identity.may_join(frame.room):
-            raise protocol.ProtocolError(
-                protocol.ErrorCode.FORBIDDEN, f"your token does not allow reading {frame.room}", frame.request_id
-            )
-        limit = min(frame.limit or self.config.max_history_page, self.config.max_history_page)
-        since = frame.since
-        since_seq, since_epoch = (LATEST, "") if since is None else (since.seq, since.epoch)
-        try:
-            page = await self.bus.read_history(frame.room, since_seq, since_epoch, limit)
-        except BusUnavailable as exc:
-            raise protocol.ProtocolError(protocol.ErrorCode.BUS_UNAVAILABLE, str(exc), frame.request_id) from None
-        bodies = [body for body in map(self.hub.message_body, page.messages) if body is not None]
-        if page.messages:
-            complete = page.messages[-1].seq >= page.seq
-        else:
-            complete = page.seq == 0 or (since is not None and since.epoch == page.epoch and since.seq >= page.seq)
-        if not conn.closed:
-            self.outbox.push(
-                conn, conn.frame(protocol.history(frame.room, page.seq, page.epoch, bodies, complete, frame.request_id))
-            )
-
-    def _leave(self, conn: Connection, frame: protocol.Leave) -> None:
-        assert self.hub is not None
-        if frame.room not in conn.rooms:
-            raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"not in {frame.room}", frame.request_id)
-        self.hub.leave(conn, frame.room)
-        self.outbox.push(conn, conn.frame(protocol.left(frame.room, frame.request_id)))
-
-    async def _publish(self, conn: Connection, frame: protocol.Publish) -> None:
-        room = frame.room
-        if room is None:
-            if len(conn.rooms) != 1:
-                raise protocol.ProtocolError(
-                    protocol.ErrorCode.ROOM_REQUIRED,
-                    "`room` may be left out only while joined to exactly one room",
-                    frame.request_id,
-                )
-            room = next(iter(conn.rooms))
-        if conn.identity is not None and not conn.identity.may_publish(room):
-            raise protocol.ProtocolError(
-                protocol.ErrorCode.FORBIDDEN, f"your token does not allow publishing to {room}", frame.request_id
-            )
-        if room not in conn.rooms:
-            raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"join {room} before publishing to it", frame.request_id)
-        try:
-            sender = conn.identity.user if conn.identity is not None else conn.id  # members see the token's `sub`
-            body = envelope.pack(envelope.Envelope(int(time.time() * 1000), sender, frame.data_key, frame.data))
-        except (TypeError, ValueError, OverflowError):
-            raise protocol.ProtocolError(
-                protocol.ErrorCode.INVALID_MESSAGE_FORMAT, "data holds a value that cannot be delivered", frame.request_id
-            ) from None
-        if len(body) > self.config.max_message_bytes:
-            raise protocol.ProtocolError(
-                protocol.ErrorCode.MESSAGE_TOO_LARGE,
-                f"message is {len(body)} bytes on the bus; the limit is {self.config.max_message_bytes}",
-                frame.request_id,
-            )
-        started = time.perf_counter()
-        try:
-            position = await self.bus.publish(room, body)
-        except PublishUnconfirmed as exc:
-            raise protocol.ProtocolError(protocol.ErrorCode.PUBLISH_UNCONFIRMED, str(exc), frame.request_id) from None
-        except BusUnavailable as exc:
-            raise protocol.ProtocolError(protocol.ErrorCode.BUS_UNAVAILABLE, str(exc), frame.request_id) from None
-        self.metrics.bus_publish.observe(time.perf_counter() - started)
-        self.metrics.messages_published.inc()
-        if frame.request_id is not None and not conn.closed:
-            self.outbox.push(conn, conn.frame(protocol.ack(room, position.seq, position.epoch, frame.request_id)))
-
-    def _send_error(
-        self, conn: Connection, code: protocol.ErrorCode, text: str, request_id: protocol.RequestId | None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        assert self.outbox is not None
-        self.metrics.errors.labels(code.value).inc()
-        self.outbox.push(conn, conn.frame(protocol.error(code, text, request_id, retry_after_s)))
+    # --- close policy -------------------------------------------------------------------
 
     def _close(self, conn: Connection, code: int, message: str, reason: str) -> None:
         """Flush what is queued, then close with `code` (close frame last)."""
@@ -484,6 +309,16 @@ class Worker:
         transport = conn.transport
         transport.write(frames.close_frame(protocol.CloseCode.TRY_AGAIN_LATER, "slow consumer"))
         asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, transport.abort)
+
+    def steer_notice(self, conn: Connection, frame: dict) -> None:
+        """Send one `reconnect` notice, then close the socket with 1001 (notice first, close frame last)."""
+        assert self.outbox is not None
+        self.outbox.push(conn, conn.frame(frame))
+        self._close(conn, protocol.CloseCode.GOING_AWAY, frame["reason"], frame["reason"])
+
+    def _cut_all(self) -> None:
+        for conn in list(self.connections.values()):
+            conn.transport.abort()
 
     # --- periodic work ------------------------------------------------------------
 
@@ -526,17 +361,76 @@ class Worker:
             await asyncio.sleep(period)
             self.metrics.loop_lag.observe(max(0.0, loop.time() - expected))
 
+    # --- state: drain, undrain, rebalance -----------------------------------------------
+
+    async def drain(
+        self, *, ring_epoch: int, window_s: float, timeout_s: float, progress: steering.SteeringProgress
+    ) -> None:
+        """active -> draining -> drained: refuse new sockets, steer every client to its room's owner in the
+        ring without this worker (published with `ring_epoch`), and wait until none is left; those left at
+        `timeout_s` are cut. Does nothing unless active."""
+        if not self.accepting:
+            return
+        me = self.worker_id
+        self.state = DRAINING  # from here /readyz is 503 and upgrades are refused
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        log.info("worker %s draining %d connections", me, len(self.connections))
+        # The published ring without this worker; if it is late, the current one minus this worker.
+        published = await steering.ring_at_least(lambda: self.placement.ring, ring_epoch)
+        ring = steering.successor_ring(published if published is not None else self.placement.ring, me)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                await steering.steer_away(
+                    list(self.connections.values()), reason="drain", window_s=window_s,
+                    max_rate_per_s=self.config.steer_max_rate_per_s, jitter_ms=self.config.reconnect_jitter_ms,
+                    target_url=steering.owners_in(ring, me), notify=self.steer_notice, progress=progress,
+                )
+                while self.connections:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning("worker %s: drain deadline reached with %d connections; cutting them", me, len(self.connections))
+            self._cut_all()
+        progress.finished_at_ms = progress.finished_at_ms or int(time.time() * 1000)
+        self.state = DRAINED
+        log.info("worker %s drained", me)
+
+    def undrain(self) -> bool:
+        """draining or drained -> active: accept connections again. False (and no change) from any other state.
+
+        A drain still running must be cancelled by whoever started it."""
+        if self.state not in (DRAINING, DRAINED):
+            return False
+        self.state = ACTIVE
+        log.info("worker %s undrained: accepting connections again", self.worker_id)
+        return True
+
+    async def rebalance(self, *, ring_epoch: int, window_s: float, progress: steering.SteeringProgress) -> None:
+        """Stay active; steer away the clients none of whose rooms this worker owns in the ring of
+        `ring_epoch`, each to the owner of its (first) room."""
+        me = self.worker_id
+        ring = await steering.ring_at_least(lambda: self.placement.ring, ring_epoch)
+        if ring is None or me not in ring:
+            progress.finished_at_ms = int(time.time() * 1000)
+            return  # not placed (or no ring): nothing this worker owns can be said to have moved
+        # A connection moves only when none of its rooms is owned here any more.
+        movers = [
+            conn for conn in self.connections.values()
+            if conn.rooms and not conn.closed and all(ring.owner_id(room) != me for room in conn.rooms)
+        ]
+        log.info("worker %s rebalance %d: %d connections to move (ring epoch %d)",
+                 me, progress.generation, len(movers), ring.epoch)
+        await steering.steer_away(
+            movers, reason="rebalance", window_s=window_s,
+            max_rate_per_s=self.config.steer_max_rate_per_s, jitter_ms=self.config.reconnect_jitter_ms,
+            target_url=steering.owners_in(ring, me), notify=self.steer_notice, progress=progress,
+        )
+
     # --- shutdown -----------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
         if self._shutdown_task is None:
             self._shutdown_task = asyncio.ensure_future(self.shutdown())
-
-    def steer_notice(self, conn: Connection, frame: dict) -> None:
-        """Send one `reconnect` notice, then close the socket with 1001 (notice first, close frame last)."""
-        assert self.outbox is not None
-        self.outbox.push(conn, conn.frame(frame))
-        self._close(conn, protocol.CloseCode.GOING_AWAY, frame["reason"], frame["reason"])
 
     async def shutdown(self) -> None:
         """Refuse new sockets, steer clients away over the window, wait, then stop."""
@@ -547,12 +441,15 @@ class Worker:
         log.info("worker %s shutting down: %d connections to steer away", self.worker_id, len(conns))
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # Each client is pointed at its room's owner once this worker has left the ring: the current ring
+        # without it, computed once. Only a worker that reports to a control plane names a target (no url
+        # without a ring).
+        me = self.worker_id
+        successor = steering.successor_ring(self.placement.ring, me) if self.heartbeat is not None else None
         # No rate cap here: the process is leaving, the window is the only pace that fits its deadline.
         await steering.steer_away(
             conns, reason="shutdown", window_s=self.config.shutdown_window_s, max_rate_per_s=None,
-            jitter_ms=self.config.reconnect_jitter_ms,
-            # Each client is pointed at its room's owner once this worker has left the ring (no url without a ring).
-            target_url=self.heartbeat.successor_targets() if self.heartbeat is not None else (lambda conn: None),
+            jitter_ms=self.config.reconnect_jitter_ms, target_url=steering.owners_in(successor, me),
             notify=self.steer_notice, progress=steering.SteeringProgress("shutdown"),
         )
         deadline = started + self.config.shutdown_timeout_s
@@ -560,8 +457,7 @@ class Worker:
             await asyncio.sleep(0.05)
         if self.connections:
             log.warning("worker %s: %d connections left at the deadline; cutting them", self.worker_id, len(self.connections))
-            for conn in list(self.connections.values()):
-                conn.transport.abort()
+            self._cut_all()
         self._stopped.set()
 
     async def run(self) -> None:
@@ -584,35 +480,3 @@ class Worker:
         await self._stopped.wait()
         await runner.cleanup()
         log.info("worker %s stopped", self.worker_id)
-
-
-def run_worker(config: NodeConfig) -> None:
-    setup_logging(config.log_level, component="worker", worker=config.shard_id)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(Worker(config).run())
-    else:
-        uvloop.run(Worker(config).run())
-
-
-def main(argv: list[str]) -> int:
-    values = json.loads(argv[0])
-    values["jwt_secret"] = json.loads(os.environ.get(SECRETS_ENV, "[]"))
-    config = NodeConfig(**values)
-    run_worker(config)
-    return 0
-
-
-def config_to_json(config: NodeConfig) -> str:
-    """The worker's settings for its command line, without the signing keys (argv is world-readable)."""
-    return json.dumps(dict(dataclasses.asdict(config), jwt_secret=[]))
-
-
-def secrets_env(config: NodeConfig) -> dict[str, str]:
-    """The signing keys for the worker's environment (readable only by its user)."""
-    return {SECRETS_ENV: json.dumps(config.jwt_secret)}
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

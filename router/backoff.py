@@ -1,4 +1,8 @@
-"""The reconnect schedule of the client SDK: capped exponential backoff with jitter.
+"""Capped exponential backoff with jitter: the one retry schedule in ringcast.
+
+Every reconnect and retry loop uses it: the client SDK and its core's
+drivers, the drills' clients, the control tests' fleet and the bus
+subscriber's reconnect.
 
 Owns the pure arithmetic of "how long to wait before attempt n": no clock, no
 sleeping, no sockets. Randomness is injected (`rand`), so tests can replay the

@@ -2,13 +2,14 @@
 
 from control.detector import MemberRecord, assess
 from common.keys import ACTIVE, ALIVE, DEAD, DRAINING
+from common.records import Heartbeat
 
 DEAD_AFTER_MS = 3000
 HOLD_MS = 5000
 
 
-def beat(node_id: str, state: str = ACTIVE) -> dict:
-    return {"id": node_id, "url": f"ws://{node_id}/ws", "state": state}
+def beat(node_id: str, state: str = ACTIVE) -> Heartbeat:
+    return Heartbeat(node_id, f"ws://{node_id}/ws", state)
 
 
 def test_new_fresh_worker_joins_the_ring_at_once():

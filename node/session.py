@@ -1,0 +1,231 @@
+"""What a connection's frames do: decode one, run its command, answer it.
+
+Owns the protocol session of every connection on a worker, between the
+`welcome` and the last leave: decoding a client frame (`node.protocol`),
+running its command (join with recovery of missed messages, leave, history,
+publish, ping), the reply or `error` frame each one earns, and the one
+mapping from bus failures to error codes (`bus_error`). One `Sessions` object
+serves every connection of the worker; what a connection remembers stays in
+its `node.connection.Connection`, so a connection costs no extra object.
+
+It must not read sockets, rate-limit frames, close connections or change the
+worker's state (the worker does: `node.worker`), index rooms (the hub does)
+or talk to Redis other than through the bus interface.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from node import envelope, protocol
+from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable, PublishUnconfirmed
+from node.config import NodeConfig
+from node.connection import Connection
+from node.history import recovery_outcome
+from node.hub import Hub
+from node.metrics import NodeMetrics
+from node.outbox import Outbox
+from node.placement import Placement
+
+log = logging.getLogger("ringcast.worker")  # the worker's logger: these lines kept their name when they moved here
+
+# How a bus failure reaches the client, most specific first (PublishUnconfirmed is a BusUnavailable).
+BUS_ERROR_CODES: tuple[tuple[type[BusUnavailable], protocol.ErrorCode], ...] = (
+    (PublishUnconfirmed, protocol.ErrorCode.PUBLISH_UNCONFIRMED),  # may or may not be published: do not retry blindly
+    (BusUnavailable, protocol.ErrorCode.BUS_UNAVAILABLE),  # nothing happened: retry later
+)
+
+
+def bus_error(exc: BusUnavailable, request_id: protocol.RequestId | None) -> protocol.ProtocolError:
+    """The error a client gets for a bus failure while serving its request."""
+    code = next(code for kind, code in BUS_ERROR_CODES if isinstance(exc, kind))
+    return protocol.ProtocolError(code, str(exc), request_id)
+
+
+class Sessions:
+    """The protocol session of every connection on one worker."""
+
+    def __init__(
+        self, config: NodeConfig, worker_id: str, bus: Bus, hub: Hub, outbox: Outbox, metrics: NodeMetrics,
+        placement: Placement,
+    ) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.bus = bus
+        self.hub = hub
+        self.outbox = outbox
+        self.metrics = metrics
+        self.placement = placement
+        self.history_rules = config.history_rules()
+        self.decoder = protocol.Decoder(
+            protocol.ProtocolLimits(
+                max_room_name_chars=config.max_room_name_chars,
+                max_json_depth=config.max_json_depth,
+                max_frame_bytes=config.max_frame_bytes,
+            )
+        )
+        self.limits = {  # told to every client in its welcome
+            "maxFrameBytes": config.max_frame_bytes,
+            "maxMessageBytes": config.max_message_bytes,
+            "maxRoomsPerConnection": config.max_rooms_per_connection,
+            "maxRoomNameChars": config.max_room_name_chars,
+            "messageRatePerS": config.message_rate_per_s,
+            "messageBurst": config.message_burst,
+            "heartbeatIntervalS": config.heartbeat_interval_s,
+            "heartbeatTimeoutS": config.heartbeat_timeout_s,
+        }
+
+    # --- lifetime of one session ----------------------------------------------------
+
+    def begin(self, conn: Connection) -> None:
+        self.outbox.push(conn, conn.frame(protocol.welcome(conn.id, self.worker_id, self.limits)))
+
+    def end(self, conn: Connection) -> None:
+        """The socket is gone: leave every room it was in."""
+        self.hub.leave_all(conn)
+
+    # --- one frame --------------------------------------------------------------------
+
+    async def handle(self, conn: Connection, data: str | bytes) -> None:
+        """Decode one client frame and run it; every failure becomes an `error` frame."""
+        request_id: protocol.RequestId | None = None
+        try:
+            frame = self.decoder.decode(data, conn.codec)
+            request_id = frame.request_id  # a client waiting for its reply gets one even when we fail
+            self.metrics.messages_received.labels(type(frame).__name__.lower()).inc()
+            if isinstance(frame, protocol.Publish):
+                await self._publish(conn, frame)
+            elif isinstance(frame, protocol.Join):
+                await self._join(conn, frame)
+            elif isinstance(frame, protocol.Leave):
+                self._leave(conn, frame)
+            elif isinstance(frame, protocol.History):
+                await self._history(conn, frame)
+            else:
+                self.outbox.push(conn, conn.frame(protocol.pong(int(time.time() * 1000), frame.request_id)))
+        except protocol.ProtocolError as exc:
+            self.metrics.messages_received.labels("invalid").inc()
+            self.send_error(conn, exc.code, exc.message, exc.request_id)
+        except Exception:
+            log.exception("bug while handling a frame on connection %s", conn.id)
+            self.send_error(conn, protocol.ErrorCode.INTERNAL_ERROR, "internal error; logged", request_id)
+
+    def send_error(
+        self, conn: Connection, code: protocol.ErrorCode, text: str, request_id: protocol.RequestId | None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.metrics.errors.labels(code.value).inc()
+        self.outbox.push(conn, conn.frame(protocol.error(code, text, request_id, retry_after_s)))
+
+    # --- the commands -------------------------------------------------------------------
+
+    async def _join(self, conn: Connection, frame: protocol.Join) -> None:
+        if conn.identity is not None and not conn.identity.may_join(frame.room):
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.FORBIDDEN, f"your token does not allow joining {frame.room}", frame.request_id
+            )
+        if frame.room in conn.rooms:
+            raise protocol.ProtocolError(protocol.ErrorCode.ALREADY_JOINED, f"already in {frame.room}", frame.request_id)
+        if len(conn.rooms) >= self.config.max_rooms_per_connection:
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.TOO_MANY_ROOMS,
+                f"at most {self.config.max_rooms_per_connection} rooms per connection",
+                frame.request_id,
+            )
+        since = frame.since
+        since_seq, since_epoch = (POSITION_ONLY, "") if since is None else (since.seq, since.epoch)
+        try:
+            page = await self.hub.join(conn, frame.room, since_seq, since_epoch, self.config.max_history_page)
+        except BusUnavailable as exc:
+            raise bus_error(exc, frame.request_id) from None
+        except ConnectionError:  # the socket went away while joining
+            return
+        # From here to go_live nothing awaits: joined, the missed messages, then the live stream.
+        recovered = reason = None
+        if since is not None:
+            recovered, reason = recovery_outcome(
+                since.seq, since.epoch, page.seq, page.epoch,
+                page.messages[0].seq if page.messages else None,
+                page.messages[-1].seq if page.messages else None,
+                self.history_rules.policy_for(frame.room).size,
+            )
+            self.metrics.resumes.labels("recovered" if recovered else reason).inc()
+        self.outbox.push(
+            conn, conn.frame(protocol.joined(frame.room, page.seq, page.epoch, frame.request_id, recovered, reason))
+        )
+        for message in page.messages:
+            missed = self.hub.message_frame(message, conn.binary)
+            if missed is not None:
+                self.outbox.push(conn, missed)
+        self.hub.go_live(conn, frame.room, page.epoch, page.seq)
+        hint = self.placement.moved_hint(frame.room)
+        if hint is not None:
+            self.outbox.push(conn, conn.frame(hint))
+
+    async def _history(self, conn: Connection, frame: protocol.History) -> None:
+        if conn.identity is not None and not conn.identity.may_join(frame.room):
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.FORBIDDEN, f"your token does not allow reading {frame.room}", frame.request_id
+            )
+        limit = min(frame.limit or self.config.max_history_page, self.config.max_history_page)
+        since = frame.since
+        since_seq, since_epoch = (LATEST, "") if since is None else (since.seq, since.epoch)
+        try:
+            page = await self.bus.read_history(frame.room, since_seq, since_epoch, limit)
+        except BusUnavailable as exc:
+            raise bus_error(exc, frame.request_id) from None
+        bodies = [body for body in map(self.hub.message_body, page.messages) if body is not None]
+        if page.messages:
+            complete = page.messages[-1].seq >= page.seq
+        else:
+            complete = page.seq == 0 or (since is not None and since.epoch == page.epoch and since.seq >= page.seq)
+        if not conn.closed:
+            self.outbox.push(
+                conn, conn.frame(protocol.history(frame.room, page.seq, page.epoch, bodies, complete, frame.request_id))
+            )
+
+    def _leave(self, conn: Connection, frame: protocol.Leave) -> None:
+        if frame.room not in conn.rooms:
+            raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"not in {frame.room}", frame.request_id)
+        self.hub.leave(conn, frame.room)
+        self.outbox.push(conn, conn.frame(protocol.left(frame.room, frame.request_id)))
+
+    async def _publish(self, conn: Connection, frame: protocol.Publish) -> None:
+        room = frame.room
+        if room is None:
+            if len(conn.rooms) != 1:
+                raise protocol.ProtocolError(
+                    protocol.ErrorCode.ROOM_REQUIRED,
+                    "`room` may be left out only while joined to exactly one room",
+                    frame.request_id,
+                )
+            room = next(iter(conn.rooms))
+        if conn.identity is not None and not conn.identity.may_publish(room):
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.FORBIDDEN, f"your token does not allow publishing to {room}", frame.request_id
+            )
+        if room not in conn.rooms:
+            raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"join {room} before publishing to it", frame.request_id)
+        try:
+            sender = conn.identity.user if conn.identity is not None else conn.id  # members see the token's `sub`
+            body = envelope.pack(envelope.Envelope(int(time.time() * 1000), sender, frame.data_key, frame.data))
+        except (TypeError, ValueError, OverflowError):
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.INVALID_MESSAGE_FORMAT, "data holds a value that cannot be delivered", frame.request_id
+            ) from None
+        if len(body) > self.config.max_message_bytes:
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.MESSAGE_TOO_LARGE,
+                f"message is {len(body)} bytes on the bus; the limit is {self.config.max_message_bytes}",
+                frame.request_id,
+            )
+        started = time.perf_counter()
+        try:
+            position = await self.bus.publish(room, body)
+        except BusUnavailable as exc:
+            raise bus_error(exc, frame.request_id) from None
+        self.metrics.bus_publish.observe(time.perf_counter() - started)
+        self.metrics.messages_published.inc()
+        if frame.request_id is not None and not conn.closed:
+            self.outbox.push(conn, conn.frame(protocol.ack(room, position.seq, position.epoch, frame.request_id)))
