@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from node.config import NodeConfig
 from node.launch import MODULE, RESTARTS_ENV, config_to_json, secrets_env
+from router.backoff import BackoffPolicy
 
 log = logging.getLogger("ringcast.supervisor")
 
@@ -38,6 +39,10 @@ class WorkerSlot:
 class Supervisor:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        # No jitter: one host's crash loop is not a herd, and operators read the delays in the log.
+        self.restart_backoff = BackoffPolicy(
+            base_s=config.restart_backoff_base_s, factor=2.0, cap_s=config.restart_backoff_cap_s, jitter=0.0
+        )
         self.slots = [WorkerSlot(i, config.for_worker(i)) for i in range(config.workers)]
         self.stopping = False
         self._stopped = asyncio.Event()
@@ -62,10 +67,7 @@ class Supervisor:
             if lived_s >= self.config.restart_reset_after_s:
                 slot.consecutive_crashes = 0
             slot.consecutive_crashes += 1
-            delay = min(
-                self.config.restart_backoff_cap_s,
-                self.config.restart_backoff_base_s * 2 ** (slot.consecutive_crashes - 1),
-            )
+            delay = self.restart_backoff.delay_s(slot.consecutive_crashes - 1)
             slot.restarts += 1
             log.warning(
                 "worker %d (%s, pid %d) died with %s after %.1fs; restart %d in %.2fs",
