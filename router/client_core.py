@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BUS_UNAVAILABLE = "BUS_UNAVAILABLE"
+TOO_MANY_MISSED = "too_many_missed"  # a resume's `joined` reason: the oldest page comes first, more is kept
 MAX_EPOCHS_REMEMBERED = 4  # per room: older epochs recognised as "already left" (out-of-order), not as a new stream
 
 MISSING: Any = object()  # "argument not given" (None is a valid `data`)
@@ -142,6 +143,10 @@ class Joined:
     frame: dict[str, Any]
     since: Position | None
     request: Request | None
+    # `too_many_missed` on a resume: the page that follows is the oldest part of what was missed and
+    # the rest is still kept, so the core goes on fetching (a re-join with `since` at the page's end).
+    # Nothing is lost yet, and the gap is not here: the stream is not marked.
+    fetching_more: bool = False
 
     @property
     def recovered(self) -> bool | None:
@@ -150,7 +155,7 @@ class Joined:
     @property
     def unrecovered(self) -> bool:
         """The resume could not be complete: the gap is here, in the stream."""
-        return self.frame.get("recovered") is False
+        return self.frame.get("recovered") is False and not self.fetching_more
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +448,10 @@ class ClientCore:
                 self._move_to(state, Position(0, joined_at.epoch))  # a new stream: its replay starts at seq 1
             # else: same stream; the replayed messages advance the position one by one
         if frame.get("recovered") is False:
+            if frame.get("reason") == TOO_MANY_MISSED and since is not None and self.resume:
+                # The replayed page ends before the live stream starts: the first live message is a
+                # jump, repaired like any gap (re-join with `since`), one page at a time.
+                return [Joined(room, frame, since, request, fetching_more=True)]
             state.accept_jump = True
             self.unrecovered[room] = frame
         return [Joined(room, frame, since, request)]

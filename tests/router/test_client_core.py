@@ -295,3 +295,37 @@ def test_state_is_bounded_by_what_the_application_holds():
         core.receive(message("lobby", 1, f"X{n}"))
     state = core.rooms["lobby"]
     assert core.pending_requests == 0 and len(state.epochs_left) == state.epochs_left.maxlen
+
+
+def test_too_many_missed_on_a_resume_is_not_a_gap_here_the_core_fetches_page_after_page():
+    core = in_room(ClientCore(), seq=5)
+    core.connection_lost()
+    [rejoin] = connect(core)
+    # The server: more than a page missed; the oldest page (6..8) comes first, then the live stream at 20.
+    [event] = core.receive(joined("lobby", 20, request_id=rejoin["id"], recovered=False, reason="too_many_missed"))
+    assert not event.unrecovered and event.fetching_more and core.unrecovered == {}
+    assert delivered([e for seq in (6, 7, 8) for e in core.receive(message("lobby", seq))]) == [6, 7, 8]
+    jump = core.receive(message("lobby", 21))
+    assert [type(e) for e in jump] == [Gap] and delivered(jump) == []  # no marker in the stream: not a loss
+    leave, join = core.frames_to_send()
+    assert leave == {"type": "leave", "room": "lobby"} and join["since"] == {"seq": 8, "epoch": "E1"}
+    [event] = core.receive(joined("lobby", 21, recovered=True))
+    assert not event.unrecovered
+    assert delivered([e for seq in range(9, 22) for e in core.receive(message("lobby", seq))]) == list(range(9, 22))
+    assert core.unrecovered == {}
+
+
+def test_a_too_many_missed_resume_that_ends_truncated_marks_the_gap_where_it_is():
+    core = in_room(ClientCore(), seq=5)
+    core.connection_lost()
+    [rejoin] = connect(core)
+    core.receive(joined("lobby", 20, request_id=rejoin["id"], recovered=False, reason="too_many_missed"))
+    for seq in (6, 7, 8):
+        core.receive(message("lobby", seq))
+    core.receive(message("lobby", 21))  # the jump: re-join with since 8
+    core.frames_to_send()
+    # Meanwhile history was trimmed past 8: the loss is real, and it is after 8.
+    [event] = core.receive(joined("lobby", 21, recovered=False, reason="history_truncated"))
+    assert event.unrecovered and core.unrecovered["lobby"]["reason"] == "history_truncated"
+    [after] = core.receive(message("lobby", 15))
+    assert isinstance(after, Message) and after.declared_jump
