@@ -17,8 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "control": ("control.cli", "run a control plane replica: membership, ring epochs, drain, operator API"),
     "ctl": ("control.ctl", "operate the control plane: nodes, ring, room, drain, undrain, rebalance, events"),
     "router": ("router.cli", "run the route service: GET /route?room=R -> the worker that owns R"),
-    "bench": ("chaos.bench", "load generator: verified fan-out / many-rooms / idle-memory benchmarks; JSON + Markdown"),
-    "drill": ("chaos.drill", "run a failover drill (kill-worker, redis-restart, ...) under verified load; PASS/FAIL + reports"),
+    "bench": ("chaos.bench.cli", "load generator: verified fan-out / many-rooms / idle-memory benchmarks; JSON + Markdown"),
+    "drill": ("chaos.drill.cli", "run a failover drill (kill-worker, redis-restart, ...) under verified load; PASS/FAIL + reports"),
 }
 
 

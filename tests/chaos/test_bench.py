@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from chaos import bench
-from chaos.load_stats import Tally
-from chaos.load_wire import MemberSocket, Window
+from chaos.bench import cli as bench
+from chaos.load.stats import Tally
+from chaos.load.wire import MemberSocket, Window
 
 
 def _run_bench(tmp_path, *args: str) -> dict:

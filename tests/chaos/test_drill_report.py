@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from chaos import drill_report
+from chaos.drill import report as drill_report
 
 
 def test_without_matplotlib_the_plot_says_which_extra_to_install(monkeypatch, tmp_path):

@@ -124,7 +124,7 @@ class _SentFrames:
 
 
 def _member():
-    from chaos.resuming_client import Backoff, Ledger, RoomMember
+    from chaos.drill.client import Backoff, Ledger, RoomMember
 
     member = RoomMember(Ledger(), None, ["ws://127.0.0.1:1/ws"], 0, "r", Backoff())
     member._on_joined({"type": "joined", "room": "r", "seq": 5, "epoch": "E1"})
@@ -174,7 +174,7 @@ async def test_verifier_accepts_a_declared_skip_after_recovered_false_and_counts
 
 
 def test_judge_fails_loss_duplicates_missing_recovery_and_slow_latency_and_passes_a_clean_run():
-    from chaos.drill_measure import Thresholds, judge
+    from chaos.drill.measure import Thresholds, judge
 
     clean = {"lost": 0, "duplicates": 0, "out_of_order": 0, "recovery_s": 1.0, "members_never_receiving_again": 0,
              "latency": {"before": {"p99_ms": 20.0}, "after": {"p99_ms": 30.0}}}

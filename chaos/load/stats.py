@@ -4,7 +4,7 @@ Owns the latency histogram (fixed 0.1 ms buckets, so merging is adding
 counts and percentiles are exact to a bucket) and the delivery tally
 (frames, duplicates, gaps, reordered, errors). Plain dicts and ints only, so a
 tally crosses a multiprocessing pipe as is. It must not open sockets or
-decide what a result means (chaos/bench.py does).
+decide what a result means (chaos/bench/cli.py does).
 """
 
 from __future__ import annotations

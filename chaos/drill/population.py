@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from chaos.eventually import Timeout, eventually
-from chaos.resuming_client import DRILL_BACKOFF, Ledger, Publisher, RoomMember
+from chaos.drill.client import DRILL_BACKOFF, Ledger, Publisher, RoomMember
 from router.backoff import BackoffPolicy
 
 CONNECT_CONCURRENCY = 200  # sockets opened at once while ramping up; more only queues in the accept backlog

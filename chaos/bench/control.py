@@ -11,7 +11,7 @@ by PID at the end), plus a fleet of lightweight clients. It prints:
   `drained`, and until every one of its clients is joined elsewhere, for N
   clients at the configured window and rate cap.
 
-Run: `.venv/bin/python -m chaos.control_bench [--clients 300] [--rounds 3] [--drain-clients 800]`.
+Run: `.venv/bin/python -m chaos.bench.control [--clients 300] [--rounds 3] [--drain-clients 800]`.
 Results are recorded in docs/benchmarks.md ("Control plane").
 """
 
@@ -38,7 +38,7 @@ TOKEN = "bench-token"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m chaos.control_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m chaos.bench.control", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=300, help="clients spread over rooms for the crash rounds")
     parser.add_argument("--rounds", type=int, default=3, help="SIGKILL rounds (the worker is restarted between them)")
     parser.add_argument("--drain-clients", type=int, default=800, help="clients on the drained worker")

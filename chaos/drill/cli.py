@@ -8,8 +8,8 @@ up, then measure, judge, and write the JSON, Markdown and PNG reports. It
 also owns the live progress line and cleanup: every process the drill
 started is stopped by PID on success, failure, Ctrl-C or SIGTERM.
 
-It must not define faults or thresholds (chaos/drill_scenarios.py) nor the
-meaning of the numbers (chaos/drill_measure.py).
+It must not define faults or thresholds (chaos/drill/scenarios.py) nor the
+meaning of the numbers (chaos/drill/measure.py).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from chaos.drill_cluster import DrillCluster
-from chaos.drill_measure import judge, measure
-from chaos.drill_population import Population, PopulationSize
-from chaos.drill_report import write_all
-from chaos.drill_scenarios import SCENARIOS, DrillContext, Scenario, control_for
+from chaos.drill.cluster import DrillCluster
+from chaos.drill.measure import judge, measure
+from chaos.drill.population import Population, PopulationSize
+from chaos.drill.report import write_all
+from chaos.drill.scenarios import SCENARIOS, DrillContext, Scenario, control_for
 from chaos.eventually import Timeout, eventually
-from chaos.resuming_client import Ledger
+from chaos.drill.client import Ledger
 
 EXIT_PASS, EXIT_FAIL, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SAMPLE_INTERVAL_S = 0.25  # connected-members sampling; worker RSS every 4th sample

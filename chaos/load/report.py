@@ -1,7 +1,7 @@
 """The load generator's reports: one run's result dict as bench.json and bench.md.
 
 Owns the file names and the Markdown layout (the tutorial's columns first,
-then loss and verification). It must not compute results (chaos/bench.py
+then loss and verification). It must not compute results (chaos/bench/cli.py
 does) or run anything.
 """
 

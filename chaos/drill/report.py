@@ -4,7 +4,7 @@ Owns the file names (`drill-<scenario>-<UTC time>.{json,md,png}` in the
 output directory) and the layout of each report. The PNG has two panels on
 one time axis: messages delivered per second (and acked per second), and
 connected members, with the fault shaded and recovery marked. It must not
-compute results (chaos/drill_measure.py does).
+compute results (chaos/drill/measure.py does).
 """
 
 from __future__ import annotations

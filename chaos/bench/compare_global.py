@@ -1,17 +1,17 @@
 """Ring placement (per-room channels) vs the tutorial's global broadcast, side by side.
 
 Owns one comparison: for each worker count it starts a fresh redis-server and
-`ringcast node` (the benchmark flags of chaos/bench.py plus `--bus redis` or
-`--bus global`), drives the same fixed load through chaos/bench.py's
+`ringcast node` (the benchmark flags of chaos/bench/cli.py plus `--bus redis` or
+`--bus global`), drives the same fixed load through chaos/bench/cli.py's
 Coordinator, then reads every worker's `/metrics` for the bus messages it
 received and the messages the node published (and redis-server's CPU over
 the whole run, via psutil), and prints one table
 (docs/benchmarks.md, "Ring placement vs global broadcast"). The two designs
 alternate per worker count so machine noise hits both alike. Every process it
-starts is stopped by PID. It must not generate load itself (chaos/bench.py
+starts is stopped by PID. It must not generate load itself (chaos/bench/cli.py
 does) nor judge the numbers.
 
-    .venv/bin/python -m chaos.compare_global --workers 1 2 4 --connections 2000 --rooms 400 \\
+    .venv/bin/python -m chaos.bench.compare_global --workers 1 2 4 --connections 2000 --rooms 400 \\
         --publishers 400 --rate 5 --duration 8 --warmup 2
 """
 
@@ -21,8 +21,8 @@ import argparse
 import json
 import os
 
-from chaos.bench import BENCH_NODE_FLAGS, Coordinator, ServerSampler, WorkerUrl
-from chaos.bench import build_parser as bench_parser
+from chaos.bench.cli import BENCH_NODE_FLAGS, Coordinator, ServerSampler, WorkerUrl
+from chaos.bench.cli import build_parser as bench_parser
 from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
 
 DESIGNS = ("redis", "global")  # per-room channels (ring placement) and the baseline
@@ -85,7 +85,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chaos.compare_global", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m chaos.bench.compare_global", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--rooms", type=int, default=400)

@@ -7,7 +7,7 @@ concurrent requests, latency percentiles). It starts its own router (static
 --nodes, no Redis needed) and stops it by PID. Bounded: a fixed number of
 lookups and a time cap.
 
-    python -m chaos.bench_router [--calls 200000] [--requests 20000] [--concurrency 32] [--max-seconds 30]
+    python -m chaos.bench.router [--calls 200000] [--requests 20000] [--concurrency 32] [--max-seconds 30]
 
 The HTTP load generator runs on the same machine as the router: on a small
 machine it competes with the router for CPU, so the figure is a floor.
@@ -83,7 +83,7 @@ async def bench_http(url: str, requests: int, concurrency: int, max_seconds: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chaos.bench_router", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m chaos.bench.router", description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200_000, help="route() calls per ring size")
     parser.add_argument("--requests", type=int, default=20_000, help="HTTP lookups in total")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at once")

@@ -10,7 +10,7 @@ room's sequence numbers (a repeat is a duplicate, a jump a gap, a skipped
 seq that arrives after all is reordered) and the latency from the timestamp
 the publisher embedded (`data.t`, CLOCK_MONOTONIC nanoseconds, which is one
 clock for every process of the machine). It must not decide
-how many sockets to open or when to publish (chaos/load_worker.py does).
+how many sockets to open or when to publish (chaos/load/worker.py does).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 
 import orjson
 
-from chaos.load_stats import Tally, add_latency
+from chaos.load.stats import Tally, add_latency
 
 MESSAGE_PREFIX = b'{"type":"message"'  # how the server's encoder starts every message frame (node/protocol.py)
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA

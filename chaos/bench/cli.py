@@ -4,12 +4,12 @@ Owns the plan of a run (which connection goes to which worker URL, room,
 source address and process; who publishes; which connections are sampled),
 starting a local cluster when asked (`--start-cluster`, via chaos/cluster.py,
 stopped by PID afterwards), spawning the load processes
-(chaos/load_worker.py), the live progress line, sampling the server's
+(chaos/load/worker.py), the live progress line, sampling the server's
 memory and CPU (psutil on worker PIDs, or each worker's `/metrics`), and the
 result: loss, duplicates, gaps and reordering computed from what every member received,
-the tutorial's columns, JSON and Markdown reports (chaos/load_report.py).
+the tutorial's columns, JSON and Markdown reports (chaos/load/report.py).
 Every run is bounded: the ramp, the publishing time and the settling each
-have a deadline. It must not speak WebSocket itself (chaos/load_wire.py does).
+have a deadline. It must not speak WebSocket itself (chaos/load/wire.py does).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_pipes
 from urllib.parse import urlparse
 
-from chaos.load_report import markdown, write_reports
-from chaos.load_stats import Tally, mean_ms, merge_histograms, percentile_ms
-from chaos.load_worker import SETTLE_MAX_S, ArrivalPlan, ConnectionPlan, ProcessPlan, Target, run
+from chaos.load.report import markdown, write_reports
+from chaos.load.stats import Tally, mean_ms, merge_histograms, percentile_ms
+from chaos.load.worker import SETTLE_MAX_S, ArrivalPlan, ConnectionPlan, ProcessPlan, Target, run
 
 # Flags a benchmark node needs, and why: the defaults protect a production
 # worker from one abusive client; here one machine plays thousands of clients.

@@ -24,7 +24,7 @@ import collections
 import math
 from dataclasses import dataclass, field
 
-from chaos.resuming_client import Ledger
+from chaos.drill.client import Ledger
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """One load-generator process: its share of the sockets, on its own uvloop event loop.
 
-Owns, for the connections the coordinator (chaos/bench.py) gave it: raising
+Owns, for the connections the coordinator (chaos/bench/cli.py) gave it: raising
 its own file-descriptor limit, opening and joining them in a bounded ramp
 (retrying refused upgrades with backoff), publishing at the planned rate
 inside the planned time, settling (until every member has the room's final
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from chaos.eventually import Timeout, eventually
-from chaos.load_stats import Tally
-from chaos.load_wire import MemberSocket, UpgradeFailed, Window, message_frame
+from chaos.load.stats import Tally
+from chaos.load.wire import MemberSocket, UpgradeFailed, Window, message_frame
 
 PROGRESS_INTERVAL_S = 1.0
 DEFAULT_PUBLISH_TICK_S = 0.01  # publishers are served in ticks: cheaper than one timer per publisher

@@ -22,7 +22,7 @@ turn instead of a route lookup) and the verification:
   member accepted, delivery and latency samples, client-visible errors.
 
 It must not start or stop servers (the scenarios do) nor judge pass or fail
-(chaos/drill_measure.py does).
+(chaos/drill/measure.py does).
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ and `--short`), how long it runs before and after the fault, the fault
 itself (`inject`), the server-side signals it times (worker back, bus down
 and back, slow consumers cut, drain complete), and its pass thresholds
 beyond the common ones (no loss, no duplicate, no disorder, everyone
-receiving again). The runner (chaos/drill.py) does everything else the
+receiving again). The runner (chaos/drill/cli.py) does everything else the
 same way for all of them.
 
-It must not own the clients (chaos/resuming_client.py) nor the arithmetic
-of results (chaos/drill_measure.py).
+It must not own the clients (chaos/drill/client.py) nor the arithmetic
+of results (chaos/drill/measure.py).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import psutil
 
 from chaos.cluster import ControlProcess, free_port, metric_value
-from chaos.drill_cluster import DrillCluster, http_url, get_json
-from chaos.drill_measure import Thresholds
-from chaos.drill_population import Population, PopulationSize
+from chaos.drill.cluster import DrillCluster, http_url, get_json
+from chaos.drill.measure import Thresholds
+from chaos.drill.population import Population, PopulationSize
 from chaos.eventually import Timeout, eventually
-from chaos.drill_stalled_reader import StalledReader
-from chaos.resuming_client import Ledger
+from chaos.drill.stalled_reader import StalledReader
+from chaos.drill.client import Ledger
 
 
 @dataclass(frozen=True)

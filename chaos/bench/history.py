@@ -6,7 +6,7 @@ RedisBus (the code path workers use) with concurrent publishers, alternates
 the two modes round by round so both see the same machine noise, and prints
 the ratio. Bounded: a fixed number of messages per round.
 
-    python -m chaos.bench_history [--messages 20000] [--publishers 50] [--rounds 3]
+    python -m chaos.bench.history [--messages 20000] [--publishers 50] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chaos.bench_history", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m chaos.bench.history", description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000, help="messages per round (default 20000)")
     parser.add_argument("--publishers", type=int, default=50, help="concurrent publishers (default 50)")
     parser.add_argument("--rooms", type=int, default=50, help="rooms published to (default 50)")
