@@ -25,8 +25,11 @@ from multiprocessing.connection import Connection
 from chaos.eventually import Timeout, eventually
 from chaos.load.stats import Tally
 from chaos.load.wire import MemberSocket, UpgradeFailed, Window, message_frame
+from router.backoff import BackoffPolicy
 
 PROGRESS_INTERVAL_S = 1.0
+# A refused upgrade (503 accept rate, 429 per-IP) or a full backlog: retry 0.1-0.2 s, doubling to 2-4 s.
+CONNECT_RETRY = BackoffPolicy(base_s=0.2, factor=2.0, cap_s=4.0, jitter=0.5)
 DEFAULT_PUBLISH_TICK_S = 0.01  # publishers are served in ticks: cheaper than one timer per publisher
 SETTLE_QUIET_S = 1.0  # arrival mode: after publishing stops, wait until nothing arrived for this long...
 SETTLE_MAX_S = 45.0  # ...but never longer than this (an overloaded run drains seconds of backlog); also the bound
@@ -272,8 +275,7 @@ class LoadProcess:
                 return sock
             except (OSError, ConnectionError, UpgradeFailed, asyncio.TimeoutError):
                 sock.close()
-                # refused upgrades (503 accept rate, 429 per-IP) and full backlogs: back off with jitter
-                await asyncio.sleep(random.uniform(0.5, 1.0) * min(4.0, 0.2 * 2 ** attempt))
+                await asyncio.sleep(CONNECT_RETRY.delay_s(attempt))
         self.tally.connect_failures += 1
         return None
 
