@@ -1,10 +1,11 @@
 """The route service: `ringcast router`, a stateless HTTP answer to "where does room R live?".
 
 Owns the aiohttp application of one router process: `GET /route?room=R`,
-`GET /ring`, `GET /healthz`, CORS preflight, and following the ring through a
-`RingSource`. Answers themselves are `router.answers`; placement is
-`router.ring`. It keeps no state but its copy of the ring, so any number of
-routers can run side by side. It must not hold WebSockets or publish rings.
+`GET /ring`, `GET /healthz`, `GET /metrics`, CORS preflight, and following
+the ring through a `RingSource`. Answers themselves are `router.answers`;
+placement is `router.ring`; metric names are `router.metrics`. It keeps no
+state but its copy of the ring (and its counters), so any number of routers
+can run side by side. It must not hold WebSockets or publish rings.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router import answers
 from router.config import RouterConfig
 from router.membership import RedisRingSource, RingSource, make_ring_source
+from router.metrics import RouterMetrics
 
 log = logging.getLogger("ringcast.router")
 
@@ -43,12 +47,14 @@ class RouteService:
         )
         if self.source is None:
             raise ValueError("the route service needs --redis or --nodes")
+        self.metrics = RouterMetrics()
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/route", self.handle_route)
         app.router.add_get("/ring", self.handle_ring)
         app.router.add_get("/healthz", self.handle_healthz)
+        app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
@@ -61,7 +67,10 @@ class RouteService:
         await self.source.close()
 
     async def handle_route(self, request: web.Request) -> web.Response:
-        return respond(answers.route(self.source.ring, request.query.get("room"), self.config.max_room_name_chars))
+        started = time.perf_counter()
+        response = respond(answers.route(self.source.ring, request.query.get("room"), self.config.max_room_name_chars))
+        self.metrics.answered(response.status, time.perf_counter() - started)
+        return response
 
     async def handle_ring(self, request: web.Request) -> web.Response:
         return respond(answers.ring_view(self.source.ring))
@@ -72,6 +81,11 @@ class RouteService:
         if isinstance(self.source, RedisRingSource):
             body["redisReachable"] = self.source.redis_reachable
         return respond((200, body, {}))
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        reachable = self.source.redis_reachable if isinstance(self.source, RedisRingSource) else True
+        self.metrics.observe(self.source.ring, reachable)
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT."""

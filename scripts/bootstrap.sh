@@ -19,7 +19,7 @@ command -v "$PY" >/dev/null 2>&1 || fail "no $PY found; ringcast needs Python 3.
 apt_install() {
   # Debian packages only: anywhere else, say what is missing instead of guessing a package manager.
   if ! command -v apt-get >/dev/null 2>&1 || [ ! -f /etc/debian_version ]; then
-    fail "this is not a Debian machine; install $* with your package manager (Redis 7 or newer), then run this again"
+    fail "this is not a Debian machine; install with your package manager: $* (Redis 7 or newer; Prometheus 2 with promtool), then run this again"
   fi
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -28,13 +28,21 @@ apt_install() {
   fi
   echo "bootstrap: installing Debian packages: $*" >&2
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
   # The package starts a system redis on 6379; ringcast runs its own, so stop that one if it did.
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+fi
+
+# Prometheus and promtool: tests/ops checks the alert rules (promtool) and scrapes a local cluster with a real
+# Prometheus. Without recommends: prometheus-node-exporter would listen on 0.0.0.0:9100.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  apt_install prometheus
+  # The package may start a system prometheus on :9090; ringcast's tests run their own.
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
