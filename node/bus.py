@@ -15,6 +15,9 @@ single-process embedded mode, `bus_redis` for a cluster over one Redis):
 - `read_history(room, ...)` returns the room's stream position and the kept
   messages after a given one, read atomically, so a joiner can be given
   exactly what it missed (the hub stitches it to the live stream by `seq`).
+- A room's `epoch` changes whenever its position cannot be trusted to
+  continue what subscribers saw (its state was lost, or Redis came back with
+  an older copy of it); within one epoch `seq` never goes back.
 
 Workers, the route service and the control plane depend on this interface,
 never on Redis directly for room traffic.
@@ -25,6 +28,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from typing import Callable
+
+from node.history import HistoryPolicy
 
 
 class BusUnavailable(Exception):
@@ -100,6 +105,10 @@ class Bus(abc.ABC):
         start of the current epoch. `since_seq` may be POSITION_ONLY or LATEST.
         Raises BusUnavailable.
         """
+
+    def history_policy(self, room: str) -> HistoryPolicy:
+        """How many messages the bus keeps for `room`, and how long (none unless a bus says otherwise)."""
+        return HistoryPolicy(0, 0)
 
     @abc.abstractmethod
     async def subscribe(self, room: str) -> None:

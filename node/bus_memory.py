@@ -57,6 +57,9 @@ class MemoryBus(Bus):
             messages = [m for m in kept if m.seq > start][:limit]
         return HistoryPage(seq, epoch, messages)
 
+    def history_policy(self, room: str) -> HistoryPolicy:
+        return self._policy_for(room)
+
     def _deliver_if_subscribed(self, message: BusMessage) -> None:
         if message.room in self._rooms:
             self._deliver(message)

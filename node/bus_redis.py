@@ -8,7 +8,9 @@ Owns what a worker does with Redis for room traffic, in three parts:
   Publishes queued in one event-loop turn go out as one pipeline of EVALs;
   each EVAL assigns the room's next sequence number, appends to the room's
   history stream and PUBLISHes in one atomic script, so the channel order is
-  the sequence order. The payload is node/bus_wire.py's format; the script is
+  the sequence order. The room's state remembers the Redis replication ID it
+  was written under; a state from another one (Redis restarted from a
+  snapshot or AOF, a replica promoted) is treated as lost: new epoch. The payload is node/bus_wire.py's format; the script is
   built from its Lua fragments. A publish that cannot finish within
   `timeout_s` raises BusUnavailable (or PublishUnconfirmed); it never hangs.
 - Receive: one node/redis_subscriber.py connection carries every hosted
@@ -81,21 +83,33 @@ class BusKeys:
 _entry_id = bus_wire.lua_history_entry_id
 _BODY_FIELD = bus_wire.HISTORY_BODY_FIELD
 
+# The Redis history a room's state was written under: the master's replication ID. It
+# changes whenever this Redis may hold an older copy of its data than what was served
+# before: a restart (loaded from an RDB snapshot or an AOF, or empty) and a replica
+# promoted to master (its data may lag the old master's). A running master keeps it.
+# Reading it costs one INFO replication per script (about 3-4 us of Redis CPU).
+_LUA_REDIS_HISTORY = "(string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '')"
+REDIS_HISTORY_FIELD = "src"  # the field of the room state hash holding it
+
 # KEYS[1] room state hash, KEYS[2] room history stream;
 # ARGV: channel, body, state TTL (s), history size, history TTL (s).
-# The epoch is born with the room's state: when Redis loses the hash, the
-# next publish starts a new epoch at seq 1 (and drops any stale history) so
-# clients can tell. Sequence, history and publish happen in one script, so no
-# subscriber can see an order different from the history.
+# The epoch is born with the room's state: when Redis lost the hash, or the hash was
+# written under another Redis history (restored from disk, failed over), the room's
+# position cannot be trusted to continue what clients saw, so the next publish starts
+# a new epoch at seq 1 (and drops any stale history) so clients can tell. Sequence,
+# history and publish happen in one script, so no subscriber can see an order
+# different from the history.
 PUBLISH_SCRIPT = f"""
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
+local src = {_LUA_REDIS_HISTORY}
+local state = redis.call('HMGET', KEYS[1], 'epoch', '{REDIS_HISTORY_FIELD}')
+local epoch = state[1]
+if not epoch or state[2] ~= src then
   local now = redis.call('TIME')
   epoch = now[1] .. string.format('%06d', now[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, '{REDIS_HISTORY_FIELD}', src, 'seq', 0)
   redis.call('DEL', KEYS[2])
 end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if tonumber(ARGV[4]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], {_entry_id('seq')}, '{_BODY_FIELD}', ARGV[2])
@@ -107,8 +121,13 @@ return {{seq, epoch}}
 
 # KEYS[1] room state hash, KEYS[2] room history stream;
 # ARGV: since seq (-1 position only, -2 latest), since epoch, limit.
+# A state written under another Redis history is no state: the room has no position
+# (seq 0, epoch "") until its next publish starts a new epoch.
 READ_HISTORY_SCRIPT = f"""
-local state = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
+local state = redis.call('HMGET', KEYS[1], 'seq', 'epoch', '{REDIS_HISTORY_FIELD}')
+if state[2] and state[3] ~= {_LUA_REDIS_HISTORY} then
+  return {{0, '', {{}}}}
+end
 local seq = tonumber(state[1]) or 0
 local epoch = state[2] or ''
 local since = tonumber(ARGV[1])
@@ -137,7 +156,7 @@ class RedisBusSettings:
     timeout_s: float  # longest wait of a publish, history read or subscribe; the subscriber's liveness bound
     reconnect_base_s: float  # first subscriber reconnect delay ceiling; doubles per failure
     reconnect_cap_s: float  # largest subscriber reconnect delay
-    room_state_ttl_s: int  # a room's seq/epoch outlive its last publish by this long (or its history TTL if longer)
+    room_state_ttl_s: int  # a room's seq/epoch outlive its last publish by this long, or by its history TTL if longer
     policy_for: Callable[[str], HistoryPolicy] = lambda room: HistoryPolicy(0, 0)
     max_connections: int = 16  # command connections to Redis (the subscriber has its own)
 
@@ -215,6 +234,9 @@ class RedisBus(Bus):
 
     def history_key(self, room: str) -> str:
         return self.keys.history_key(room)
+
+    def history_policy(self, room: str) -> HistoryPolicy:
+        return self.settings.policy_for(room)
 
     # --- publish and history --------------------------------------------------
 

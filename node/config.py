@@ -12,7 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from node.auth import parse_secrets
+from node.auth import JwksSettings, JwksSource, TokenVerifier, parse_secrets
 from node.history import HistoryPolicy, HistoryRules
 from common.settings import SettingsError, setting
 from router.membership import parse_nodes
@@ -60,14 +60,29 @@ class NodeConfig:
     auth: str = setting("auto", "connection tokens: required, off, or auto (required once a --jwt-secret is set; off warns loudly)", choices=("auto", "required", "off"))
     jwt_secret: list[str] = setting([], "HS256 token key KID=SECRET (>= 32 bytes), repeatable for rotation; env RINGCAST_JWT_SECRETS, comma-separated")
     jwt_leeway_s: float = setting(0.0, "clock skew tolerated on a token's exp/nbf, in seconds")
+    jwt_audience: str = setting("", "when set, every token's `aud` must name it (string or list); empty: `aud` is not checked")
+    jwt_issuer: str = setting("", "when set, every token's `iss` must equal it; empty: `iss` is not checked")
+    jwt_jwks_url: str = setting("", "http(s) URL of the issuer's JWKS: public keys (by kid) for RS256/ES256 tokens; empty: HS256 secrets only")
+    jwt_jwks_timeout_s: float = setting(5.0, "longest one JWKS fetch may take, connect to last byte; upgrades waiting on it then get 401")
+    jwt_jwks_refresh_interval_s: float = setting(300.0, "JWKS keys older than this are fetched again by the next RS256/ES256 upgrade")
+    jwt_jwks_min_refetch_interval_s: float = setting(30.0, "fewest seconds between two JWKS fetches, whatever kids tokens name (bounds fetches clients can cause, and retries after a failure)")
+    jwt_jwks_max_keys: int = setting(16, "most keys kept from one JWKS document; later keys are ignored (and logged)")
+    jwt_jwks_max_bytes: int = setting(64 * 1024, "largest JWKS document read; a larger one is a failed fetch")
     allowed_origins: list[str] = setting([], "browser Origins (exact or glob, e.g. https://*.example.com) that may upgrade, repeatable; empty: any Origin")
     accept_rate_per_s: float = setting(1_000.0, "new WebSockets per second one worker admits (token bucket refill); past it HTTP 503 + Retry-After")
     accept_burst: int = setting(2_000, "new WebSockets one worker admits at once before accept_rate_per_s applies")
+    ip_refused_upgrade_rate_per_s: float = setting(1.0, "refused upgrades (bad token, Origin not allowed) per second one client address may keep making (token bucket refill); past the burst every upgrade from it gets HTTP 429 TOO_MANY_REFUSED_UPGRADES_FROM_IP")
+    ip_refused_upgrade_burst: int = setting(20, "refused upgrades one client address may make at once before ip_refused_upgrade_rate_per_s applies")
+    ip_refused_upgrade_max_ips: int = setting(10_000, "client addresses whose refused upgrades a worker remembers (LRU, about 270 bytes each with the address); past it the least recently refused is forgotten")
     handshake_timeout_s: float = setting(10.0, "seconds from TCP accept to a complete upgrade request (slowloris); also the idle timeout of plain HTTP keep-alive")
     max_http_header_bytes: int = setting(8190, "longest request line and longest header line of an upgrade request; past it HTTP 400")
     user_message_rate_per_s: float = setting(200.0, "sustained frames per second of one token's `sub` over all its connections on a worker")
     user_message_burst: int = setting(400, "per-user token bucket size")
     max_idle_user_buckets: int = setting(10_000, "per-user buckets kept after a user's last connection closes (LRU), so a reconnect does not refill them")
+    new_room_rate_per_s: float = setting(1.0, "sustained joins per second of rooms a user (or, without auth, a connection) has not joined recently (node.room_quota; past it NEW_ROOM_RATE_EXCEEDED)")
+    new_room_burst: int = setting(100, "new rooms a user or connection may join at once before new_room_rate_per_s applies (at most 10000)")
+    new_room_remembered: int = setting(1_000, "rooms remembered per user or connection as not new (LRU; at most 100000)")
+    new_room_max_identities: int = setting(100_000, "users/connections whose new-room quota a worker tracks (LRU; at most 1000000)")
 
     # --- liveness -------------------------------------------------------
     heartbeat_interval_s: float = setting(30.0, "seconds between server pings to each client")
@@ -78,7 +93,7 @@ class NodeConfig:
     bus_timeout_s: float = setting(2.0, "longest a publish or a subscribe waits for Redis before BUS_UNAVAILABLE")
     bus_reconnect_base_s: float = setting(0.1, "first delay before reconnecting to Redis; doubles per failure")
     bus_reconnect_cap_s: float = setting(5.0, "longest delay between Redis reconnect attempts")
-    room_state_ttl_s: int = setting(86_400, "seconds a room's sequence counter lives after its last message")
+    room_state_ttl_s: int = setting(300, "seconds a room's seq/epoch live after its last message, or its history TTL if longer (at most 86400)")
 
     # --- history and resume -----------------------------------------------
     history_size: int = setting(100, "messages each room keeps for resume, unless a --history-rule matches (0: none)")
@@ -99,7 +114,7 @@ class NodeConfig:
 
     # --- control plane ----------------------------------------------------
     control_heartbeat_interval_s: float = setting(1.0, "seconds between heartbeats to the control plane (via Redis); 0 disables them")
-    heartbeat_max_rooms_reported: int = setting(1_000, "most rooms (the most populated) a heartbeat reports with member counts")
+    heartbeat_max_rooms_reported: int = setting(1_000, "most rooms (the most populated) a heartbeat reports with member counts (at most 10000: each beat carries up to ~1.4 MB then)")
     steer_max_rate_per_s: float = setting(200.0, "fastest pace of reconnect notices during a drain or rebalance (notices per second)")
 
     # --- supervisor -----------------------------------------------------
@@ -118,7 +133,9 @@ class NodeConfig:
             "restart_backoff_base_s", "restart_backoff_cap_s", "ready_timeout_s", "listen_backlog",
             "max_history_page", "max_join_buffer_messages", "heartbeat_max_rooms_reported", "steer_max_rate_per_s",
             "accept_rate_per_s", "accept_burst", "handshake_timeout_s", "max_http_header_bytes",
+            "ip_refused_upgrade_rate_per_s", "ip_refused_upgrade_burst", "ip_refused_upgrade_max_ips",
             "user_message_rate_per_s", "user_message_burst", "max_idle_user_buckets",
+            "new_room_rate_per_s", "new_room_burst", "new_room_remembered", "new_room_max_identities",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -141,16 +158,31 @@ class NodeConfig:
             raise SettingsError(str(exc)) from None
         if self.max_room_name_chars > 1024:
             raise SettingsError("max_room_name_chars must be <= 1024")
+        upper = {"room_state_ttl_s": 86_400, "heartbeat_max_rooms_reported": 10_000, "new_room_rate_per_s": 1_000.0, "new_room_burst": 10_000,
+                 "new_room_remembered": 100_000, "new_room_max_identities": 1_000_000}
+        for name, bound in upper.items():
+            if getattr(self, name) > bound:
+                raise SettingsError(f"{name} must be <= {bound}, got {getattr(self, name)!r}")
         if self.ring_poll_interval_s <= 0:
             raise SettingsError(f"ring_poll_interval_s must be > 0, got {self.ring_poll_interval_s!r}")
         try:
             parse_secrets(self.jwt_secret)
         except ValueError as exc:
             raise SettingsError(f"jwt_secret: {exc}") from None
-        if self.auth == "required" and not self.jwt_secret:
-            raise SettingsError("--auth required needs at least one --jwt-secret KID=SECRET (or RINGCAST_JWT_SECRETS)")
+        if self.auth == "required" and not self.jwt_secret and not self.jwt_jwks_url:
+            raise SettingsError(
+                "--auth required needs at least one --jwt-secret KID=SECRET (or RINGCAST_JWT_SECRETS) or a --jwt-jwks-url"
+            )
         if self.jwt_leeway_s < 0:
             raise SettingsError("jwt_leeway_s must be >= 0")
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
+            raise SettingsError(f"jwt_jwks_url must be an http(s) URL, got {self.jwt_jwks_url!r}")
+        for name in ("jwt_jwks_timeout_s", "jwt_jwks_refresh_interval_s", "jwt_jwks_min_refetch_interval_s",
+                     "jwt_jwks_max_keys", "jwt_jwks_max_bytes"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.jwt_jwks_min_refetch_interval_s > self.jwt_jwks_refresh_interval_s:
+            raise SettingsError("jwt_jwks_min_refetch_interval_s must be <= jwt_jwks_refresh_interval_s")
         try:
             parse_nodes(self.nodes)
         except ValueError as exc:
@@ -158,10 +190,24 @@ class NodeConfig:
 
     @property
     def auth_enabled(self) -> bool:
-        return self.auth == "required" or (self.auth == "auto" and bool(self.jwt_secret))
+        return self.auth == "required" or (self.auth == "auto" and bool(self.jwt_secret or self.jwt_jwks_url))
 
     def token_keys(self) -> dict[str, bytes]:
         return parse_secrets(self.jwt_secret)
+
+    def token_verifier(self) -> TokenVerifier | None:
+        """A worker's token verifier (HS256 secrets, JWKS keys, audience, issuer); None when auth is off."""
+        if not self.auth_enabled:
+            return None
+        jwks = None
+        if self.jwt_jwks_url:
+            jwks = JwksSource(JwksSettings(
+                self.jwt_jwks_url, self.jwt_jwks_timeout_s, self.jwt_jwks_refresh_interval_s,
+                self.jwt_jwks_min_refetch_interval_s, self.jwt_jwks_max_keys, self.jwt_jwks_max_bytes,
+            ))
+        return TokenVerifier(
+            self.token_keys(), self.jwt_leeway_s, audience=self.jwt_audience, issuer=self.jwt_issuer, jwks=jwks
+        )
 
     def history_rules(self) -> HistoryRules:
         return HistoryRules(HistoryPolicy(self.history_size, self.history_ttl_s), list(self.history_rule))

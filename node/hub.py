@@ -18,7 +18,11 @@ ahead of the room's live stream: such a member is *ahead* until the stream
 passes its position, and the messages it already has are not sent to it
 again. After a bus outage it fills the gap for the members it already has
 from the rooms' history (`fill_gaps`, which holds every room's live messages
-in the caller's own turn, before any later message can be fanned out).
+in the caller's own turn, before any later message can be fanned out); a
+jump in `seq` on the live stream starts the same fill for its room. What
+cannot be filled, and every change of a room's epoch, is announced to the
+members at its place in the stream (an unasked `joined` with `recovered:
+false`): a member never loses a message without being told.
 
 It must not parse client frames or talk to Redis directly (the bus does).
 """
@@ -34,12 +38,14 @@ from node.bus import Bus, BusMessage, BusUnavailable, HistoryPage
 from node.connection import Connection
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
+from router.backoff import BackoffPolicy
 
 log = logging.getLogger("ringcast.hub")
 
 
 class _Room:
-    __slots__ = ("members", "joining", "ready", "recovering", "ahead", "last_seq", "last_epoch", "filling")
+    __slots__ = ("members", "joining", "ready", "recovering", "ahead", "last_seq", "last_epoch", "filling",
+                 "fill_task", "refill", "gap_reason")
 
     def __init__(self) -> None:
         self.members: set[Connection] = set()
@@ -49,13 +55,29 @@ class _Room:
         self.ahead: dict[Connection, tuple[str, int]] = {}  # members whose position the live stream has not reached
         self.last_seq = 0  # position of the last message fanned out here (or the first join's position)
         self.last_epoch: str | None = None
-        self.filling: list[BusMessage] | None = None  # live messages held while a gap after a bus outage is filled
+        self.filling: list[BusMessage] | None = None  # live messages held while a gap is filled from history
+        self.fill_task: asyncio.Future | None = None  # the gap fill in progress
+        self.refill = False  # the bus reconnected again during the fill: read the history once more
+        self.gap_reason: str | None = None  # a gap a fill could not close: announced if the next message jumps
+
+
+FILL_ATTEMPTS = 5  # history reads a gap fill tries before it announces the gap instead
+FILL_BACKOFF = BackoffPolicy(base_s=0.1, factor=2.0, cap_s=2.0, jitter=0.5)  # waits between them: 0.05-1.5 s in all
 
 
 class Hub:
-    def __init__(self, bus: Bus, outbox: Outbox, metrics: NodeMetrics, max_join_buffer_messages: int = 10_000) -> None:
+    def __init__(
+        self, bus: Bus, outbox: Outbox, metrics: NodeMetrics, max_join_buffer_messages: int = 10_000,
+        max_fill_messages: int = 100, fill_attempts: int = FILL_ATTEMPTS, fill_backoff: BackoffPolicy = FILL_BACKOFF,
+    ) -> None:
+        """`max_join_buffer_messages` also bounds the live messages a gap fill holds (past it the fill gives
+        up and announces the gap); `max_fill_messages` is the most messages one fill delivers (pass
+        max_history_page), more missed are announced as `too_many_missed`."""
         self.bus = bus
         self.max_join_buffer_messages = max_join_buffer_messages
+        self.max_fill_messages = max_fill_messages
+        self.fill_attempts = fill_attempts
+        self.fill_backoff = fill_backoff
         self.outbox = outbox
         self.metrics = metrics
         self.rooms: dict[str, _Room] = {}
@@ -162,12 +184,28 @@ class Hub:
             return
         if entry.filling is not None:
             entry.filling.append(message)
+            if len(entry.filling) > self.max_join_buffer_messages and entry.fill_task is not None:
+                entry.fill_task.cancel()  # the fill gives up: it reports the gap and releases what it held
             return
-        self._fan_out(entry, message)
+        self._fan_out(message.room, entry, message)
 
-    def _fan_out(self, entry: _Room, message: BusMessage) -> None:
-        if message.epoch == entry.last_epoch and message.seq <= entry.last_seq:
-            return  # already delivered here (a gap fill overlapping the live stream)
+    def _fan_out(self, room: str, entry: _Room, message: BusMessage, may_fill: bool = True) -> None:
+        if entry.last_epoch and entry.members:  # "": the room had no stream yet, nothing to continue
+            if message.epoch == entry.last_epoch:
+                if message.seq <= entry.last_seq:
+                    return  # already delivered here (a gap fill overlapping the live stream)
+                if message.seq > entry.last_seq + 1:  # a gap in the live stream
+                    keeps_history = self.bus.history_policy(room).size > 0
+                    if may_fill and entry.gap_reason is None and keeps_history:
+                        self._start_fill(room, entry, self.max_fill_messages, [message])
+                        return
+                    default = protocol.RECOVERY_HISTORY_TRUNCATED if keeps_history else protocol.RECOVERY_NO_HISTORY
+                    self._announce(room, entry, message, entry.gap_reason or default)
+            else:
+                self._announce(room, entry, message, protocol.RECOVERY_EPOCH_CHANGED)
+        elif message.epoch == entry.last_epoch and message.seq <= entry.last_seq:
+            return
+        entry.gap_reason = None
         entry.last_epoch, entry.last_seq = message.epoch, message.seq
         if entry.recovering:
             self._buffer_for_recovering(entry, message)
@@ -194,6 +232,27 @@ class Hub:
                 push(conn, json_frame)
         self.metrics.messages_delivered.inc(len(entry.members) - len(skip))
 
+    def _announce(self, room: str, entry: _Room, message: BusMessage, reason: str) -> None:
+        """Tell the members, right before `message`, that the stream does not continue from where they were.
+
+        The notice is an unasked `joined` (no `id`) with `recovered: false`,
+        `reason`, and the position after which the live stream goes on
+        (docs/protocol.md, "Gaps the server could not fill"). A member that
+        joined at or past that position already has it and is not told.
+        """
+        log.warning("room %s: the stream jumps from %s:%d to %s:%d (%s); members told",
+                    room, entry.last_epoch, entry.last_seq, message.epoch, message.seq, reason)
+        body = protocol.joined(room, message.seq - 1, message.epoch, None, False, reason)
+        encoded: dict[bool, bytes] = {}
+        for conn in entry.members:
+            position = entry.ahead.get(conn)
+            if position is not None and position[0] == message.epoch and position[1] >= message.seq - 1:
+                continue
+            frame = encoded.get(conn.binary)
+            if frame is None:
+                frame = encoded[conn.binary] = conn.frame(body)
+            self.outbox.push(conn, frame)
+
     @staticmethod
     def _already_had(entry: _Room, message: BusMessage) -> set[Connection]:
         """Members that got `message` from their history page already; forget those the stream has passed."""
@@ -205,7 +264,9 @@ class Hub:
                 del entry.ahead[conn]  # from the next message on, a plain member
         return had
 
-    def fill_gaps(self, limit: int) -> asyncio.Future:
+    # --- gaps ---------------------------------------------------------------------------
+
+    def fill_gaps(self, limit: int | None = None) -> asyncio.Future:
         """After the bus reconnects: deliver what members missed while it was down.
 
         Messages published while the worker's subscription was gone are in
@@ -213,30 +274,87 @@ class Hub:
         in the caller's turn (the bus may deliver the next live message in
         the same socket read as its reconnect: it must be held, or it would
         move the room's position past the gap). Then, in the returned future,
-        each room reads the history after the last position it delivered, fans
-        out what is new, and releases what it held, in order and without
-        duplicates (past `limit` missed messages, members see a jump in `seq`).
+        each room reads the history after the last position it delivered
+        (retrying a failed read `fill_attempts` times with `fill_backoff`),
+        fans out what is new, and releases what it held, in order and
+        without duplicates. A room whose fill is still running from an
+        earlier reconnect reads once more when that read ends. Whatever the
+        fill cannot deliver (more than `limit` missed, history trimmed or
+        unreadable) is announced to the members at its place in the stream
+        (`_announce`), never skipped in silence.
         """
-        filling = [(room, entry) for room, entry in self.rooms.items()
-                   if entry.members and entry.last_epoch is not None and entry.filling is None]
-        for _, entry in filling:
-            entry.filling = []
-        return asyncio.ensure_future(asyncio.gather(*(self._fill(room, entry, limit) for room, entry in filling)))
+        limit = limit or self.max_fill_messages
+        fills = []
+        for room, entry in self.rooms.items():
+            if not entry.members or entry.last_epoch is None:
+                continue
+            if entry.filling is not None:
+                entry.refill = True  # the read in progress may predate this outage
+                if entry.fill_task is not None:
+                    fills.append(entry.fill_task)
+                continue
+            fills.append(self._start_fill(room, entry, limit, []))
+        return asyncio.ensure_future(asyncio.gather(*fills, return_exceptions=True))
+
+    def _start_fill(self, room: str, entry: _Room, limit: int, held: list[BusMessage]) -> asyncio.Future:
+        """Hold the room's live messages (starting with `held`) and fill its gap from history."""
+        entry.filling = held
+        entry.refill = False
+        entry.fill_task = asyncio.ensure_future(self._fill(room, entry, limit))
+        return entry.fill_task
 
     async def _fill(self, room: str, entry: _Room, limit: int) -> None:
-        missed: list[BusMessage] = []
         try:
-            page = await self.bus.read_history(room, entry.last_seq, entry.last_epoch or "", limit)
-            missed = page.messages
-        except BusUnavailable:
-            log.warning("could not read history of %s to fill the gap of a bus outage", room)
-        held, entry.filling = entry.filling or [], None
-        if self.rooms.get(room) is not entry:
-            return
-        if missed:
-            self.metrics.gap_filled_messages.inc(len(missed))
-        for message in (*missed, *held):
-            self._fan_out(entry, message)
+            entry.gap_reason = await self._read_missed(room, entry, limit)
+        except asyncio.CancelledError:  # only the hub cancels a fill: too much held while reading
+            log.warning("room %s: gap fill abandoned with %d live messages held", room, len(entry.filling or ()))
+            entry.gap_reason = protocol.RECOVERY_HISTORY_UNAVAILABLE
+        except Exception:
+            log.exception("bug while filling the gap of room %s", room)
+            entry.gap_reason = protocol.RECOVERY_HISTORY_UNAVAILABLE
+        finally:
+            held, entry.filling, entry.fill_task = entry.filling or [], None, None
+            if self.rooms.get(room) is entry:
+                for message in held:
+                    self._fan_out(room, entry, message, may_fill=False)
+
+    async def _read_missed(self, room: str, entry: _Room, limit: int) -> str | None:
+        """Deliver the kept messages after the room's position; the reason of any gap left, else None."""
+        failures = 0
+        reason = None
+        while True:
+            entry.refill = False
+            try:
+                page = await self.bus.read_history(room, entry.last_seq, entry.last_epoch or "", limit)
+            except BusUnavailable as exc:
+                failures += 1
+                if failures >= self.fill_attempts:
+                    log.warning("room %s: gap not filled, history unreadable %d times: %s", room, failures, exc)
+                    return protocol.RECOVERY_HISTORY_UNAVAILABLE
+                await asyncio.sleep(self.fill_backoff.delay_s(failures - 1))
+                continue
+            if self.rooms.get(room) is not entry:
+                return None
+            reason = self._deliver_page(room, entry, page, limit)
+            if not entry.refill:
+                return reason
+            failures = 0
+
+    def _deliver_page(self, room: str, entry: _Room, page: HistoryPage, limit: int) -> str | None:
+        """Fan out one history page read to fill a gap; the reason of the gap left after it, if any."""
+        missing = protocol.RECOVERY_HISTORY_TRUNCATED if self.bus.history_policy(room).size > 0 \
+            else protocol.RECOVERY_NO_HISTORY
+        if page.epoch == entry.last_epoch:
+            entry.gap_reason = missing  # said only if the page's first message does not follow the position
+        if page.messages:
+            self.metrics.gap_filled_messages.inc(len(page.messages))
+        for message in page.messages:
+            self._fan_out(room, entry, message, may_fill=False)
+        if entry.last_epoch == page.epoch and entry.last_seq >= page.seq:
+            return None
+        if not page.epoch:
+            return None  # no position: the room's state is gone, its next message starts a new epoch
+        return protocol.RECOVERY_TOO_MANY_MISSED if len(page.messages) >= limit else missing
 
     def _buffer_for_recovering(self, entry: _Room, message: BusMessage) -> None:
         cut = []

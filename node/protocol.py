@@ -52,6 +52,7 @@ class ErrorCode(str, enum.Enum):
     PUBLISH_UNCONFIRMED = "PUBLISH_UNCONFIRMED"  # Redis did not confirm in time: the message may or may not be published
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a server bug; logged with the connection id
     FORBIDDEN = "FORBIDDEN"  # join/history/publish outside the connection token's `rooms`/`publish` scope
+    NEW_ROOM_RATE_EXCEEDED = "NEW_ROOM_RATE_EXCEEDED"  # join of a room new to this user/connection past node.room_quota's rate; see retryAfter
 
 
 class CloseCode(enum.IntEnum):
@@ -82,6 +83,12 @@ RequestId = Union[str, int]
 
 
 MAX_EPOCH_CHARS = 64
+# The largest `since.seq` (and history `limit`) a client may send. The Redis bus reads
+# history from stream ID `since.seq + 1`, built by a Lua 5.1 script whose number-to-string
+# conversion ("%.14g") writes 10**14 and above as `1e+14`, which Redis refuses as a stream
+# ID. So since.seq + 1 must stay at 14 digits (well inside 2**53, where floats stop being
+# exact). No room gets near it: at a million messages a second, 10**14 takes three years.
+MAX_SEQ = 10**14 - 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +167,10 @@ class Decoder:
         if kind == "history":
             room = self.room(obj.get("room"), request_id)
             limit = obj.get("limit")
-            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-                raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`limit` must be a positive integer", request_id)
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SEQ):
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE_FORMAT, f"`limit` must be an integer from 1 to {MAX_SEQ}", request_id
+                )
             return History(room, self._since(obj.get("since"), request_id), limit, request_id)
         if kind == "leave":
             return Leave(self.room(obj.get("room"), request_id), request_id)
@@ -214,8 +223,10 @@ class Decoder:
         if not isinstance(value, dict):
             raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`since` must be an object {seq, epoch}", request_id)
         seq, epoch = value.get("seq"), value.get("epoch", "")
-        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= 2**63 - 1:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`since.seq` must be an integer >= 0", request_id)
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE_FORMAT, f"`since.seq` must be an integer from 0 to {MAX_SEQ}", request_id
+            )
         if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_CHARS:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE_FORMAT, f"`since.epoch` must be a string of at most {MAX_EPOCH_CHARS} characters", request_id
@@ -322,7 +333,9 @@ RECOVERY_EPOCH_CHANGED = "epoch_changed"  # the room's history was lost (e.g. Re
 RECOVERY_HISTORY_TRUNCATED = "history_truncated"  # history no longer reaches back to the position
 RECOVERY_NO_HISTORY = "no_history"  # the room keeps no history (its policy size is 0)
 RECOVERY_TOO_MANY_MISSED = "too_many_missed"  # more missed than max_history_page
-RECOVERY_REASONS = (RECOVERY_EPOCH_CHANGED, RECOVERY_HISTORY_TRUNCATED, RECOVERY_NO_HISTORY, RECOVERY_TOO_MANY_MISSED)
+RECOVERY_HISTORY_UNAVAILABLE = "history_unavailable"  # a gap on the live stream whose history could not be read
+RECOVERY_REASONS = (RECOVERY_EPOCH_CHANGED, RECOVERY_HISTORY_TRUNCATED, RECOVERY_NO_HISTORY, RECOVERY_TOO_MANY_MISSED,
+                    RECOVERY_HISTORY_UNAVAILABLE)
 
 
 def joined(

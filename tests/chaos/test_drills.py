@@ -65,6 +65,22 @@ def test_redis_restart_short_drill_passes_and_the_bus_really_went_down(tmp_path)
     assert bus["back_on_all_workers_s"] is not None
 
 
+def test_redis_rollback_short_drill_passes_and_members_were_told_of_the_new_epoch(tmp_path):
+    proc, report = run_drill("redis-rollback", tmp_path)
+    results = assert_passed_and_wrote_reports(proc, report)
+    assert results["resumes"].get("epoch_changed", 0) >= 1  # members learned of the rollback
+    bus = report["details"]["bus"]
+    assert bus["subscriber_reconnects_per_worker"] and min(bus["subscriber_reconnects_per_worker"]) >= 1
+
+
+def test_control_pause_short_drill_passes_and_the_woken_leader_did_not_revert_the_drain(tmp_path):
+    proc, report = run_drill("control-pause", tmp_path)
+    assert_passed_and_wrote_reports(proc, report)
+    assert report["details"]["takeover_s"] is not None  # the standby led while the old leader was frozen
+    assert report["details"]["after_wake"] == {"desired": "draining", "in_ring": False, "undrain_events": 0,
+                                               "standby_leads": True, "woken_leads": False}
+
+
 def test_drain_short_drill_passes_and_members_were_steered(tmp_path):
     proc, report = run_drill("drain", tmp_path)
     results = assert_passed_and_wrote_reports(proc, report)
