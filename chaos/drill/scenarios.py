@@ -52,7 +52,12 @@ class DrillContext:
     watchers: list[asyncio.Task] = field(default_factory=list)  # server-side signals timed while the drill goes on
 
     def watch(self, name: str, coro) -> None:
-        """Run `coro` alongside the drill; its result is stored as details[name] (seconds from the fault)."""
+        """Run `coro` alongside the drill; its result is stored as details[name] (seconds from the fault).
+
+        details[name] is None until then, and stays None if the drill ends first.
+        """
+        self.details[name] = None
+
         async def record() -> None:
             self.details[name] = await coro
         self.watchers.append(asyncio.create_task(record()))
@@ -144,6 +149,11 @@ class KillWorker(Scenario):
             lambda: cluster.worker_pid(0) not in (None, pid) and cluster.ready(0), ctx,
             "worker 0 restarted with a new PID and ready", 30))
 
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        if ctx.details.get("worker_back_s") is None:
+            return ["worker 0 was not seen restarted (new PID) and ready before the drill ended"]
+        return []
+
 
 class KillNode(Scenario):
     name = "kill-node"
@@ -210,6 +220,37 @@ class RedisRestart(_BusFault):
         await asyncio.to_thread(ctx.cluster.redis.restart)
         ctx.fault_ended()
         ctx.details["redis_back_s"] = round(ctx.since_fault(), 3)
+
+
+class RedisRollback(_BusFault):
+    name = "redis-rollback"
+    summary = "Redis restarts from an older RDB snapshot: rooms' seq goes back; epochs must change and members be told"
+    injects = ("SAVE (an RDB snapshot), publishing goes on for rollback_window_s (2 s; 1 s short), then SIGTERM to "
+               "redis-server (it does not save) and a new one on the same port and directory: it loads the snapshot")
+    measures = "bus down/back (resynced) on every worker, recovery, loss, the epoch_changed notices members got"
+    needs_local_cluster = True
+    cuts_every_subscriber = True  # Redis exits: every subscriber connection is closed
+
+    def rollback_window_s(self, short: bool) -> float:
+        return 1.0 if short else 2.0
+
+    async def inject(self, ctx: DrillContext) -> None:
+        redis = ctx.cluster.redis
+        assert redis is not None
+        await asyncio.to_thread(redis.command, "SAVE")  # what Redis will come back with
+        await asyncio.sleep(self.rollback_window_s(ctx.short))  # messages Redis will forget, delivered live
+        await self.start_watching_bus(ctx)
+        ctx.fault_started()
+        await asyncio.to_thread(redis.stop)
+        await asyncio.to_thread(redis.start)  # same --dir: loads the snapshot
+        ctx.fault_ended()
+        ctx.details["redis_back_s"] = round(ctx.since_fault(), 3)
+
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        failures = super().judge_extra(ctx, results)
+        if results.get("resumes", {}).get("epoch_changed", 0) < 1:
+            failures.append(f"no member was told of the rollback (no epoch_changed): resumes {results.get('resumes')}")
+        return failures
 
 
 class RedisPause(_BusFault):
@@ -504,5 +545,9 @@ def _worker_ring(ctx: DrillContext) -> list[str]:
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    KillWorker(), KillNode(), Drain(), RedisRestart(), RedisPause(), ControlKill(), ReconnectStorm(), SlowConsumer(),
+    KillWorker(), KillNode(), Drain(), RedisRestart(), RedisRollback(), RedisPause(), ControlKill(), ReconnectStorm(),
+    SlowConsumer(),
 )}
+
+from chaos.drill.control_pause import ControlPause  # noqa: E402 - builds on the classes above
+SCENARIOS[ControlPause.name] = ControlPause()
