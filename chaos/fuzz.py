@@ -10,26 +10,36 @@ give, or a normal reply. It measures the worker's RSS before and after.
 
 It must not start or stop anything it did not start itself: `run()` aims at a
 worker given by host/port/pid; `main()` (python -m chaos.fuzz) starts its own
-redis-server and node through chaos.cluster and stops them by PID.
+redis-server and node through chaos.cluster and stops them by PID. With
+`--auth` that node requires tokens (a throwaway HS256 secret, handed over in
+the environment) and every fuzz connection upgrades with a freshly minted,
+valid token, scoped as AUTH_SCOPE says, so the fuzz runs the authenticated
+paths (scope checks, FORBIDDEN, per-user buckets). A run is bounded by its
+frame count and by `--max-seconds`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator, Union
 
+import jwt
 import msgpack
 import orjson
 import psutil
 
 from chaos.rawws import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, client_frame, close_payload
 from node import protocol
+from node.cli import SECRETS_ENV  # how `ringcast node` takes signing keys without a command line
 
 DOCUMENTED_ERRORS = {code.value for code in protocol.ErrorCode} - {protocol.ErrorCode.INTERNAL_ERROR.value}
 DOCUMENTED_CLOSES = {int(code) for code in protocol.CloseCode} - {int(protocol.CloseCode.INTERNAL_ERROR)}
@@ -41,6 +51,12 @@ WORKER_FLAGS = [
     "--message-rate-per-s", "1000000", "--message-burst", "1000000", "--user-message-rate-per-s", "1000000",
     "--accept-rate-per-s", "100000", "--accept-burst", "100000", "--max-rooms-per-connection", "20",
 ]
+# What a fuzz connection's token allows with --auth: the rooms the generator uses, partly, so
+# that some frames are in scope (answered as without auth) and some get FORBIDDEN.
+AUTH_SCOPE = {"sub": "fuzzer", "rooms": ["fuzz", "fuzz:*"], "publish": ["fuzz:a"]}
+AUTH_KID = "fuzz"
+# Upgrade headers: fixed, or made anew for every (re)connection (a freshly minted token).
+UpgradeHeaders = Union[dict[str, str], Callable[[], dict[str, str]]]
 
 
 @dataclass
@@ -118,9 +134,12 @@ def _frame_obj(rng: random.Random) -> dict:
         for key in rng.sample(list(protocol.DATA_KEYS), rng.randint(0, 2)):
             obj[key] = _random_value(rng)
     if rng.random() < 0.2:
-        obj["since"] = rng.choice([{"seq": rng.randint(-2, 10), "epoch": "e"}, {"seq": "1"}, 5, {"seq": 2**64}])
+        obj["since"] = rng.choice([
+            {"seq": rng.randint(-2, 10), "epoch": "e"}, {"seq": "1"}, 5, {"seq": 2**64},
+            {"seq": protocol.MAX_SEQ, "epoch": ""}, {"seq": protocol.MAX_SEQ + 1}, {"seq": 10**14}, {"seq": 2**53},
+        ])
     if rng.random() < 0.1:
-        obj["limit"] = rng.choice([0, 1, 1000, -1, "5", True])
+        obj["limit"] = rng.choice([0, 1, 1000, -1, "5", True, protocol.MAX_SEQ + 1])
     if rng.random() < 0.2:
         obj["extra"] = _random_value(rng)
     return obj
@@ -241,10 +260,10 @@ class Generator:
 
 class FuzzConnection:
     def __init__(
-        self, host: str, port: int, rng: random.Random, report: Report, upgrade_headers: dict[str, str] | None = None
+        self, host: str, port: int, rng: random.Random, report: Report, upgrade_headers: UpgradeHeaders | None = None
     ) -> None:
         self.host, self.port, self.rng, self.report = host, port, rng, report
-        self.upgrade_headers = dict(upgrade_headers or {})  # e.g. Authorization, when the worker requires tokens
+        self.upgrade_headers = upgrade_headers or {}  # e.g. Authorization, when the worker requires tokens
         self.ws: RawWebSocket | None = None
         self.codec = protocol.JSON
         self.generator: Generator | None = None
@@ -252,7 +271,7 @@ class FuzzConnection:
 
     async def _connect(self) -> None:
         self.codec = self.rng.choice([protocol.JSON, protocol.MSGPACK])
-        headers = dict(self.upgrade_headers)
+        headers = dict(self.upgrade_headers() if callable(self.upgrade_headers) else self.upgrade_headers)
         if self.codec == protocol.MSGPACK:
             headers["Sec-WebSocket-Protocol"] = protocol.SUBPROTOCOL_MSGPACK
         self.ws = await RawWebSocket.connect(self.host, self.port, headers=headers)
@@ -348,9 +367,14 @@ class FuzzConnection:
 
 async def run(
     host: str, port: int, worker_pid: int, frames: int, seed: int = 1, connections: int = 4,
-    upgrade_headers: dict[str, str] | None = None,
+    upgrade_headers: UpgradeHeaders | None = None, max_seconds: float | None = None,
 ) -> Report:
-    """Throw `frames` fuzz frames at the worker on host:port over `connections` sockets."""
+    """Throw `frames` fuzz frames at the worker on host:port over `connections` sockets.
+
+    With `max_seconds`, connections stop sending once the run is that old (a
+    failure, with the counts so far); the frame in flight still waits for its
+    answer (at most 30 s).
+    """
     report = Report()
     process = psutil.Process(worker_pid)
     report.rss_before_bytes = report.rss_peak_bytes = process.memory_info().rss
@@ -360,6 +384,10 @@ async def run(
     async def drive(index: int, count: int) -> None:
         fuzz = FuzzConnection(host, port, random.Random(seed * 1000 + index), report, upgrade_headers)
         for n in range(count):
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                if not any("--max-seconds" in sample for sample in report.failure_samples):
+                    report.fail(f"the run did not finish within --max-seconds {max_seconds}")
+                break
             await fuzz.one()
             if index == 0 and n % 1000 == 0:
                 report.rss_peak_bytes = max(report.rss_peak_bytes, process.memory_info().rss)
@@ -373,6 +401,28 @@ async def run(
     return report
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """This process's environment variable `name` set to `value` (or unset) inside the block only."""
+    saved = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if saved is not None:
+            os.environ[name] = saved
+
+
+def auth_headers(secret: str, lifetime_s: float) -> Callable[[], dict[str, str]]:
+    """Upgrade headers carrying a fresh token (AUTH_SCOPE, HS256, kid AUTH_KID) each time they are asked for."""
+    def mint() -> dict[str, str]:
+        claims = dict(AUTH_SCOPE, exp=int(time.time() + lifetime_s))
+        return {"Authorization": "Bearer " + jwt.encode(claims, secret, algorithm="HS256", headers={"kid": AUTH_KID})}
+    return mint
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start redis + one worker (loopback, free ports), fuzz it, print the report as JSON, stop both."""
     from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
@@ -381,15 +431,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100_000, help="fuzz frames to send (default 100000)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--auth", action="store_true",
+                        help="the worker requires tokens; every fuzz connection upgrades with a fresh valid one"
+                             " (scope: AUTH_SCOPE in chaos/fuzz.py)")
+    parser.add_argument("--max-seconds", type=float, default=1800.0,
+                        help="stop the run after this long, a failure (default 1800)")
     args = parser.parse_args(argv)
+    auth_args: list[str] = []
+    headers: UpgradeHeaders | None = None
+    secret = secrets.token_urlsafe(32)  # a throwaway key for this run; to the node by environment, not argv
+    if args.auth:
+        auth_args = ["--auth", "required"]
+        headers = auth_headers(secret, lifetime_s=args.max_seconds + 120)  # outlives the run
     redis = RedisServer(port=free_port()).start()
-    node = NodeProcess(port=free_port_range(1), workers=1, args=["--redis", redis.url, *WORKER_FLAGS])
+    node = NodeProcess(port=free_port_range(1), workers=1, args=["--redis", redis.url, *WORKER_FLAGS, *auth_args])
     try:
-        node.start()
+        with _environment(SECRETS_ENV, f"{AUTH_KID}={secret}" if args.auth else None):  # the node inherits it
+            node.start()
         pid = node.worker_pid(0)
-        report = asyncio.run(run(node.host, node.port, pid, args.frames, args.seed, args.connections))
+        report = asyncio.run(
+            run(node.host, node.port, pid, args.frames, args.seed, args.connections, headers, args.max_seconds)
+        )
         alive = psutil.pid_exists(pid) and node.worker_pid(0) == pid
-        print(json.dumps(dict(report.as_dict(), worker_survived=alive), indent=2))
+        print(json.dumps(dict(report.as_dict(), auth=args.auth, worker_survived=alive), indent=2))
         return 0 if report.failures == 0 and alive else 1
     finally:
         node.stop()

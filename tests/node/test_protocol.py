@@ -288,3 +288,21 @@ def as_wire_object(frame: protocol.ClientFrame) -> dict:
 @given(valid_frames, st.sampled_from(CODECS))
 def test_valid_frames_round_trip(frame, codec):
     assert DECODER.decode(wire(as_wire_object(frame), codec), codec) == frame
+
+
+# --- stream positions the Redis bus can write exactly ------------------------------------------
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_since_seq_and_limit_stop_where_lua_would_write_exponents(codec):
+    """Lua 5.1 writes 10**14 as `1e+14`, not a stream ID: `since.seq + 1` must stay below it."""
+    assert protocol.MAX_SEQ + 1 < 10**14 < 2**53
+    top = decode({"type": "join", "room": "r", "since": {"seq": protocol.MAX_SEQ, "epoch": "e"}}, codec)
+    assert top.since == protocol.Since(protocol.MAX_SEQ, "e")
+    assert decode({"type": "history", "room": "r", "limit": protocol.MAX_SEQ}, codec).limit == protocol.MAX_SEQ
+    for seq in (protocol.MAX_SEQ + 1, 10**14, 2**53, 2**63 - 1):
+        for kind in ("join", "history"):
+            error = refused({"type": kind, "room": "r", "since": {"seq": seq, "epoch": "e"}, "id": 9}, codec)
+            assert (error.code, error.request_id) == (ErrorCode.INVALID_MESSAGE_FORMAT, 9), (kind, seq)
+            assert str(protocol.MAX_SEQ) in error.message
+    error = refused({"type": "history", "room": "r", "limit": protocol.MAX_SEQ + 1}, codec)
+    assert error.code is ErrorCode.INVALID_MESSAGE_FORMAT and str(protocol.MAX_SEQ) in error.message

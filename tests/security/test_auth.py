@@ -91,6 +91,29 @@ def test_absent_scopes_allow_nothing():
     assert not identity.may_join("a") and not identity.may_publish("a")
 
 
+@pytest.mark.parametrize("sub", ["*", "a*", "?", "user[1]", "]"])
+def test_a_sub_with_glob_characters_is_refused_so_issuer_templates_stay_literal(sub):
+    """An issuer scoping `user:{sub}:*` would hand the user named `*` every user's rooms."""
+    templated = token(sub=sub, rooms=[f"user:{sub}:*"], publish=[f"user:{sub}:*"], at=NOW)
+    with pytest.raises(AuthError, match="glob"):
+        TokenVerifier(KEYS).verify(templated, NOW)
+
+
+def test_aud_and_iss_are_checked_only_when_configured_and_then_required():
+    strict = TokenVerifier(KEYS, audience="ringcast", issuer="https://issuer.example")
+    good = {"aud": "ringcast", "iss": "https://issuer.example"}
+    assert strict.verify(token(at=NOW, **good), NOW).user == "alice"
+    assert strict.verify(token(at=NOW, **dict(good, aud=["other", "ringcast"])), NOW).user == "alice"
+    for claims, why in (
+        (dict(good, aud="other"), "aud"), (dict(good, aud=["other"]), "aud"), ({"iss": good["iss"]}, "aud"),
+        (dict(good, aud="ringcast-x"), "aud"), (dict(good, iss="https://evil.example"), "iss"), ({"aud": "ringcast"}, "iss"),
+    ):
+        with pytest.raises(AuthError, match=why):
+            strict.verify(token(at=NOW, **claims), NOW)
+    # Not configured: not checked, whatever the token says.
+    assert TokenVerifier(KEYS).verify(token(at=NOW, aud="other", iss="anyone"), NOW).user == "alice"
+
+
 def test_secrets_are_parsed_and_short_or_duplicate_ones_refused():
     assert parse_secrets([flag(KEY1), flag(KEY2)]) == KEYS
     for bad in (["k1=short"], ["nokid"], [flag(KEY1), flag(KEY1)], ["=" + KEY1[1]]):

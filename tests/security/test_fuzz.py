@@ -7,6 +7,8 @@ its numbers are recorded in docs/security.md.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 
 from chaos import fuzz
 from tests.security.bystanders import Bystanders
@@ -46,3 +48,21 @@ async def test_fuzzing_with_auth_on_meets_forbidden_and_the_same_documented_answ
     assert report.failures == 0, report.failure_samples
     assert report.errors.get("FORBIDDEN", 0) > 0
     assert node.worker_pid(0) == pid
+
+
+def test_the_fuzz_command_with_auth_mints_a_token_per_connection_and_cleans_up(capsys):
+    """`python -m chaos.fuzz --auth`: its own redis and node, tokens required, every reconnect with a fresh token."""
+    environment_before = os.environ.get(fuzz.SECRETS_ENV)
+    assert fuzz.main(["--frames", "600", "--seed", "5", "--connections", "2", "--auth", "--max-seconds", "600"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["auth"] is True and report["worker_survived"] is True
+    assert report["frames"] == 600 and report["failures"] == 0
+    assert report["errors"].get("FORBIDDEN", 0) > 0 and report["reconnects"] > 2  # reconnected, and let in again
+    assert os.environ.get(fuzz.SECRETS_ENV) == environment_before  # the throwaway key went to the node only
+
+
+async def test_a_run_stops_at_its_time_bound_and_says_so(start_node):
+    node = start_node(1, *fuzz.WORKER_FLAGS)
+    report = await fuzz.run(node.host, node.port, node.worker_pid(0), 1000, connections=2, max_seconds=0)
+    assert report.frames == 0 and report.failures == 1
+    assert "--max-seconds" in report.failure_samples[0]
