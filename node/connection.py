@@ -23,7 +23,7 @@ class Connection:
     __slots__ = (
         "id", "codec", "binary", "ws", "transport", "ip", "rooms", "bucket", "rejections",
         "pending", "closed", "ping_sent_at", "last_ping_at", "close_reason",
-        "identity", "user_bucket",
+        "identity", "user_bucket", "closing",
     )
 
     def __init__(
@@ -53,6 +53,7 @@ class Connection:
         self.close_reason = "client"
         self.identity: Identity | None = None  # the verified token's holder; None when auth is off
         self.user_bucket: TokenBucket | None = None  # shared by this user's connections on the worker
+        self.closing: asyncio.Future | None = None  # the worker's close handshake, once it has begun one
 
     def frame(self, server_frame: dict[str, Any]) -> bytes:
         """Encode one server frame for this connection's codec, WebSocket header included."""

@@ -21,7 +21,8 @@ CLOSE_REASONS = (
     "join_buffer_overflow", "shutdown", "drain", "rebalance",
 )
 REJECT_REASONS = (
-    "ORIGIN_NOT_ALLOWED", "TOO_MANY_CONNECTIONS_FROM_IP", "ACCEPT_RATE_EXCEEDED", "UNAUTHORIZED",
+    "ORIGIN_NOT_ALLOWED", "TOO_MANY_CONNECTIONS_FROM_IP", "TOO_MANY_REFUSED_UPGRADES_FROM_IP",
+    "ACCEPT_RATE_EXCEEDED", "UNAUTHORIZED",
     "NOT_ACCEPTING", "WORKER_FULL",
 )
 FRAME_TYPES = ("publish", "join", "leave", "history", "ping", "invalid")

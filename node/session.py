@@ -3,10 +3,12 @@
 Owns the protocol session of every connection on a worker, between the
 `welcome` and the last leave: decoding a client frame (`node.protocol`),
 running its command (join with recovery of missed messages, leave, history,
-publish, ping), the reply or `error` frame each one earns, and the one
-mapping from bus failures to error codes (`bus_error`). One `Sessions` object
-serves every connection of the worker; what a connection remembers stays in
-its `node.connection.Connection`, so a connection costs no extra object.
+publish, ping), the reply or `error` frame each one earns, the one mapping
+from bus failures to error codes (`bus_error`), and the byte bounds of what a
+request may cost: a published message's size as each codec delivers it, and
+the byte budget of a history or resume page. One `Sessions` object serves
+every connection of the worker; what a connection remembers stays in its
+`node.connection.Connection`, so a connection costs no extra object.
 
 It must not read sockets, rate-limit frames, close connections or change the
 worker's state (the worker does: `node.worker`), index rooms (the hub does)
@@ -19,7 +21,7 @@ import logging
 import time
 
 from node import envelope, protocol
-from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable, PublishUnconfirmed
+from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable, HistoryPage, PublishUnconfirmed
 from node.config import NodeConfig
 from node.connection import Connection
 from node.history import recovery_outcome
@@ -27,6 +29,7 @@ from node.hub import Hub
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.placement import Placement
+from node.room_quota import RoomQuota
 
 log = logging.getLogger("ringcast.worker")  # the worker's logger: these lines kept their name when they moved here
 
@@ -35,6 +38,32 @@ BUS_ERROR_CODES: tuple[tuple[type[BusUnavailable], protocol.ErrorCode], ...] = (
     (PublishUnconfirmed, protocol.ErrorCode.PUBLISH_UNCONFIRMED),  # may or may not be published: do not retry blindly
     (BusUnavailable, protocol.ErrorCode.BUS_UNAVAILABLE),  # nothing happened: retry later
 )
+
+
+# The largest position a `message` frame can carry: a publish is measured with it, before Redis assigns the real one.
+LARGEST_SEQ = protocol.MAX_SEQ
+LARGEST_EPOCH = "9" * protocol.MAX_EPOCH_CHARS
+# JSON bytes per msgpack byte of the same data, at most: `false` in a list (`false,`) and an escaped control
+# character (`\u0001`) are 6 for 1; the rest grows less (`null,` 5, a float32 at most 24 for 5, `"` 2 for 1).
+JSON_GROWTH_BOUND = 6
+# A `message` frame's fields besides its room and the envelope's contents (names, type, seq, epoch), either codec.
+FRAME_FIELDS_BOUND_BYTES = 256
+# A history reply or a resume page fills at most this share of max_outbound_bytes, leaving the rest for
+# what is queued to the same socket in the same turn (live messages), so a requester reading promptly is
+# never cut as a slow consumer by its own reply.
+PAGE_SHARE_OF_OUTBOUND = 0.5
+
+
+def delivered_bytes(room: str, ts_ms: int, sender: str, data_key: str, data: object) -> int:
+    """Payload bytes of the `message` frame a publish becomes, in its larger codec (JSON or msgpack).
+
+    msgpack published can grow several times as JSON (a control character is
+    1 byte in msgpack and 6 escaped in JSON), and JSON published can grow as
+    msgpack (`1.0` is 3 bytes and 9): the bus size alone does not bound what
+    members receive. Raises what the encoders raise for values a codec cannot carry.
+    """
+    largest = protocol.message(room, LARGEST_SEQ, LARGEST_EPOCH, ts_ms, sender, data_key, data)
+    return max(len(protocol.encode(largest, protocol.JSON)), len(protocol.encode(largest, protocol.MSGPACK)))
 
 
 def bus_error(exc: BusUnavailable, request_id: protocol.RequestId | None) -> protocol.ProtocolError:
@@ -58,6 +87,10 @@ class Sessions:
         self.metrics = metrics
         self.placement = placement
         self.history_rules = config.history_rules()
+        self.room_quota = RoomQuota(
+            config.new_room_rate_per_s, config.new_room_burst, config.new_room_remembered, config.new_room_max_identities
+        )
+        self.page_budget_bytes = max(1, int(config.max_outbound_bytes * PAGE_SHARE_OF_OUTBOUND))
         self.decoder = protocol.Decoder(
             protocol.ProtocolLimits(
                 max_room_name_chars=config.max_room_name_chars,
@@ -84,6 +117,8 @@ class Sessions:
     def end(self, conn: Connection) -> None:
         """The socket is gone: leave every room it was in."""
         self.hub.leave_all(conn)
+        if conn.identity is None:
+            self.room_quota.forget(conn.id)  # a token's user keeps its quota across connections
 
     # --- one frame --------------------------------------------------------------------
 
@@ -133,6 +168,14 @@ class Sessions:
                 f"at most {self.config.max_rooms_per_connection} rooms per connection",
                 frame.request_id,
             )
+        # Every room ever published to costs Redis memory for a while (docs/operations.md): a room new
+        # to this user (without auth, this connection) costs a token of its new-room quota.
+        quota_key = conn.identity.user if conn.identity is not None else conn.id
+        wait_s = self.room_quota.check(quota_key, frame.room, time.monotonic())
+        if wait_s:
+            self.send_error(conn, protocol.ErrorCode.NEW_ROOM_RATE_EXCEEDED,
+                            f"too many new rooms; retry in {wait_s:.2f}s", frame.request_id, wait_s)
+            return
         since = frame.since
         since_seq, since_epoch = (POSITION_ONLY, "") if since is None else (since.seq, since.epoch)
         try:
@@ -142,22 +185,30 @@ class Sessions:
         except ConnectionError:  # the socket went away while joining
             return
         # From here to go_live nothing awaits: joined, the missed messages, then the live stream.
+        missed: list[bytes] = []  # the page's frames, within the byte budget
+        kept, size = 0, 0
+        for message in page.messages:
+            encoded = self.hub.message_frame(message, conn.binary)
+            if encoded is not None:
+                if missed and size + len(encoded) > self.page_budget_bytes:
+                    break  # the rest is reported as too_many_missed, and fetched with `history`
+                missed.append(encoded)
+                size += len(encoded)
+            kept += 1
         recovered = reason = None
         if since is not None:
             recovered, reason = recovery_outcome(
                 since.seq, since.epoch, page.seq, page.epoch,
-                page.messages[0].seq if page.messages else None,
-                page.messages[-1].seq if page.messages else None,
+                page.messages[0].seq if kept else None,
+                page.messages[kept - 1].seq if kept else None,
                 self.history_rules.policy_for(frame.room).size,
             )
             self.metrics.resumes.labels("recovered" if recovered else reason).inc()
         self.outbox.push(
             conn, conn.frame(protocol.joined(frame.room, page.seq, page.epoch, frame.request_id, recovered, reason))
         )
-        for message in page.messages:
-            missed = self.hub.message_frame(message, conn.binary)
-            if missed is not None:
-                self.outbox.push(conn, missed)
+        for encoded in missed:
+            self.outbox.push(conn, encoded)
         self.hub.go_live(conn, frame.room, page.epoch, page.seq)
         hint = self.placement.moved_hint(frame.room)
         if hint is not None:
@@ -175,15 +226,40 @@ class Sessions:
             page = await self.bus.read_history(frame.room, since_seq, since_epoch, limit)
         except BusUnavailable as exc:
             raise bus_error(exc, frame.request_id) from None
-        bodies = [body for body in map(self.hub.message_body, page.messages) if body is not None]
-        if page.messages:
-            complete = page.messages[-1].seq >= page.seq
+        bodies, kept = self._page_within_budget(conn, frame, page)
+        if kept:
+            complete = page.messages[kept - 1].seq >= page.seq
         else:
             complete = page.seq == 0 or (since is not None and since.epoch == page.epoch and since.seq >= page.seq)
         if not conn.closed:
             self.outbox.push(
                 conn, conn.frame(protocol.history(frame.room, page.seq, page.epoch, bodies, complete, frame.request_id))
             )
+
+    def _page_within_budget(
+        self, conn: Connection, frame: protocol.History, page: HistoryPage
+    ) -> tuple[list[dict], int]:
+        """The oldest messages of `page` whose `history` reply fits the byte budget (at least one message).
+
+        Returns their `message` bodies and how many of `page.messages` they
+        stand for (undecodable ones are skipped but counted). The reply's size is
+        bounded from above: its frame without messages, plus each message as
+        encoded alone, plus a separator each.
+        """
+        empty = conn.frame(protocol.history(frame.room, page.seq, page.epoch, [], False, frame.request_id))
+        size = len(empty) + 8  # the header and the list's length may grow by a few bytes with the list
+        bodies: list[dict] = []
+        kept = 0
+        for message in page.messages:
+            body = self.hub.message_body(message)
+            if body is not None:
+                grown = size + len(protocol.encode(body, conn.codec)) + 1
+                if bodies and grown > self.page_budget_bytes:
+                    break  # `complete: false`: the client asks for the rest from the last one it got
+                bodies.append(body)
+                size = grown
+            kept += 1
+        return bodies, kept
 
     def _leave(self, conn: Connection, frame: protocol.Leave) -> None:
         if frame.room not in conn.rooms:
@@ -209,15 +285,21 @@ class Sessions:
             raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"join {room} before publishing to it", frame.request_id)
         try:
             sender = conn.identity.user if conn.identity is not None else conn.id  # members see the token's `sub`
-            body = envelope.pack(envelope.Envelope(int(time.time() * 1000), sender, frame.data_key, frame.data))
+            ts_ms = int(time.time() * 1000)
+            body = envelope.pack(envelope.Envelope(ts_ms, sender, frame.data_key, frame.data))
+            delivered = 0
+            if len(body) * JSON_GROWTH_BOUND + FRAME_FIELDS_BOUND_BYTES + len(room) > self.config.max_message_bytes:
+                # Only then can a delivered frame exceed the limit: measure it (small messages skip the encodes).
+                delivered = delivered_bytes(room, ts_ms, sender, frame.data_key, frame.data)
         except (TypeError, ValueError, OverflowError):
             raise protocol.ProtocolError(
                 protocol.ErrorCode.INVALID_MESSAGE_FORMAT, "data holds a value that cannot be delivered", frame.request_id
             ) from None
-        if len(body) > self.config.max_message_bytes:
+        if max(len(body), delivered) > self.config.max_message_bytes:
             raise protocol.ProtocolError(
                 protocol.ErrorCode.MESSAGE_TOO_LARGE,
-                f"message is {len(body)} bytes on the bus; the limit is {self.config.max_message_bytes}",
+                f"message is {len(body)} bytes on the bus and up to {delivered} bytes as delivered; "
+                f"the limit is {self.config.max_message_bytes}",
                 frame.request_id,
             )
         started = time.perf_counter()

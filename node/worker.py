@@ -2,7 +2,8 @@
 
 Owns the aiohttp application (`/ws`, `/healthz`, `/readyz`, `/metrics`),
 admission and the upgrade (per-IP and per-worker caps, before any socket is
-spent), the read loop of each connection (rate limit, then the frame goes to
+spent), the read loop of each connection (every frame, ping and pong
+included, costs a rate-limit token; then a data frame goes to
 `node.session`), the close policy (flood, slow consumer, expired token,
 silent peer), the heartbeat sweep, the worker's lifecycle (start, cleanup,
 graceful shutdown) and its state: `drain`, `undrain` and `rebalance` are the
@@ -31,7 +32,7 @@ from common.keys import ACTIVE, DRAINED, DRAINING, SHUTTING_DOWN
 from common.tasks import stop_tasks
 from node import frames, protocol, steering
 from node.admission import Admission, Refusal
-from node.auth import Identity, TokenVerifier
+from node.auth import Identity
 from node.bus import Bus
 from node.config import NodeConfig
 from node.connection import Connection
@@ -47,6 +48,8 @@ log = logging.getLogger("ringcast.worker")
 
 SWEEP_INTERVAL_S = 1.0  # heartbeat/sampling sweep period; per-connection timers would cost memory
 SLOW_CONSUMER_GRACE_S = 1.0  # a slow consumer's 1013 close frame has this long to drain before the cut
+FLOOD_CLOSE_GRACE_S = 1.0  # a flooder has this long to answer its 1008 (what it still sends is dropped) before the cut
+PEER_FRAMES = frozenset((WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG))  # what a client sends
 
 
 class Worker:
@@ -64,8 +67,11 @@ class Worker:
             max_connections_per_ip=config.max_connections_per_ip,
             accept_rate_per_s=config.accept_rate_per_s,
             accept_burst=config.accept_burst,
-            verifier=TokenVerifier(config.token_keys(), config.jwt_leeway_s) if config.auth_enabled else None,
+            verifier=config.token_verifier(),
             now=time.monotonic(),
+            refused_rate_per_s=config.ip_refused_upgrade_rate_per_s,
+            refused_burst=config.ip_refused_upgrade_burst,
+            refused_max_ips=config.ip_refused_upgrade_max_ips,
         )
         self.user_buckets = UserBuckets(
             config.user_message_rate_per_s, config.user_message_burst, config.max_idle_user_buckets
@@ -102,7 +108,8 @@ class Worker:
         self.outbox = Outbox(
             self.config.max_outbound_bytes, self._on_slow_consumer, self.config.write_coalesce_ms / 1000
         )
-        self.hub = Hub(self.bus, self.outbox, self.metrics, self.config.max_join_buffer_messages)
+        self.hub = Hub(self.bus, self.outbox, self.metrics, self.config.max_join_buffer_messages,
+                       max_fill_messages=self.config.max_history_page)
         self.sessions = Sessions(
             self.config, self.worker_id, self.bus, self.hub, self.outbox, self.metrics, self.placement
         )
@@ -163,12 +170,21 @@ class Worker:
         headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="ringcast"'
-        return web.json_response({"error": reason, "message": text}, status=status, headers=headers)
+        response = web.json_response({"error": reason, "message": text}, status=status, headers=headers)
+        # Connection: close, and the socket is closed after the answer: a refused client cannot
+        # pipeline its next attempts on a kept-alive socket, each one costs it a new connection.
+        response.force_close()
+        return response
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         if not self.accepting:
             return self._refuse(503, "NOT_ACCEPTING", f"worker is {self.state}; ask the router for another", 1)
         ip = request.remote or "unknown"
+        verifier = self.admission.verifier
+        if verifier is not None and self.admission.refused.wait_s(ip, time.monotonic()) == 0:
+            # Fetches the issuer's JWKS when the token names a key not yet in hand: awaited, never blocking
+            # the loop. An address already refused too often cannot start fetches (admission answers 429).
+            await verifier.prepare(request.headers.get("Authorization"), request.query.get("token"), time.monotonic())
         decision = self.admission.check(
             ip=ip, origin=request.headers.get("Origin"), authorization=request.headers.get("Authorization"),
             query_token=request.query.get("token"), now_monotonic=time.monotonic(), now_unix=time.time(),
@@ -229,16 +245,25 @@ class Worker:
         self.sessions.begin(conn)
         try:
             while True:
+                if conn.closing is not None:
+                    # The worker began a close (flood, expired token, steering) while this loop was busy: the
+                    # close task finishes the handshake, reading and dropping what the peer still sends until
+                    # its close frame (bounded in time), so the socket is not reset under our close frame.
+                    await conn.closing
+                    break
                 msg = await ws.receive()
                 kind = msg.type
+                if kind in PEER_FRAMES and conn.closed:
+                    continue  # a slow consumer still sending: dropped until its socket is cut
                 if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    if conn.closed:
-                        break
                     await self._on_frame(conn, msg.data, loop)
                 elif kind is WSMsgType.PING:
-                    self.outbox.push(conn, frames.pong(msg.data))
+                    # Control frames cost a token like any frame; a refused ping gets no pong.
+                    if not self._charge(conn, loop.time()):
+                        self.outbox.push(conn, frames.pong(msg.data))
                 elif kind is WSMsgType.PONG:
-                    conn.ping_sent_at = None
+                    conn.ping_sent_at = None  # alive, whether or not the pong fits the budget
+                    self._charge(conn, loop.time())
                 elif kind is WSMsgType.ERROR:
                     # msg.data is aiohttp's WebSocketError; ws.close_code is by now the code the peer echoed back.
                     too_big = getattr(msg.data, "code", None) == protocol.CloseCode.MESSAGE_TOO_BIG
@@ -257,41 +282,56 @@ class Worker:
             if not ws.closed:
                 transport.abort()
 
+    def _charge(self, conn: Connection, now: float) -> float:
+        """Charge one client frame, data or control, to its connection's bucket (and its user's).
+
+        Returns 0.0 when the frame may be served, else the seconds until a token
+        is available. A refused frame is counted; the `flood_close_after_rejections`-th
+        refusal in a row closes the connection with 1008.
+        """
+        wait_s = conn.bucket.take(now)
+        if not wait_s and conn.user_bucket is not None:
+            wait_s = conn.user_bucket.take(now)  # one user's connections share one budget
+        if not wait_s:
+            conn.rejections = 0
+            return 0.0
+        conn.rejections += 1
+        self.metrics.rate_limited.inc()
+        if conn.rejections >= self.config.flood_close_after_rejections:
+            self._close(conn, protocol.CloseCode.POLICY_VIOLATION, "flooding", "flood", FLOOD_CLOSE_GRACE_S)
+        return wait_s
+
     async def _on_frame(self, conn: Connection, data: str | bytes, loop: asyncio.AbstractEventLoop) -> None:
         """Rate-limit one client frame, then hand it to the session."""
         assert self.sessions is not None
         started = loop.time()
-        wait_s = conn.bucket.take(started)
-        if not wait_s and conn.user_bucket is not None:
-            wait_s = conn.user_bucket.take(started)  # one user's connections share one budget
+        wait_s = self._charge(conn, started)
         if wait_s:
-            conn.rejections += 1
-            self.metrics.rate_limited.inc()
-            if conn.rejections >= self.config.flood_close_after_rejections:
-                self._close(conn, protocol.CloseCode.POLICY_VIOLATION, "flooding", "flood")
-                return
-            self.sessions.send_error(conn, protocol.ErrorCode.RATE_LIMIT_EXCEEDED, "slow down", None, wait_s)
+            if not conn.closed:
+                self.sessions.send_error(conn, protocol.ErrorCode.RATE_LIMIT_EXCEEDED, "slow down", None, wait_s)
             return
-        conn.rejections = 0
         conn.ping_sent_at = None  # any frame proves the peer is alive
         await self.sessions.handle(conn, data)
         self.metrics.message_handling.observe(loop.time() - started)
 
     # --- close policy -------------------------------------------------------------------
 
-    def _close(self, conn: Connection, code: int, message: str, reason: str) -> None:
-        """Flush what is queued, then close with `code` (close frame last)."""
+    def _close(self, conn: Connection, code: int, message: str, reason: str, grace_s: float | None = None) -> None:
+        """Flush what is queued, then close with `code` (close frame last); the socket is cut after
+        `grace_s` (default: heartbeat_timeout_s) if the peer has not answered the close by then."""
         if conn.closed:
             return
         assert self.outbox is not None
         self.outbox.flush_one(conn)
         conn.close_reason = reason
         conn.closed = True
-        self._keep(asyncio.ensure_future(self._close_ws(conn, code, message)))
+        grace_s = self.config.heartbeat_timeout_s if grace_s is None else grace_s
+        conn.closing = asyncio.ensure_future(self._close_ws(conn, code, message, grace_s))
+        self._keep(conn.closing)
 
-    async def _close_ws(self, conn: Connection, code: int, message: str) -> None:
+    async def _close_ws(self, conn: Connection, code: int, message: str, grace_s: float) -> None:
         try:
-            async with asyncio.timeout(self.config.heartbeat_timeout_s):
+            async with asyncio.timeout(grace_s):
                 await conn.ws.close(code=code, message=message.encode())
         except (TimeoutError, ConnectionError, RuntimeError):
             pass
