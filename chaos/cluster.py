@@ -68,17 +68,22 @@ class RedisServer:
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ringcast-redis-"))
+    password: str = ""  # requirepass, handed to redis-server in a config file (never on its command line)
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self) -> "RedisServer":
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: run scripts/bootstrap.sh (installs the Debian package)")
+        conf = Path(self.workdir, "redis.conf")
+        conf.write_text(f"requirepass {self.password}\n" if self.password else "")
+        conf.chmod(0o600)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+            [binary, str(conf), "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
              "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -87,13 +92,19 @@ class RedisServer:
 
     def ping(self) -> bool:
         with socket.create_connection((self.host, self.port), timeout=1) as sock:
+            if self.password:
+                sock.sendall(f"AUTH {self.password}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
 
     def command(self, *args: str) -> bytes:
         """Run one command with redis-cli and return its raw output (for assertions)."""
+        env = dict(os.environ, REDISCLI_AUTH=self.password) if self.password else None  # not on the command line
         out = subprocess.run(
-            ["redis-cli", "-h", self.host, "-p", str(self.port), *args], capture_output=True, check=True, timeout=10
+            ["redis-cli", "-h", self.host, "-p", str(self.port), *args], capture_output=True, check=True, timeout=10,
+            env=env,
         )
         return out.stdout
 
@@ -210,14 +221,24 @@ class NodeProcess(_ServiceProcess):
         eventually_blocking(ready, timeout_s=timeout_s, what=f"worker {index} on port {self.port + index} to be ready")
 
     def worker_pid(self, index: int) -> int:
-        """The PID of worker `index`, from the supervisor's process tree."""
+        """The PID of worker `index`: the supervisor's child listening on its port.
+
+        Raises LookupError while no child listens there (a worker restarting,
+        or still starting). Workers carry no settings in their command line, so
+        the port they listen on is what tells them apart.
+        """
         import psutil
 
         assert self.proc is not None
+        port = self.port + index
         for child in psutil.Process(self.proc.pid).children():
-            if f'"port": {self.port + index},' in " ".join(child.cmdline()):
+            try:
+                sockets = child.net_connections(kind="tcp")
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            if any(s.status == psutil.CONN_LISTEN and s.laddr and s.laddr.port == port for s in sockets):
                 return child.pid
-        raise LookupError(f"no worker on port {self.port + index}")
+        raise LookupError(f"no worker listening on port {port}")
 
     def metrics(self, index: int) -> str:
         with urllib.request.urlopen(self.http_url(index, "/metrics"), timeout=2) as response:

@@ -4,7 +4,12 @@ Owns the command-line client: one subcommand per API call, readable tables
 (or `--json` for scripts), and exit codes a script can rely on: 0 the call
 succeeded, 1 it failed (refused, unknown node, unreachable, no leader), 2 the
 command line was wrong. A mutation answered with 409 NOT_LEADER is sent once
-more to the leader the answer names. It uses only the HTTP API: no Redis.
+more to the leader the answer names, but only if that URL is one of the
+control replicas the operator configured (`--url`, repeatable, or
+`RINGCAST_CONTROL_URL`, comma-separated): the leader's URL comes from Redis,
+and the admin token must never go to a URL nobody vouched for. Otherwise the
+409 is reported and the token goes nowhere else. It uses only the HTTP API:
+no Redis.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from control.config import ADMIN_TOKEN_ENV
@@ -29,7 +35,19 @@ class Failed(Exception):
         self.body = body
 
 
-def call(base_url: str, method: str, path: str, token: str | None, body: dict | None, timeout_s: float) -> dict:
+def same_url(a: str, b: str) -> bool:
+    """Whether two base URLs name the same replica (scheme and host case and trailing slashes ignored)."""
+    def norm(url: str) -> tuple[str, str, str]:
+        parts = urllib.parse.urlsplit(url.strip())
+        return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+    return norm(a) == norm(b)
+
+
+def call(base_url: str, method: str, path: str, token: str | None, body: dict | None, timeout_s: float,
+         known_urls: list[str] | None = None) -> dict:
+    """One API call. A 409 NOT_LEADER naming a replica in `known_urls` (other than `base_url`) is sent
+    there once; naming any other URL, it fails without sending anything (nor the token) there.
+    `known_urls=None` follows nothing (reads, and the one redirected call)."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(base_url.rstrip("/") + path, data=data, method=method)
     request.add_header("Accept", "application/json")
@@ -45,9 +63,19 @@ def call(base_url: str, method: str, path: str, token: str | None, body: dict | 
             answer = json.loads(exc.read() or b"{}")
         except ValueError:
             answer = {}
-        leader = answer.get("leader")
-        if exc.code == 409 and answer.get("error") == "NOT_LEADER" and leader and leader.get("url") != base_url:
-            return call(leader["url"], method, path, token, body, timeout_s)
+        leader = answer.get("leader") or {}
+        leader_url = leader.get("url") if isinstance(leader, dict) else None
+        if exc.code == 409 and answer.get("error") == "NOT_LEADER" and isinstance(leader_url, str):
+            if known_urls is None:
+                raise Failed(f"HTTP 409 NOT_LEADER: {base_url}, named leader by the first replica, is not the leader "
+                             f"either (it names {leader_url!r}); not following a second time", answer) from None
+            known = [url for url in known_urls if not same_url(url, base_url)]
+            if any(same_url(url, leader_url) for url in known):
+                return call(leader_url, method, path, token, body, timeout_s, known_urls=None)  # once: no further hop
+            raise Failed(
+                f"HTTP 409 NOT_LEADER: {base_url} is not the leader; it names {leader_url!r}, which is not one of the "
+                f"control replicas given with --url ({', '.join(known_urls)}), so the request was not sent there. "
+                f"Check that URL, then pass it with --url.", answer) from None
         raise Failed(f"HTTP {exc.code} {answer.get('error', '')}: {answer.get('message', exc.reason)}", answer) from None
     except (urllib.error.URLError, OSError) as exc:
         raise Failed(f"cannot reach the control plane at {base_url}: {exc}") from None
@@ -107,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ringcast ctl",
         description="Operate the ringcast control plane. Exit codes: 0 ok, 1 the call failed, 2 usage error.",
     )
-    parser.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8600"),
-                        help=f"control API base URL (env {URL_ENV}; default http://127.0.0.1:8600)")
+    parser.add_argument("--url", action="append", default=None,
+                        help=f"control replica base URL, repeatable: requests go to the first; a 409 NOT_LEADER is "
+                             f"followed (once, with the token) only to one of these (env {URL_ENV}, comma-separated; "
+                             f"default http://127.0.0.1:8600)")
     parser.add_argument("--token", default=os.environ.get(ADMIN_TOKEN_ENV),
                         help=f"admin token for mutations (env {ADMIN_TOKEN_ENV})")
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer instead of a table")
@@ -133,10 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def replica_urls(args: argparse.Namespace) -> list[str]:
+    """The control replicas the operator named: --url flags, else the environment, else the default."""
+    if args.url:
+        return args.url
+    configured = [url.strip() for url in os.environ.get(URL_ENV, "").split(",") if url.strip()]
+    return configured or ["http://127.0.0.1:8600"]
+
+
 def run(args: argparse.Namespace) -> dict:
     c = args.command
-    get = lambda path: call(args.url, "GET", path, None, None, args.timeout_s)  # noqa: E731
-    post = lambda path, body=None: call(args.url, "POST", path, args.token, body, args.timeout_s)  # noqa: E731
+    urls = replica_urls(args)
+    base = urls[0]
+    get = lambda path: call(base, "GET", path, None, None, args.timeout_s)  # noqa: E731
+    post = lambda path, body=None: call(base, "POST", path, args.token, body, args.timeout_s, urls)  # noqa: E731
     quote = urllib.request.quote
     if c == "nodes":
         return get("/v1/nodes")
@@ -163,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
     if c == "rebalance":
         return post("/v1/rebalance")
     if c == "remove":
-        return call(args.url, "DELETE", f"/v1/nodes/{quote(args.id, safe='')}", args.token, None, args.timeout_s)
+        return call(base, "DELETE", f"/v1/nodes/{quote(args.id, safe='')}", args.token, None, args.timeout_s, urls)
     raise AssertionError(c)
 
 

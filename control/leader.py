@@ -6,14 +6,19 @@ epoch when the members changed, and start an automatic rebalance when a
 worker joined) and the mutations the API forwards to it: drain, undrain,
 rebalance, forget a node. One lock serialises ticks and mutations, so they
 never interleave their reads and writes. Only the lease holder runs any of
-it; a follower only serves reads. It does no HTTP.
+it; a follower only serves reads. Every write it makes is fenced by the lease
+(`control.store`): when one is refused (another replica took the lease while
+this one was paused or cut off), it stops leading at once and the tick or
+mutation fails with `NotLeader`. It does no HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+from typing import AsyncIterator
 
 from redis.exceptions import RedisError
 
@@ -48,10 +53,29 @@ class Controller:
         # instead of restarting at 1 (routers and clients compare epochs).
         self.highest_epoch = 0
 
+    @contextlib.asynccontextmanager
+    async def _leading(self) -> AsyncIterator[None]:
+        """Hold the lock as the leader; a write refused by the fence makes this replica step down."""
+        async with self.lock:
+            if not self.lease.is_leader:
+                raise NotLeader("not the lease holder")
+            # Every write of this tick or mutation carries the token of the term it was decided in.
+            self.store.fence = self.lease.value
+            try:
+                yield
+            except NotLeader:
+                self.lease.step_down()
+                raise
+
+    async def announce(self, detail: dict) -> None:
+        """Log the `leader` event of the term just started (fenced like every other write)."""
+        async with self._leading():
+            await self.store.add_event("leader", None, detail)
+
     # --- the loop -----------------------------------------------------------------
 
     async def tick(self) -> Ring:
-        async with self.lock:
+        async with self._leading():
             return await self._tick_locked()
 
     async def _tick_locked(self, snapshot: Snapshot | None = None) -> Ring:
@@ -83,7 +107,7 @@ class Controller:
             base = Ring(base.members.values(), self.highest_epoch)
         ring = base.with_members(verdict.ring_members)
         if ring is not snap.ring and (len(ring) or len(snap.ring)):  # never publish "empty" over "nothing"
-            await self.store.publish_ring(ring, self.lease.value)
+            await self.store.publish_ring(ring)
             added = sorted(set(ring.members) - set(snap.ring.members))
             removed = sorted(set(snap.ring.members) - set(ring.members))
             self.metrics.ring_publications.inc()
@@ -102,8 +126,8 @@ class Controller:
             if self.lease.is_leader:
                 try:
                     await self.tick()
-                except NotLeader:
-                    pass
+                except NotLeader as exc:  # logged by the store; the lease loop takes over from here
+                    log.warning("leader tick stopped: %s", exc)
                 except (RedisError, OSError) as exc:  # Redis down: the workers keep the last ring meanwhile
                     log.warning("leader tick could not reach Redis: %s", exc)
                 except Exception:  # a bug: log it, keep the loop alive, try again next tick
@@ -120,7 +144,7 @@ class Controller:
         return snap, record
 
     async def drain(self, node_id: str, window_s: float, timeout_s: float) -> dict:
-        async with self.lock:
+        async with self._leading():
             snap, record = await self._record(node_id)
             record.desired = DRAINING
             await self.store.write_records([record])
@@ -135,7 +159,7 @@ class Controller:
             return {"node": node_id, "desired": DRAINING, "ringEpoch": ring.epoch, "windowS": window_s, "timeoutS": timeout_s}
 
     async def undrain(self, node_id: str) -> dict:
-        async with self.lock:
+        async with self._leading():
             snap, record = await self._record(node_id)
             record.desired = ACTIVE
             await self.store.write_records([record])
@@ -148,7 +172,7 @@ class Controller:
             return {"node": node_id, "desired": ACTIVE, "ringEpoch": ring.epoch}
 
     async def rebalance(self) -> dict:
-        async with self.lock:
+        async with self._leading():
             ring = await self._tick_locked()
             snap = await self.store.snapshot()
             return await self._rebalance_locked(ring, snap.records, reason="operator")
@@ -167,7 +191,7 @@ class Controller:
         return {"generation": generation, "ringEpoch": ring.epoch, "nodes": nodes, "reason": reason}
 
     async def forget(self, node_id: str) -> dict:
-        async with self.lock:
+        async with self._leading():
             snap, record = await self._record(node_id)
             seen = snap.seen_ms.get(node_id)
             if seen is not None and snap.now_ms - seen <= self.config.dead_after_s * 1000:

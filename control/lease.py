@@ -4,8 +4,10 @@ Owns the Redis key `control:leader`: taken with SET NX PX by a follower when
 it is free, renewed by its holder with a compare-and-set script (PEXPIRE only
 if the value is still ours), released on a clean exit. The holder considers
 itself leader only until the end of its last successful renewal's lease, so a
-leader cut off from Redis stops acting before a follower can take over. It
-decides nothing else.
+leader cut off from Redis stops acting before a follower can take over. Its
+value (id, URL, nonce) is also the fencing token every control-plane write
+checks in Redis (`control.store`); a holder whose write was refused steps
+down at once (`step_down`). It decides nothing else.
 """
 
 from __future__ import annotations
@@ -40,16 +42,29 @@ class LeaderLease:
         self.redis = redis
         self.key = key
         self.replica_id = replica_id
-        # The nonce makes a restarted replica with the same id a different holder.
-        self.value = json.dumps({"id": replica_id, "url": replica_url, "nonce": secrets.token_hex(8)}, sort_keys=True)
+        self.replica_url = replica_url
+        # The lease value is also the fencing token of every write. A fresh nonce for every take makes each
+        # term of leadership a different token: a write decided in an earlier term is refused even if this
+        # replica leads again by the time it reaches Redis (and a restarted replica is a different holder).
+        self.value = self._new_value()
         self.lease_ms = int(lease_s * 1000)
         self._valid_until = 0.0  # monotonic end of the lease we last took or renewed
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
+    def _new_value(self) -> str:
+        return json.dumps({"id": self.replica_id, "url": self.replica_url, "nonce": secrets.token_hex(8)},
+                          sort_keys=True)
+
     @property
     def is_leader(self) -> bool:
         return time.monotonic() < self._valid_until
+
+    def step_down(self) -> None:
+        """Stop leading now: a fenced write found another replica's value in the lease key."""
+        if self._valid_until:
+            log.warning("replica %s steps down: another replica holds the leader lease", self.replica_id)
+        self._valid_until = 0.0
 
     async def refresh(self) -> bool:
         """Renew if we hold the lease, else try to take it. Returns whether we lead now."""
@@ -60,6 +75,7 @@ class LeaderLease:
                 if not held:
                     log.warning("replica %s lost the leader lease", self.replica_id)
             else:
+                self.value = self._new_value()  # a new term, a new fencing token
                 held = bool(await self.redis.set(self.key, self.value, nx=True, px=self.lease_ms))
                 if held:
                     log.info("replica %s took the leader lease", self.replica_id)

@@ -7,7 +7,7 @@ this replica last observed (followers observe on each read, not each tick).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from common.keys import ALIVE, DEAD
 
@@ -15,6 +15,7 @@ from common.keys import ALIVE, DEAD
 class ControlMetrics:
     def __init__(self, replica_id: str) -> None:
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_* (CPU, RSS, fds) of the replica, like workers and routers
         self.leader = Gauge("ringcast_control_leader", "1 while this replica holds the leader lease", registry=r)
         self.ring_epoch = Gauge("ringcast_control_ring_epoch", "Epoch of the ring last published or read", registry=r)
         self.ring_members = Gauge("ringcast_control_ring_members", "Members of that ring", registry=r)

@@ -36,8 +36,8 @@ class ControlService:
             config.redis, socket_timeout=config.redis_timeout_s, socket_connect_timeout=config.redis_timeout_s
         )
         self.metrics = ControlMetrics(config.name)
-        self.store = ControlStore(self.redis, self.keys, config.max_events)
         self.lease = LeaderLease(self.redis, self.keys.leader, config.name, config.url, config.lease_s)
+        self.store = ControlStore(self.redis, self.keys, config.max_events)  # fenced by the controller, per term
         self.controller = Controller(config, self.store, self.lease, self.metrics)
         self.api = ControlApi(config, self.store, self.lease, self.controller, self.metrics)
         self._stop = asyncio.Event()
@@ -50,7 +50,7 @@ class ControlService:
             if leading and not was_leader:
                 log.info("replica %s leads", self.config.name)
                 try:
-                    await self.store.add_event("leader", None, {"replica": self.config.name, "url": self.config.url})
+                    await self.controller.announce({"replica": self.config.name, "url": self.config.url})
                 except Exception:  # noqa: BLE001 - the event log is best effort; leading is not
                     log.warning("could not log the leadership event")
             elif was_leader and not leading:

@@ -2,12 +2,15 @@
 
 Owns every Redis call the control plane makes apart from the lease: one
 snapshot read per tick (heartbeats, seen times, membership records, ring,
-Redis' clock), writing membership records and per-worker commands, the
-bounded event log, the rebalance generation, and publishing the ring with a
-write fenced by the leader lease (a deposed leader cannot overwrite its
-successor's ring). Heartbeats and commands cross it as `common.records`,
-never as loose dicts. Because all of it lives in Redis, any replica can serve
-reads and a restarted replica loses nothing.
+Redis' clock), and every write: membership records, per-worker commands,
+the bounded event log, the rebalance generation, forgetting a node, and the
+ring. Every write is fenced by the leader lease: it is a Lua script that
+first checks that `control:leader` still holds this replica's lease value
+and writes nothing (raising `NotLeader`) otherwise, so a deposed leader
+resuming after a pause cannot revert what its successor wrote. Reads are not
+fenced: any replica serves them. Heartbeats and commands cross it as
+`common.records`, never as loose dicts. Because all of it lives in Redis, any
+replica can serve reads and a restarted replica loses nothing.
 """
 
 from __future__ import annotations
@@ -26,18 +29,52 @@ from router.ring import Ring
 
 log = logging.getLogger("ringcast.control.store")
 
-# Publish the ring only while the caller's lease value is the one in Redis.
-_FENCED_SET = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2])
-  return 1
+# Every write below is one script that starts with the fence: KEYS[1] is the lease key, ARGV[1] the
+# writer's lease value. A script that finds another value writes nothing and returns nil (None).
+_FENCE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return false
 end
-return 0
+"""
+
+_FENCED_SET = _FENCE + """
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
+# HSET of ARGV[2..] (field, value pairs) in chunks: Lua's unpack() fails past a few thousand values.
+_FENCED_HSET = _FENCE + """
+for i = 2, #ARGV, 1000 do
+  redis.call('HSET', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return 1
+"""
+
+_FENCED_INCR = _FENCE + """
+return redis.call('INCR', KEYS[2])
+"""
+
+# KEYS[2] the sequence counter, KEYS[3] the event list; ARGV[2] the event JSON after its "seq" field,
+# ARGV[3] the index of the last event kept.
+_FENCED_EVENT = _FENCE + """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('LPUSH', KEYS[3], '{"seq":' .. seq .. ',' .. ARGV[2])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]))
+return seq
+"""
+
+# KEYS[2..4] the members, heartbeats and seen hashes, KEYS[5..6] the node's command and rooms; ARGV[2] its id.
+_FENCED_FORGET = _FENCE + """
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('DEL', KEYS[5], KEYS[6])
+return 1
 """
 
 
 class NotLeader(RuntimeError):
-    """The lease was lost between the decision and the write."""
+    """The lease was lost between the decision and the write: the write was refused, nothing was written."""
 
 
 @dataclass
@@ -67,11 +104,29 @@ def _heartbeats(raw: dict) -> dict[str, Heartbeat]:
 
 
 class ControlStore:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, max_events: int) -> None:
+    """Reads and fenced writes. `fence` is the lease value of the term the writes belong to
+    (`LeaderLease.value`): the controller sets it, under its lock, at the start of each tick or mutation."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, max_events: int, fence: str = "") -> None:
         self.redis = redis
         self.keys = keys
         self.max_events = max_events
-        self._fenced_set = redis.register_script(_FENCED_SET)
+        self.fence = fence
+        self.refused_writes = 0  # fenced writes refused because another replica held the lease
+        self._set = redis.register_script(_FENCED_SET)
+        self._hset = redis.register_script(_FENCED_HSET)
+        self._incr = redis.register_script(_FENCED_INCR)
+        self._event = redis.register_script(_FENCED_EVENT)
+        self._forget = redis.register_script(_FENCED_FORGET)
+
+    async def _fenced(self, script, what: str, keys: list[str], args: list) -> int:
+        """Run one fenced write; NotLeader (logged) if the lease in Redis is not ours."""
+        result = await script(keys=[self.keys.leader, *keys], args=[self.fence, *args])
+        if result is None:
+            self.refused_writes += 1
+            log.warning("refused to %s: the leader lease is no longer this replica's", what)
+            raise NotLeader(f"lease lost: {what} was refused")
+        return int(result)
 
     async def snapshot(self) -> Snapshot:
         pipe = self.redis.pipeline(transaction=False)
@@ -93,22 +148,21 @@ class ControlStore:
         raw = await self.redis.get(self.keys.ring)
         return Ring.from_json(raw) if raw else Ring()
 
-    async def publish_ring(self, ring: Ring, lease_value: str) -> None:
-        if not await self._fenced_set(keys=[self.keys.leader, self.keys.ring], args=[lease_value, ring.to_json()]):
-            raise NotLeader("lease lost before the ring could be published")
+    async def publish_ring(self, ring: Ring) -> None:
+        await self._fenced(self._set, f"publish ring epoch {ring.epoch}", [self.keys.ring], [ring.to_json()])
 
     async def write_records(self, records: list[MemberRecord]) -> None:
         if records:
-            mapping = {r.id: json.dumps(r.to_dict(), separators=(",", ":")) for r in records}
-            await self.redis.hset(self.keys.members, mapping=mapping)
+            pairs: list[str] = []
+            for r in records:
+                pairs += [r.id, json.dumps(r.to_dict(), separators=(",", ":"))]
+            await self._fenced(self._hset, f"write the membership records of {sorted(r.id for r in records)}",
+                               [self.keys.members], pairs)
 
     async def forget_node(self, node_id: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(self.keys.members, node_id)
-        pipe.hdel(self.keys.heartbeats, node_id)
-        pipe.hdel(self.keys.seen, node_id)
-        pipe.delete(self.keys.command(node_id), self.keys.rooms(node_id))
-        await pipe.execute()
+        await self._fenced(self._forget, f"forget node {node_id}",
+                           [self.keys.members, self.keys.heartbeats, self.keys.seen,
+                            self.keys.command(node_id), self.keys.rooms(node_id)], [node_id])
 
     async def command(self, node_id: str) -> Command | None:
         """The worker's current command, None if it has none; MalformedRecord if it cannot be read."""
@@ -116,27 +170,27 @@ class ControlStore:
         return Command.from_json(raw) if raw else None
 
     async def set_command(self, node_id: str, command: Command) -> None:
-        await self.redis.set(self.keys.command(node_id), command.to_json())
+        await self._fenced(self._set, f"write the command of {node_id}", [self.keys.command(node_id)],
+                           [command.to_json()])
 
     async def next_rebalance_generation(self) -> int:
-        return int(await self.redis.incr(self.keys.rebalance_generation))
+        return await self._fenced(self._incr, "start a rebalance generation", [self.keys.rebalance_generation], [])
 
     async def rebalance_generation(self) -> int:
         return int(await self.redis.get(self.keys.rebalance_generation) or 0)
 
     async def add_event(self, kind: str, node: str | None, detail: dict) -> dict:
-        seq = int(await self.redis.incr(self.keys.event_seq))
         now_ms = int(time.time() * 1000)
         event = {
-            "seq": seq, "tsMs": now_ms,
+            "tsMs": now_ms,
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_ms / 1000)) + f".{now_ms % 1000:03d}Z",
             "kind": kind, "node": node, "detail": detail,
         }
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(self.keys.events, json.dumps(event, separators=(",", ":")))
-        pipe.ltrim(self.keys.events, 0, self.max_events - 1)
-        await pipe.execute()
-        return event
+        # The script numbers the event and writes {"seq":N,...} in front of the rest of the JSON.
+        after_seq = json.dumps(event, separators=(",", ":"))[1:]
+        seq = await self._fenced(self._event, f"log a {kind} event", [self.keys.event_seq, self.keys.events],
+                                 [after_seq, self.max_events - 1])
+        return {"seq": seq, **event}
 
     async def events(self, limit: int, since_seq: int = 0) -> list[dict]:
         """Newest first, at most `limit`, only those after `since_seq`."""

@@ -39,7 +39,11 @@ if TYPE_CHECKING:  # the worker imports this module; only type checkers look bac
 log = logging.getLogger("ringcast.heartbeat")
 
 # One round trip: write the heartbeat, stamp it with Redis' clock (no skew between
-# hosts), replace the room report, and read this worker's command back.
+# hosts), replace the room report, and read this worker's command back. The report
+# (ARGV[4..]: room, count, room, count, ...) is written in chunks of ROOM_CHUNK_VALUES:
+# Lua's unpack() fails past a few thousand values ("too many results to unpack"),
+# which would fail the whole script and with it the command read.
+ROOM_CHUNK_VALUES = 1000
 _BEAT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,11 +51,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], now)
 redis.call('DEL', KEYS[3])
 if #ARGV > 3 then
-  redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+  for i = 4, #ARGV, %d do
+    redis.call('HSET', KEYS[3], unpack(ARGV, i, math.min(i + %d, #ARGV)))
+  end
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 return {now, redis.call('GET', KEYS[4])}
-"""
+""" % (ROOM_CHUNK_VALUES, ROOM_CHUNK_VALUES - 1)
 
 # What a worker assumes when its command leaves a field out (a command written before any drain or rebalance).
 DEFAULT_DRAIN_WINDOW_S = 5.0
@@ -100,7 +106,7 @@ class HeartbeatReporter:
         )
 
     def room_counts(self) -> list[str]:
-        """The most populated hosted rooms (bounded), flattened for HSET."""
+        """The most populated hosted rooms (at most heartbeat_max_rooms_reported), flattened for HSET."""
         hub = self.worker.hub
         if hub is None:
             return []

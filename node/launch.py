@@ -1,14 +1,17 @@
-"""Starting one worker process: its command line, its environment, its bus, its event loop.
+"""Starting one worker process: its hand-over document, its bus, its event loop.
 
-Owns the contract between the supervisor and a worker process (the settings
-as JSON in argv, the signing keys and the restart count in the environment:
-argv is world-readable, the environment is not), the choice of the bus
-implementation from the settings (`memory`, `redis`, `global`), logging
+Owns the contract between the supervisor and a worker process: the worker's
+command line is only `python -m node.launch`, and everything else (every
+setting, the Redis URL with its password, the signing keys, the restart
+count) is one JSON document the supervisor writes to the worker's stdin and
+closes. Nothing of it is in argv (readable by every local user through
+/proc/<pid>/cmdline and `ps`) nor in the environment (readable by the same
+user and root through /proc/<pid>/environ). It also owns the choice of the
+bus implementation from the settings (`memory`, `redis`, `global`), logging
 setup, and running the `node.worker.Worker` on uvloop until it stops.
 
-Run by the supervisor as `python -m node.launch CONFIG_JSON`. It must not
-serve traffic or hold state of its own: everything after the start is the
-worker's.
+It must not serve traffic or hold state of its own: everything after the
+start is the worker's.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import sys
+import typing
 
 from common.logs import setup_logging
 from node.bus import Bus
@@ -27,9 +30,8 @@ from node.bus_redis import RedisBus, RedisBusSettings
 from node.config import NodeConfig
 from node.worker import Worker
 
-MODULE = "node.launch"  # what the supervisor runs with `python -m`
-RESTARTS_ENV = "RINGCAST_WORKER_RESTARTS"  # set by the supervisor for each (re)start
-SECRETS_ENV = "RINGCAST_WORKER_JWT_SECRETS"  # the supervisor hands the signing keys over here, not in argv
+MODULE = "node.launch"  # what the supervisor runs with `python -m`, with no argument
+MAX_HANDOVER_BYTES = 1 << 20  # the hand-over document is a few KB; anything larger is not the supervisor's
 
 
 def make_bus(config: NodeConfig) -> Bus:
@@ -53,14 +55,18 @@ def make_bus(config: NodeConfig) -> Bus:
     )
 
 
-def config_to_json(config: NodeConfig) -> str:
-    """The worker's settings for its command line, without the signing keys (argv is world-readable)."""
-    return json.dumps(dict(dataclasses.asdict(config), jwt_secret=[]))
+def handover(config: NodeConfig, restarts: int) -> bytes:
+    """The document the supervisor writes to a worker's stdin: every setting (secrets included) and the restart count."""
+    return json.dumps({"config": dataclasses.asdict(config), "restarts": restarts}).encode()
 
 
-def secrets_env(config: NodeConfig) -> dict[str, str]:
-    """The signing keys for the worker's environment (readable only by its user)."""
-    return {SECRETS_ENV: json.dumps(config.jwt_secret)}
+def read_handover(stream: typing.BinaryIO) -> tuple[NodeConfig, int]:
+    """The settings and restart count from the supervisor's hand-over document (stdin, up to EOF)."""
+    raw = stream.read(MAX_HANDOVER_BYTES + 1)
+    if len(raw) > MAX_HANDOVER_BYTES:
+        raise ValueError(f"the hand-over document on stdin is larger than {MAX_HANDOVER_BYTES} bytes")
+    document = json.loads(raw)
+    return NodeConfig(**document["config"]), int(document.get("restarts", 0))
 
 
 def run_worker(config: NodeConfig, restarts: int = 0) -> None:
@@ -75,10 +81,13 @@ def run_worker(config: NodeConfig, restarts: int = 0) -> None:
 
 
 def main(argv: list[str]) -> int:
-    values = json.loads(argv[0])
-    values["jwt_secret"] = json.loads(os.environ.get(SECRETS_ENV, "[]"))
-    config = NodeConfig(**values)
-    run_worker(config, int(os.environ.get(RESTARTS_ENV, "0") or 0))
+    if argv:
+        print("usage: python -m node.launch < HANDOVER_JSON (run by the supervisor; settings never come in argv)",
+              file=sys.stderr)
+        return 2
+    config, restarts = read_handover(sys.stdin.buffer)
+    sys.stdin.close()
+    run_worker(config, restarts)
     return 0
 
 

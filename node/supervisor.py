@@ -1,8 +1,10 @@
 """The node supervisor: starts, watches and restarts one host's worker processes.
 
 Owns the process tree of a node host: worker i runs `python -m node.launch`
-on port `port + i`; a worker that exits unexpectedly is restarted after a
-capped exponential backoff (reset once it has stayed up for a while), and
+on port `port + i`, its settings (secrets included) written to its stdin
+(`node.launch.handover`), never in its argv or environment; a worker that
+exits unexpectedly is restarted after a capped exponential backoff (reset
+once it has stayed up for a while), and
 every restart is logged and exposed by the new worker as
 `ringcast_worker_restarts`. SIGTERM/SIGINT makes every worker shut down
 gracefully; stragglers are killed after their shutdown timeout. It serves no
@@ -19,7 +21,8 @@ import sys
 from dataclasses import dataclass, field
 
 from node.config import NodeConfig
-from node.launch import MODULE, RESTARTS_ENV, config_to_json, secrets_env
+from common.settings import ENV_PREFIX
+from node.launch import MODULE, handover
 from router.backoff import BackoffPolicy
 
 log = logging.getLogger("ringcast.supervisor")
@@ -48,10 +51,20 @@ class Supervisor:
         self._stopped = asyncio.Event()
 
     async def _spawn(self, slot: WorkerSlot) -> None:
-        env = dict(os.environ, **{RESTARTS_ENV: str(slot.restarts)}, **secrets_env(slot.config))
+        # The worker's settings come on stdin; the operator's RINGCAST_* variables (the Redis URL, the
+        # signing keys) are the supervisor's business and stay out of the worker's environment.
+        env = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
         slot.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", MODULE, config_to_json(slot.config), env=env,
+            sys.executable, "-m", MODULE, env=env, stdin=asyncio.subprocess.PIPE,
         )
+        assert slot.process.stdin is not None
+        try:
+            slot.process.stdin.write(handover(slot.config, slot.restarts))
+            await slot.process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):  # it died before reading: the watcher restarts it
+            log.warning("worker %d (pid %d) exited before reading its settings", slot.index, slot.process.pid)
+        finally:
+            slot.process.stdin.close()
         slot.started_at = asyncio.get_running_loop().time()
         log.info("started worker %d (%s) pid %d", slot.index, slot.config.shard_id, slot.process.pid)
 

@@ -32,10 +32,11 @@ async def test_follower_takes_over_when_the_leader_is_killed(start_node, start_c
     assert answer["leader"]["url"] == leader.url
     assert follower.get("/v1/ring") == leader.get("/v1/ring")  # any replica serves reads
     followed = subprocess.run(
-        [sys.executable, "-m", "ringcast_cli", "ctl", "--url", follower.url, "--token", ADMIN_TOKEN, "rebalance"],
+        [sys.executable, "-m", "ringcast_cli", "ctl", "--url", follower.url, "--url", leader.url, "--token", ADMIN_TOKEN,
+         "rebalance"],
         capture_output=True, text=True, timeout=30, cwd=REPO,
     )
-    assert followed.returncode == 0, followed.stderr  # the CLI re-sent it to the leader the 409 named
+    assert followed.returncode == 0, followed.stderr  # the CLI re-sent it to the leader the 409 named (a known replica)
     # Logged before the 202 the CLI waited for: no need to wait for it.
     assert any(e["kind"] == "rebalance" for e in events_of(leader))
 
