@@ -9,7 +9,9 @@ control replicas the operator configured (`--url`, repeatable, or
 `RINGCAST_CONTROL_URL`, comma-separated): the leader's URL comes from Redis,
 and the admin token must never go to a URL nobody vouched for. Otherwise the
 409 is reported and the token goes nowhere else. It uses only the HTTP API:
-no Redis.
+no Redis. `top`, the live fleet view, lives in `control.top` (fetching and
+drawing) and `control.top_view` (its numbers); here it is one more subcommand
+that only reads.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from control import top
 from control.config import ADMIN_TOKEN_ENV
 
 URL_ENV = "RINGCAST_CONTROL_URL"
@@ -160,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=50)
     remove = sub.add_parser("remove", help="forget a dead worker (DELETE /v1/nodes/ID)")
     remove.add_argument("id")
+    top.add_parser(sub)
     return parser
 
 
@@ -213,6 +217,13 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
+    if args.command == "top":
+        try:
+            top.validate(args, parser)
+        except SystemExit:
+            return EXIT_USAGE
+        base = replica_urls(args)[0]
+        return top.main_top(args, lambda path: call(base, "GET", path, None, None, args.timeout_s), Failed)
     try:
         answer = run(args)
     except Failed as exc:
