@@ -1,9 +1,9 @@
 """The Redis layout shared by workers and the control plane: key names and vocabulary.
 
-Owns the names of every key the control plane and the workers' heartbeat
-reporters read or write, and the words they exchange (worker states, event
-kinds). It is the contract between `node.heartbeat` and `control/`, nothing
-more: no I/O, no logic. docs/control.md describes each key.
+Owns the names of every key the control plane, the routers and the workers'
+heartbeat reporters read or write, and the words they exchange (worker
+states, event kinds). It is the contract between `node.heartbeat`, `router/`
+and `control/`, nothing more: no I/O, no logic. docs/control.md describes each key.
 
 All keys live in one Redis (the control plane's state is small); with a
 Redis Cluster they would need a hash tag, which this layout does not add.
@@ -35,6 +35,9 @@ class Keys:
         self.event_seq = f"{prefix}events:seq"  # STRING counter: each event's sequence number
         self.leader = f"{prefix}control:leader"  # STRING JSON {"id","url"} with a PX lease
         self.rebalance_generation = f"{prefix}rebalance:generation"  # STRING counter: one per rebalance
+        # Presence (common.presence): HASH id -> JSON {"expiresAtMs","id","url"}, each process its own entry.
+        self.control_replicas = f"{prefix}control:replicas"  # every running control replica, leader or not
+        self.routers = f"{prefix}routers"  # every running `ringcast router` started with --redis
 
     def command(self, node_id: str) -> str:
         """STRING JSON: the control plane's desired state for one worker (only that worker reads it)."""

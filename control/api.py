@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 from typing import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,6 +32,32 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def error(status: int, code: str, message: str, **extra) -> web.Response:
     return web.json_response({"error": code, "message": message, **extra}, status=status)
+
+
+# Prometheus scrape jobs, as deploy/prometheus/ringcast-rules.yml expects them (docs/monitoring.md).
+NODE_JOB = "ringcast-node"
+ROUTER_JOB = "ringcast-router"
+CONTROL_JOB = "ringcast-control"
+
+_DEFAULT_PORTS = {"ws": 80, "http": 80, "wss": 443, "https": 443}
+
+
+def scrape_address(url: str) -> str | None:
+    """host:port of a worker's ws:// URL or a replica's or router's http:// URL (their /metrics is there)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}"
+
+
+def target_group(address: str, labels: dict[str, str]) -> dict:
+    """One entry of Prometheus' HTTP service discovery answer (label values are strings)."""
+    return {"targets": [address], "labels": {name: str(value) for name, value in labels.items()}}
 
 
 class ControlApi:
@@ -55,6 +82,7 @@ class ControlApi:
         r.add_get("/v1/rooms/{room}", self.room)
         r.add_get("/v1/events", self.events)
         r.add_get("/v1/rebalance", self.rebalance_progress)
+        r.add_get("/v1/sd/prometheus", self.prometheus_sd)
         r.add_post("/v1/nodes/{id}/drain", self._mutation(self.drain))
         r.add_post("/v1/nodes/{id}/undrain", self._mutation(self.undrain))
         r.add_post("/v1/rebalance", self._mutation(self.rebalance))
@@ -204,6 +232,48 @@ class ControlApi:
         # Done once a worker has reported this generation and none still runs it.
         done = bool(current) and all(n["done"] for n in current)
         return web.json_response({"generation": generation, "ringEpoch": snap.ring.epoch, "done": done, "nodes": nodes})
+
+    async def prometheus_sd(self, request: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery: every worker with a membership record or a heartbeat
+        (dead ones too, so `up == 0` alerts on them until `DELETE /v1/nodes/{id}`), every control
+        replica and every router that announced itself. `job`, `node`, `worker`, `router`, `replica`
+        are target labels (stable for a target's life); what changes (state, health, leadership) is
+        `__meta_ringcast_*`, for relabeling only, so a drain or a death does not rename the series
+        nor reset an alert's `for:` clock. docs/monitoring.md shows the scrape config."""
+        snap = await self.store.snapshot()
+        groups = []
+        for node_id in sorted(set(snap.records) | set(snap.heartbeats)):
+            record = snap.records.get(node_id)
+            beat = snap.heartbeats.get(node_id)
+            url = record.url if record else beat.url
+            address = scrape_address(url)
+            if address is None:
+                log.warning("service discovery skips worker %s: no host:port in %r", node_id, url)
+                continue
+            groups.append(target_group(address, {
+                "job": NODE_JOB, "node": urlsplit(url).hostname, "worker": node_id,
+                "__meta_ringcast_state": beat.state if beat else "",
+                "__meta_ringcast_health": record.health if record else "unknown",
+                "__meta_ringcast_desired": record.desired if record else "",
+                "__meta_ringcast_in_ring": "true" if node_id in snap.ring else "false",
+            }))
+        leader = await self.lease.holder()
+        replicas = {entry["id"]: entry["url"] for entry in await self.store.control_replicas()}
+        if leader is not None:
+            replicas.setdefault(leader["id"], leader["url"])  # a leader that has not announced yet
+        for replica_id, url in sorted(replicas.items()):
+            address = scrape_address(url)
+            if address is not None:
+                is_leader = leader is not None and leader["id"] == replica_id
+                groups.append(target_group(address, {
+                    "job": CONTROL_JOB, "replica": replica_id,
+                    "__meta_ringcast_leader": "true" if is_leader else "false",
+                }))
+        for entry in await self.store.routers():
+            address = scrape_address(entry["url"])
+            if address is not None:
+                groups.append(target_group(address, {"job": ROUTER_JOB, "router": entry["id"]}))
+        return web.json_response(groups)
 
     # --- mutations (leader only, bearer token) -------------------------------------------
 

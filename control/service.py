@@ -3,8 +3,10 @@
 Owns the replica's lifetime: start the API (every replica serves reads), keep
 refreshing the leader lease, run the leader loop while holding it, and on
 SIGTERM/SIGINT stop serving and release the lease so a follower takes over
-at once instead of after the lease runs out. It holds no state of its own:
-everything is in Redis.
+at once instead of after the lease runs out. Each replica, leader or not,
+also announces itself in the `control:replicas` presence hash with each lease
+round (entry TTL `lease_s`), so service discovery lists every replica. It
+holds no state of its own: everything is in Redis.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from common.presence import Presence
 from common.tasks import stop_tasks
 from control.api import ControlApi
 from control.config import ControlConfig
@@ -40,7 +43,15 @@ class ControlService:
         self.store = ControlStore(self.redis, self.keys, config.max_events)  # fenced by the controller, per term
         self.controller = Controller(config, self.store, self.lease, self.metrics)
         self.api = ControlApi(config, self.store, self.lease, self.controller, self.metrics)
+        self.presence = Presence(self.redis, self.keys.control_replicas, config.name, config.url, config.lease_s)
         self._stop = asyncio.Event()
+
+    async def _announce(self) -> None:
+        """Refresh this replica's presence entry; best effort (the lease loop must keep its pace)."""
+        try:
+            await self.presence.announce()
+        except Exception as exc:  # noqa: BLE001 - discovery only: a missed round shortens nothing else
+            log.warning("could not announce replica %s in Redis: %s", self.config.name, exc)
 
     async def _keep_lease(self) -> None:
         was_leader = False
@@ -56,6 +67,7 @@ class ControlService:
             elif was_leader and not leading:
                 log.warning("replica %s no longer leads", self.config.name)
             was_leader = leading
+            await self._announce()
             await asyncio.sleep(self.config.lease_renew_interval_s)
 
     async def run(self) -> int:
@@ -76,6 +88,10 @@ class ControlService:
         await self._stop.wait()
         await stop_tasks(tasks)
         await self.lease.release()
+        try:
+            await self.presence.withdraw()
+        except Exception as exc:  # noqa: BLE001 - the entry expires after lease_s anyway
+            log.warning("could not withdraw replica %s from Redis: %s", self.config.name, exc)
         await runner.cleanup()
         await self.redis.aclose()
         log.info("control replica %s stopped", self.config.name)

@@ -8,7 +8,8 @@ ring. Every write is fenced by the leader lease: it is a Lua script that
 first checks that `control:leader` still holds this replica's lease value
 and writes nothing (raising `NotLeader`) otherwise, so a deposed leader
 resuming after a pause cannot revert what its successor wrote. Reads are not
-fenced: any replica serves them. Heartbeats and commands cross it as
+fenced: any replica serves them; neither are the presence entries replicas
+and routers announce (`common.presence`), which only service discovery reads. Heartbeats and commands cross it as
 `common.records`, never as loose dicts. Because all of it lives in Redis, any
 replica can serve reads and a restarted replica loses nothing.
 """
@@ -24,6 +25,7 @@ import redis.asyncio as aioredis
 
 from control.detector import MemberRecord
 from common.keys import Keys
+from common.presence import present
 from common.records import Command, Heartbeat, MalformedRecord
 from router.ring import Ring
 
@@ -211,3 +213,11 @@ class ControlStore:
     async def leader(self) -> dict | None:
         raw = await self.redis.get(self.keys.leader)
         return json.loads(raw) if raw else None
+
+    async def control_replicas(self) -> list[dict]:
+        """Every control replica that announced itself recently: `{"id","url","expiresAtMs"}`."""
+        return await present(self.redis, self.keys.control_replicas)
+
+    async def routers(self) -> list[dict]:
+        """Every router (started with --redis) that announced itself recently."""
+        return await present(self.redis, self.keys.routers)

@@ -9,6 +9,7 @@ Loading (flags, `RINGCAST_*` environment, TOML section `[router]`) is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from common.settings import SettingsError, setting
 from router.membership import NODES_SYNTAX, parse_nodes
@@ -23,12 +24,14 @@ class RouterConfig:
     key_prefix: str = setting("ringcast:", "prefix of Redis keys; the ring is read from {key_prefix}ring")
     ring_poll_interval_s: float = setting(0.5, "how often the published ring is read from Redis")
     redis_timeout_s: float = setting(1.0, "longest one read of the ring from Redis waits")
+    advertise_url: str = setting("", "URL Prometheus reaches this router at, announced in Redis with --redis; empty means http://host:port")
+    presence_ttl_s: float = setting(5.0, "with --redis, this router stays listed in service discovery this long after its last announce (announced every third of it)")
     max_room_name_chars: int = setting(128, "longest room name accepted (keep equal to the nodes' setting)")
     listen_backlog: int = setting(1024, "TCP accept backlog of the route service's socket")
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
 
     def validate(self) -> None:
-        for name in ("port", "ring_poll_interval_s", "redis_timeout_s", "max_room_name_chars", "listen_backlog"):
+        for name in ("port", "ring_poll_interval_s", "redis_timeout_s", "presence_ttl_s", "max_room_name_chars", "listen_backlog"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.max_room_name_chars > 1024:
@@ -39,3 +42,13 @@ class RouterConfig:
             raise SettingsError(f"nodes: {exc}") from None
         if not self.redis and not members:
             raise SettingsError("give --redis (follow the control plane's ring) or --nodes (a static ring), or both")
+
+    @property
+    def url(self) -> str:
+        return self.advertise_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        """This router's id in service discovery: host:port of its advertised URL."""
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"

@@ -3,9 +3,11 @@
 Owns the aiohttp application of one router process: `GET /route?room=R`,
 `GET /ring`, `GET /healthz`, `GET /metrics`, CORS preflight, and following
 the ring through a `RingSource`. Answers themselves are `router.answers`;
-placement is `router.ring`; metric names are `router.metrics`. It keeps no
-state but its copy of the ring (and its counters), so any number of routers
-can run side by side. It must not hold WebSockets or publish rings.
+placement is `router.ring`; metric names are `router.metrics`. With --redis
+it also announces itself in the `routers` presence hash (`common.presence`)
+so the control plane's service discovery lists it. It keeps no state but its
+copy of the ring (and its counters), so any number of routers can run side by
+side. It must not hold WebSockets or publish rings.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from common.keys import Keys
+from common.presence import Presence
 from router import answers
 from router.config import RouterConfig
 from router.membership import RedisRingSource, RingSource, make_ring_source
@@ -48,6 +52,10 @@ class RouteService:
         if self.source is None:
             raise ValueError("the route service needs --redis or --nodes")
         self.metrics = RouterMetrics()
+        self._presence_redis = None
+        self._presence: Presence | None = None
+        self._presence_task: asyncio.Task | None = None
+        self._closing = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -62,9 +70,44 @@ class RouteService:
 
     async def _on_startup(self, app: web.Application) -> None:
         await self.source.start()
+        if self.config.redis:
+            import redis.asyncio as aioredis
+
+            self._presence_redis = aioredis.Redis.from_url(
+                self.config.redis, socket_timeout=self.config.redis_timeout_s,
+                socket_connect_timeout=self.config.redis_timeout_s,
+            )
+            self._presence = Presence(self._presence_redis, Keys(self.config.key_prefix).routers, self.config.name,
+                                      self.config.url, self.config.presence_ttl_s)
+            self._presence_task = asyncio.create_task(self._announce_forever(), name="router-presence")
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        self._closing = True  # as in RedisRingSource: redis-py may swallow a cancellation inside a command
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+            await asyncio.gather(self._presence_task, return_exceptions=True)
+        if self._presence is not None:
+            try:
+                await self._presence.withdraw()  # leave service discovery now, not when the entry expires
+            except Exception as exc:  # noqa: BLE001 - the entry expires on its own
+                log.warning("could not withdraw from the routers presence hash: %s", exc)
+        if self._presence_redis is not None:
+            await self._presence_redis.aclose()
         await self.source.close()
+
+    async def _announce_forever(self) -> None:
+        """Keep this router's presence entry fresh; Redis trouble only delays it (the route service goes on)."""
+        assert self._presence is not None
+        failing = False
+        while not self._closing:
+            try:
+                await self._presence.announce()
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - discovery is best effort; answering routes is not
+                if not failing:
+                    log.warning("cannot announce this router in Redis (%s); retrying", exc)
+                failing = True
+            await asyncio.sleep(self.config.presence_ttl_s / 3)
 
     async def handle_route(self, request: web.Request) -> web.Response:
         started = time.perf_counter()

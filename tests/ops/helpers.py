@@ -141,13 +141,26 @@ def unexported(expressions: dict[str, str], exported: set[str]) -> dict[str, lis
     return missing
 
 
+def static_jobs(jobs: dict[str, list[str]]) -> list[dict]:
+    """Scrape configs with fixed targets: {job name: [host:port, ...]}."""
+    return [{"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in jobs.items()]
+
+
+def control_sd_job(control_url: str, interval_s: float = 1.0) -> list[dict]:
+    """The one scrape config docs/monitoring.md recommends: every target from a control replica's
+    GET /v1/sd/prometheus (the answer's `job` label names each target's job), refreshed every `interval_s`."""
+    interval = f"{int(interval_s * 1000)}ms"
+    return [{"job_name": "ringcast",
+             "http_sd_configs": [{"url": f"{control_url}/v1/sd/prometheus", "refresh_interval": interval}]}]
+
+
 class PrometheusServer:
-    """A real `prometheus` on a free loopback port scraping the given targets with the rules loaded.
+    """A real `prometheus` on a free loopback port with the given scrape configs and the rules loaded.
 
     Scrapes and evaluates every `interval_s`; its TSDB lives in `workdir`. Stopped by its PID.
     """
 
-    def __init__(self, workdir: Path, jobs: dict[str, list[str]], rule_files: list[Path], interval_s: float = 1.0):
+    def __init__(self, workdir: Path, scrape_configs: list[dict], rule_files: list[Path], interval_s: float = 1.0):
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -156,8 +169,7 @@ class PrometheusServer:
         config = {  # JSON is YAML: no YAML writer needed
             "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}
-                               for job, targets in jobs.items()],
+            "scrape_configs": scrape_configs,
         }
         self.config_path.write_text(json.dumps(config, indent=2))
         self.proc: subprocess.Popen | None = None

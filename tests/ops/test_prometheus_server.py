@@ -1,7 +1,9 @@
 """A real Prometheus scraping a real local cluster with deploy/prometheus's rules loaded.
 
-Static targets (every worker port, the router, the control replica), scrape and
-rule evaluation every second. The cluster comes up with every target up, every
+One scrape config discovers every target (every worker port, the router, the
+control replica) from the control replica's GET /v1/sd/prometheus, as
+docs/monitoring.md recommends; discovery, scrapes and rule evaluation every
+second. The cluster comes up with every target up, every
 worker's series present, every rule evaluating without error and no alert
 active; then a worker is killed (its supervisor restarts it: the restart alert
 fires) and the node is stopped (the worker-down alert goes pending: its real
@@ -16,7 +18,7 @@ import signal
 import pytest
 
 from chaos.eventually import eventually
-from tests.ops.helpers import RULES, PrometheusServer, rule_expressions
+from tests.ops.helpers import RULES, PrometheusServer, control_sd_job, rule_expressions
 
 WAIT_S = 60.0  # generous: the machine is shared; every wait returns as soon as its condition holds
 
@@ -25,8 +27,8 @@ WAIT_S = 60.0  # generous: the machine is shared; every wait returns as soon as 
 def prometheus(tmp_path):
     started: list[PrometheusServer] = []
 
-    def start(jobs: dict[str, list[str]]) -> PrometheusServer:
-        server = PrometheusServer(tmp_path, jobs, [RULES])
+    def start(scrape_configs: list[dict]) -> PrometheusServer:
+        server = PrometheusServer(tmp_path, scrape_configs, [RULES])
         started.append(server)
         return server.start()
 
@@ -53,15 +55,19 @@ async def test_prometheus_scrapes_the_cluster_and_the_rules_fire(redis_server, s
     control = start_control()
     router = start_router("--redis", redis_server.url)
     workers = [f"127.0.0.1:{port}" for port in node.ports]
-    server = prometheus({
-        "ringcast-node": workers,
-        "ringcast-router": [f"127.0.0.1:{router.port}"],
-        "ringcast-control": [f"127.0.0.1:{control.port}"],
-    })
+    server = prometheus(control_sd_job(control.url))
     targets = {*workers, f"127.0.0.1:{router.port}", f"127.0.0.1:{control.port}"}
 
     await eventually(lambda: server.query("up"), equals={target: 1.0 for target in targets},
                      what="every target scraped and up", timeout_s=WAIT_S)
+    # The discovered `job` labels are the jobs the rules select on; `worker` names each worker.
+    await eventually(lambda: server.query('count by (instance) (up{job="ringcast-node"})'),
+                     equals={w: 1.0 for w in workers}, what="every worker in job ringcast-node", timeout_s=WAIT_S)
+    worker_labels = lambda: {sample["metric"]["instance"]: sample["metric"].get("worker")  # noqa: E731
+                             for sample in server.api("/api/v1/query", query='up{job="ringcast-node"}')["result"]}
+    assert worker_labels() == {w: w for w in workers}
+    assert server.query('up{job="ringcast-control"}') == {f"127.0.0.1:{control.port}": 1.0}
+    assert server.query('up{job="ringcast-router"}') == {f"127.0.0.1:{router.port}": 1.0}
     await eventually(lambda: set(server.query('ringcast_connections{job="ringcast-node"}')), equals=set(workers),
                      what="ringcast_connections of every worker", timeout_s=WAIT_S)
     await eventually(lambda: set(server.query('ringcast_router_ring_epoch')), equals={f"127.0.0.1:{router.port}"},
