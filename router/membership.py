@@ -24,6 +24,7 @@ import logging
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
+from common.tasks import stop_tasks
 from router.ring import Member, Ring
 
 log = logging.getLogger("ringcast.membership")
@@ -152,7 +153,6 @@ class RedisRingSource(RingSource):
         self._last_raw: bytes | None = None
         self._client = None
         self._task: asyncio.Task | None = None
-        self._closing = False
         if fallback is not None:
             self._ring = fallback
 
@@ -166,12 +166,8 @@ class RedisRingSource(RingSource):
         self._task = asyncio.create_task(self._poll_forever(), name="ring-poll")
 
     async def close(self) -> None:
-        # The poll loop also stops on this flag: redis-py (8.1) can swallow a cancellation that
-        # lands inside a command and return normally, and the loop would then poll forever.
-        self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_tasks([self._task])  # re-cancels: redis-py can swallow a cancellation inside a command
         if self._client is not None:
             await self._client.aclose()
 
@@ -203,7 +199,7 @@ class RedisRingSource(RingSource):
         self._set(ring)
 
     async def _poll_forever(self) -> None:
-        while not self._closing:
+        while True:
             await asyncio.sleep(self.poll_interval_s)
             await self.poll_once()
 

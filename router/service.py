@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.keys import Keys
 from common.presence import Presence
+from common.tasks import stop_tasks
 from router import answers
 from router.config import RouterConfig
 from router.membership import RedisRingSource, RingSource, make_ring_source
@@ -55,7 +56,6 @@ class RouteService:
         self._presence_redis = None
         self._presence: Presence | None = None
         self._presence_task: asyncio.Task | None = None
-        self._closing = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -82,10 +82,8 @@ class RouteService:
             self._presence_task = asyncio.create_task(self._announce_forever(), name="router-presence")
 
     async def _on_cleanup(self, app: web.Application) -> None:
-        self._closing = True  # as in RedisRingSource: redis-py may swallow a cancellation inside a command
         if self._presence_task is not None:
-            self._presence_task.cancel()
-            await asyncio.gather(self._presence_task, return_exceptions=True)
+            await stop_tasks([self._presence_task])  # re-cancels: redis-py can swallow a cancellation
         if self._presence is not None:
             try:
                 await self._presence.withdraw()  # leave service discovery now, not when the entry expires
@@ -99,7 +97,7 @@ class RouteService:
         """Keep this router's presence entry fresh; Redis trouble only delays it (the route service goes on)."""
         assert self._presence is not None
         failing = False
-        while not self._closing:
+        while True:
             try:
                 await self._presence.announce()
                 failing = False

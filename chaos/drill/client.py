@@ -57,7 +57,6 @@ JOIN_TIMEOUT_S = 10.0  # a welcome, a join (or an ack) slower than this counts a
 # The drills' reconnect schedule: full jitter from the first retry spreads a mass disconnect over
 # 0.5 s, then 1 s, capped at 2 s (a drill measures recovery; the SDK's 1-30 s would dominate it).
 DRILL_BACKOFF = BackoffPolicy(base_s=0.5, factor=2.0, cap_s=2.0, jitter=1.0)
-Backoff = BackoffPolicy  # the name drill code and tests/chaos/test_drills.py import
 
 
 class Ledger:

@@ -140,9 +140,9 @@ class _SentFrames:
 
 
 def _member():
-    from chaos.drill.client import Backoff, Ledger, RoomMember
+    from chaos.drill.client import DRILL_BACKOFF, Ledger, RoomMember
 
-    member = RoomMember(Ledger(), None, ["ws://127.0.0.1:1/ws"], 0, "r", Backoff())
+    member = RoomMember(Ledger(), None, ["ws://127.0.0.1:1/ws"], 0, "r", DRILL_BACKOFF)
     member._on_joined({"type": "joined", "room": "r", "seq": 5, "epoch": "E1"})
     return member
 
