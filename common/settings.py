@@ -29,9 +29,14 @@ class SettingsError(ValueError):
     """A setting has a value the service cannot run with."""
 
 
-def setting(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:
-    """Declare one setting: its default and the line `--help` shows for it."""
-    metadata = {"help": help, "choices": tuple(choices) if choices else None}
+def setting(default: Any, help: str, *, choices: Sequence[str] | None = None, shared: bool = False) -> Any:
+    """Declare one setting: its default and the line `--help` shows for it.
+
+    `shared` marks a setting every service of a deployment has in common (the
+    Redis URL, the key prefix, the log level): it may also come from the
+    unprefixed environment variable and the TOML file's top level.
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "shared": shared}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -21,12 +21,12 @@ class ControlConfig:
     # --- where it runs ----------------------------------------------------
     host: str = setting("127.0.0.1", "address the operator API binds to")
     port: int = setting(8600, "port of the operator API")
-    redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL shared with the workers (membership, ring, commands)")
-    key_prefix: str = setting("ringcast:", "prefix of every Redis key (same as the workers' --key-prefix)")
+    redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL shared with the workers (membership, ring, commands)", shared=True)
+    key_prefix: str = setting("ringcast:", "prefix of every Redis key (same as the workers' --key-prefix)", shared=True)
     admin_token: str = setting("", "bearer token required by mutations (env RINGCAST_ADMIN_TOKEN); empty refuses every mutation")
     replica_id: str = setting("", "this replica's name in the leader lease; empty means host:port")
     advertise_url: str = setting("", "URL other replicas and the CLI use to reach this API; empty means http://host:port")
-    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"), shared=True)
 
     # --- failure detection ---------------------------------------------------
     tick_interval_s: float = setting(0.25, "how often the leader reads heartbeats and recomputes the ring")

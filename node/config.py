@@ -24,6 +24,9 @@ class NodeConfig:
     host: str = setting("127.0.0.1", "address every worker binds to")
     port: int = setting(8700, "port of worker 0; worker i listens on port + i")
     workers: int = setting(os.cpu_count() or 1, "worker processes (shards) to run; default: CPU count")
+    node_id: str = setting("", "this host's name in the fleet, stable across restarts; worker ids are NODE_ID:PORT; default: the advertised host")
+    advertise_host: str = setting("", "address other hosts and clients reach this node at; default: --host, or the host's primary address when --host is a wildcard (0.0.0.0, ::)")
+    public_url: str = setting("", "URL template clients are given for worker i, with {host} {port} {index} {node_id} (e.g. wss://edge.example.com/w/{node_id}-{index}); default ws://{host}:{port}/ws")
     worker_id: str = setting("", "shard id of a single worker; empty means host:port (set per worker by the supervisor)")
     bus: str = setting(
         "redis",
@@ -31,10 +34,10 @@ class NodeConfig:
         " receives every message (the tutorial's design); never for production)",
         choices=("redis", "memory", "global"),
     )
-    redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL of the bus")
-    channel_prefix: str = setting("ringcast:room:", "prefix of every room's Redis pub/sub channel")
-    key_prefix: str = setting("ringcast:", "prefix of every other Redis key ringcast writes")
-    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+    redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL of the bus", shared=True)
+    channel_prefix: str = setting("ringcast:room:", "prefix of every room's Redis pub/sub channel", shared=True)
+    key_prefix: str = setting("ringcast:", "prefix of every other Redis key ringcast writes", shared=True)
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"), shared=True)
 
     # --- wire limits ----------------------------------------------------
     max_frame_bytes: int = setting(64 * 1024, "largest WebSocket frame accepted; larger ones close with 1009 before buffering")
@@ -68,6 +71,7 @@ class NodeConfig:
     jwt_jwks_min_refetch_interval_s: float = setting(30.0, "fewest seconds between two JWKS fetches, whatever kids tokens name (bounds fetches clients can cause, and retries after a failure)")
     jwt_jwks_max_keys: int = setting(16, "most keys kept from one JWKS document; later keys are ignored (and logged)")
     jwt_jwks_max_bytes: int = setting(64 * 1024, "largest JWKS document read; a larger one is a failed fetch")
+    trusted_proxies: list[str] = setting([], "CIDRs of proxies whose Forwarded / X-Forwarded-For header (or PROXY protocol v2) names the real client address, repeatable; from any other peer those are ignored")
     allowed_origins: list[str] = setting([], "browser Origins (exact or glob, e.g. https://*.example.com) that may upgrade, repeatable; empty: any Origin")
     accept_rate_per_s: float = setting(1_000.0, "new WebSockets per second one worker admits (token bucket refill); past it HTTP 503 + Retry-After")
     accept_burst: int = setting(2_000, "new WebSockets one worker admits at once before accept_rate_per_s applies")

@@ -19,16 +19,16 @@ from router.membership import NODES_SYNTAX, parse_nodes
 class RouterConfig:
     host: str = setting("127.0.0.1", "address the route service binds to")
     port: int = setting(8800, "port of the route service")
-    redis: str = setting("", "Redis URL where the control plane publishes the ring; empty: use --nodes only")
+    redis: str = setting("", "Redis URL where the control plane publishes the ring; empty: use --nodes only", shared=True)
     nodes: list[str] = setting([], f"static members, {NODES_SYNTAX}, repeatable or comma-separated; with --redis, used until a ring is published")
-    key_prefix: str = setting("ringcast:", "prefix of Redis keys; the ring is read from {key_prefix}ring")
+    key_prefix: str = setting("ringcast:", "prefix of Redis keys; the ring is read from {key_prefix}ring", shared=True)
     ring_poll_interval_s: float = setting(0.5, "how often the published ring is read from Redis")
     redis_timeout_s: float = setting(1.0, "longest one read of the ring from Redis waits")
     advertise_url: str = setting("", "URL Prometheus reaches this router at, announced in Redis with --redis; empty means http://host:port")
     presence_ttl_s: float = setting(5.0, "with --redis, this router stays listed in service discovery this long after its last announce (announced every third of it)")
     max_room_name_chars: int = setting(128, "longest room name accepted (keep equal to the nodes' setting)")
     listen_backlog: int = setting(1024, "TCP accept backlog of the route service's socket")
-    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"), shared=True)
 
     def validate(self) -> None:
         for name in ("port", "ring_poll_interval_s", "redis_timeout_s", "presence_ttl_s", "max_room_name_chars", "listen_backlog"):

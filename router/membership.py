@@ -73,7 +73,8 @@ def parse_node(spec: str) -> Member:
         port = parts.port or (443 if parts.scheme == "wss" else 80)
     except ValueError:
         raise ValueError(f"node {spec!r}: bad port") from None
-    return Member(member_id or f"{parts.hostname}:{port}", text, weight)
+    address = f"{parts.hostname}:{port}"  # a static member is reached where its URL points
+    return Member(member_id or address, text, weight, address)
 
 
 def parse_nodes(specs: Iterable[str]) -> list[Member]:

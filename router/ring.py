@@ -25,12 +25,13 @@ class EmptyRing(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    id: str  # shard id, "host:port" by default
-    url: str  # WebSocket URL clients connect to, e.g. ws://127.0.0.1:8700/ws
+    id: str  # shard id, "NODE_ID:PORT" ("host:port" by default)
+    url: str  # public WebSocket URL clients are given, e.g. ws://127.0.0.1:8700/ws or wss://edge.example.com/w/a-0
     weight: int = 1  # relative capacity; a weight-2 member owns about twice the rooms
+    address: str = ""  # internal host:port other hosts, the proxy and Prometheus reach the worker at; "" if unknown
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "url": self.url, "weight": self.weight}
+        return {"id": self.id, "url": self.url, "weight": self.weight, "address": self.address}
 
 
 class Ring:
@@ -83,7 +84,10 @@ class Ring:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Ring":
-        members = [Member(str(m["id"]), str(m["url"]), int(m.get("weight", 1))) for m in data.get("members", [])]
+        members = [
+            Member(str(m["id"]), str(m["url"]), int(m.get("weight", 1)), str(m.get("address", "")))
+            for m in data.get("members", [])
+        ]
         return cls(members, int(data.get("epoch", 0)))
 
     @classmethod

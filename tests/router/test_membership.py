@@ -15,13 +15,13 @@ POLL_S = 0.05
 
 
 def test_host_port_means_id_host_port_and_the_ws_path():
-    assert parse_node("127.0.0.1:8700") == Member("127.0.0.1:8700", "ws://127.0.0.1:8700/ws", 1)
+    assert parse_node("127.0.0.1:8700") == Member("127.0.0.1:8700", "ws://127.0.0.1:8700/ws", 1, "127.0.0.1:8700")
 
 
 def test_weight_id_and_full_urls():
-    assert parse_node("127.0.0.1:8701@3") == Member("127.0.0.1:8701", "ws://127.0.0.1:8701/ws", 3)
-    assert parse_node("edge-a=ws://10.0.0.5:9000/rt@2") == Member("edge-a", "ws://10.0.0.5:9000/rt", 2)
-    assert parse_node("wss://edge.example.com/ws") == Member("edge.example.com:443", "wss://edge.example.com/ws", 1)
+    assert parse_node("127.0.0.1:8701@3") == Member("127.0.0.1:8701", "ws://127.0.0.1:8701/ws", 3, "127.0.0.1:8701")
+    assert parse_node("edge-a=ws://10.0.0.5:9000/rt@2") == Member("edge-a", "ws://10.0.0.5:9000/rt", 2, "10.0.0.5:9000")
+    assert parse_node("wss://edge.example.com/ws") == Member("edge.example.com:443", "wss://edge.example.com/ws", 1, "edge.example.com:443")
 
 
 def test_lists_are_comma_separated_and_repeatable():

@@ -29,8 +29,8 @@ def test_ring_lists_members_weights_and_epoch(start_router):
     status, body = http_json(router.url("/ring"))
     assert status == 200
     assert body == {"epoch": 0, "members": [
-        {"id": "127.0.0.1:9101", "url": "ws://127.0.0.1:9101/ws", "weight": 1},
-        {"id": "127.0.0.1:9102", "url": "ws://127.0.0.1:9102/ws", "weight": 2},
+        {"id": "127.0.0.1:9101", "url": "ws://127.0.0.1:9101/ws", "weight": 1, "address": "127.0.0.1:9101"},
+        {"id": "127.0.0.1:9102", "url": "ws://127.0.0.1:9102/ws", "weight": 2, "address": "127.0.0.1:9102"},
     ]}
 
 
