@@ -2,13 +2,12 @@
 
 Owns the `ControlConfig` dataclass: one field per setting, its unit in its
 name, its default and the one-line help `ringcast control --help` prints.
-Loading (flags, `RINGCAST_*` environment, TOML section `[control]`) is
+Loading (flags, `RINGCAST_CONTROL_*` environment, TOML section `[control]`) is
 `common.settings`' job; this module only declares and validates.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from common.settings import SettingsError, setting
@@ -23,7 +22,7 @@ class ControlConfig:
     port: int = setting(8600, "port of the operator API")
     redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL shared with the workers (membership, ring, commands)", shared=True)
     key_prefix: str = setting("ringcast:", "prefix of every Redis key (same as the workers' --key-prefix)", shared=True)
-    admin_token: str = setting("", "bearer token required by mutations (env RINGCAST_ADMIN_TOKEN); empty refuses every mutation")
+    admin_token: str = setting("", "bearer token required by mutations; empty refuses every mutation", env_alias=ADMIN_TOKEN_ENV)
     replica_id: str = setting("", "this replica's name in the leader lease; empty means host:port")
     advertise_url: str = setting("", "URL other replicas and the CLI use to reach this API; empty means http://host:port")
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"), shared=True)
@@ -62,8 +61,8 @@ class ControlConfig:
 
     @property
     def token(self) -> str:
-        """The admin token: the flag/file value, else RINGCAST_ADMIN_TOKEN (already folded in by settings)."""
-        return self.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "")
+        """The admin token (RINGCAST_ADMIN_TOKEN, the name `ringcast ctl` reads too, is folded in by settings)."""
+        return self.admin_token
 
     @property
     def url(self) -> str:

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     # The documented name of the signing keys' variable is plural (it holds a list).
     environ = dict(os.environ)
     if SECRETS_ENV in environ:
-        environ.setdefault(settings.env_name("jwt_secret"), environ[SECRETS_ENV])
+        environ.setdefault(settings.env_name("jwt_secret", "node"), environ[SECRETS_ENV])
     config = settings.load(
         NodeConfig, argv, prog="ringcast node", description=DESCRIPTION, section="node", environ=environ
     )

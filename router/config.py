@@ -2,7 +2,7 @@
 
 Owns the `RouterConfig` dataclass: one field per setting, its unit in its
 name, its default and the one-line help `ringcast router --help` prints.
-Loading (flags, `RINGCAST_*` environment, TOML section `[router]`) is
+Loading (flags, `RINGCAST_ROUTER_*` environment, TOML section `[router]`) is
 `common.settings`' job; this module only declares and validates.
 """
 
