@@ -1,7 +1,8 @@
 """`ringcast control`: run one control replica.
 
-Owns turning flags, environment (`RINGCAST_*`, the admin token also from
-`RINGCAST_ADMIN_TOKEN`) and the `[control]` section of a TOML file into a
+Owns turning flags, environment (`RINGCAST_CONTROL_*`, shared settings also
+`RINGCAST_*`, the admin token also `RINGCAST_ADMIN_TOKEN`) and the `[control]`
+section of a TOML file (shared keys at its top level) into a
 `ControlConfig`, and starting the replica.
 """
 
