@@ -1,14 +1,18 @@
 """The `ringcast` console script: one entry point, one subcommand per service.
 
 Owns only the dispatch from a subcommand name to the module that implements
-it; each service parses its own flags. Imports are lazy so `ringcast node`
-never pays for the load generator's imports and vice versa.
+it, and `ringcast --version` (the installed distribution's version); each
+service parses its own flags. Imports are lazy so `ringcast node` never pays
+for the load generator's imports and vice versa.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
+
+DISTRIBUTION = "ringcast"  # the installed package whose version `--version` prints
 
 # subcommand -> (module, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -22,8 +26,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed `ringcast` distribution's version, or "unknown" when it is not installed (a bare checkout)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _usage() -> str:
-    lines = ["usage: ringcast <command> [options]", "", "commands:"]
+    lines = ["usage: ringcast <command> [options]", "       ringcast --version", "", "commands:"]
     for name, (_, summary) in SUBCOMMANDS.items():
         lines.append(f"  {name:<10} {summary}")
     lines.append("")
@@ -35,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"{DISTRIBUTION} {version()}")
         return 0
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:

@@ -16,6 +16,9 @@ docs/control.md (`to_json`) and back (`from_json`). Reading is strict about
 what is there (a missing required field, a wrong type, an unknown state or a
 negative count raises `MalformedRecord`, naming the field) and lenient about
 what is not ours: unknown keys are ignored, so a newer writer may add fields.
+Fields added after the first release are optional when read (a heartbeat's
+`address` reads as "" when absent), so a rolling upgrade may mix old and new
+workers.
 It must not touch Redis, clocks or rings, nor decide anything: the records
 carry what their writer knows, their readers act on it.
 """
@@ -90,6 +93,16 @@ def _text(data: dict, key: str, record: str) -> str:
     return value
 
 
+def _optional_text(data: dict, key: str, record: str) -> str:
+    """A string that older writers leave out: "" when absent or null."""
+    value = data.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MalformedRecord(f"{record}: `{key}` must be a string, got {value!r}")
+    return value
+
+
 def _choice(data: dict, key: str, record: str, allowed: tuple[str, ...]) -> str:
     value = _required(data, key, record)
     if value not in allowed:
@@ -149,9 +162,10 @@ class Heartbeat:
     Redis must carry every one of them.
     """
 
-    id: str  # the worker's shard id, host:port
-    url: str  # where its clients connect (ws://host:port/ws)
+    id: str  # the worker's shard id, NODE_ID:PORT
+    url: str  # its public URL: where its clients are sent (ws://host:port/ws, or the --public-url template's)
     state: str  # one of WORKER_STATES: the worker's own view
+    address: str = ""  # internal HOST:PORT the control plane and Prometheus reach it at; "" from a worker older than the field
     connections: int = 0  # open WebSockets
     rooms: int = 0  # rooms hosted (with at least one local member)
     cpu_percent: float = 0.0  # process CPU since the previous beat (may exceed 100 on several cores)
@@ -166,6 +180,7 @@ class Heartbeat:
         return {
             "id": self.id,
             "url": self.url,
+            "address": self.address,
             "state": self.state,
             "connections": self.connections,
             "rooms": self.rooms,
@@ -190,6 +205,7 @@ class Heartbeat:
             id=_text(data, "id", record),
             url=_text(data, "url", record),
             state=_choice(data, "state", record, WORKER_STATES),
+            address=_optional_text(data, "address", record),
             connections=_count(data, "connections", record),
             rooms=_count(data, "rooms", record),
             cpu_percent=_amount(data, "cpuPercent", record),

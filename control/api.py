@@ -18,7 +18,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from common.records import Heartbeat
 from control.config import ControlConfig
+from control.detector import MemberRecord
 from control.leader import Controller, NodeStillAlive, UnknownNode
 from control.lease import LeaderLease
 from control.metrics import ControlMetrics
@@ -53,6 +55,17 @@ def scrape_address(url: str) -> str | None:
         return None
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{host}:{port}"
+
+
+def worker_address(record: MemberRecord | None, beat: Heartbeat | None) -> str:
+    """A worker's internal HOST:PORT as its membership record or its heartbeat knows it; "" if neither does."""
+    return (record.address if record is not None else "") or (beat.address if beat is not None else "")
+
+
+def address_host(address: str) -> str:
+    """The host of a HOST:PORT ([v6]:port included), as the `node` label."""
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def target_group(address: str, labels: dict[str, str]) -> dict:
@@ -179,6 +192,7 @@ class ControlApi:
             rows.append({
                 "id": node_id,
                 "url": record.url if record else beat.url if beat else None,
+                "address": worker_address(record, beat),
                 "health": record.health if record else "unknown",
                 "desired": record.desired if record else None,
                 "state": beat.state if beat else None,
@@ -246,12 +260,14 @@ class ControlApi:
             record = snap.records.get(node_id)
             beat = snap.heartbeats.get(node_id)
             url = record.url if record else beat.url
-            address = scrape_address(url)
+            # Prometheus scrapes the worker itself, at its internal address, not its public URL
+            # (which may be a proxy's); a worker older than the address field: its URL's host:port.
+            address = worker_address(record, beat) or scrape_address(url)
             if address is None:
-                log.warning("service discovery skips worker %s: no host:port in %r", node_id, url)
+                log.warning("service discovery skips worker %s: no address and no host:port in %r", node_id, url)
                 continue
             groups.append(target_group(address, {
-                "job": NODE_JOB, "node": urlsplit(url).hostname, "worker": node_id,
+                "job": NODE_JOB, "node": address_host(address), "worker": node_id,
                 "__meta_ringcast_state": beat.state if beat else "",
                 "__meta_ringcast_health": record.health if record else "unknown",
                 "__meta_ringcast_desired": record.desired if record else "",

@@ -23,8 +23,9 @@ class MemberRecord:
     """What the control plane remembers about one worker (HASH nodes:member)."""
 
     id: str
-    url: str
+    url: str  # public URL clients are given (the ring member's url)
     weight: int = 1
+    address: str = ""  # internal HOST:PORT the control plane and Prometheus reach the worker at; "" if unknown
     desired: str = ACTIVE  # what the operator wants: active or draining
     health: str = ALIVE  # alive or dead, from heartbeat freshness
     alive_since_ms: int = 0
@@ -33,7 +34,8 @@ class MemberRecord:
 
     def to_dict(self) -> dict:
         return {
-            "id": self.id, "url": self.url, "weight": self.weight, "desired": self.desired, "health": self.health,
+            "id": self.id, "url": self.url, "weight": self.weight, "address": self.address,
+            "desired": self.desired, "health": self.health,
             "aliveSinceMs": self.alive_since_ms, "diedAtMs": self.died_at_ms, "holdUntilMs": self.hold_until_ms,
         }
 
@@ -41,6 +43,7 @@ class MemberRecord:
     def from_dict(cls, data: dict) -> "MemberRecord":
         return cls(
             id=str(data["id"]), url=str(data["url"]), weight=int(data.get("weight", 1)),
+            address=str(data.get("address") or ""),
             desired=str(data.get("desired", ACTIVE)), health=str(data.get("health", ALIVE)),
             alive_since_ms=int(data.get("aliveSinceMs", 0)), died_at_ms=data.get("diedAtMs"),
             hold_until_ms=int(data.get("holdUntilMs", 0)),
@@ -83,9 +86,9 @@ def assess(
             if not fresh or heartbeat is None:
                 continue  # a stale heartbeat of a node nobody remembers: not a member
             # A heartbeat carries no weight: a new member starts at the default one.
-            out.records[node_id] = MemberRecord(node_id, heartbeat.url, alive_since_ms=now_ms)
+            out.records[node_id] = MemberRecord(node_id, heartbeat.url, address=heartbeat.address, alive_since_ms=now_ms)
             out.changed.append(node_id)
-            out.events.append(("joined", node_id, {"url": heartbeat.url}))
+            out.events.append(("joined", node_id, {"url": heartbeat.url, "address": heartbeat.address}))
             continue
         if record.health == ALIVE and not fresh:
             record.health = DEAD
@@ -98,10 +101,20 @@ def assess(
             record.alive_since_ms = now_ms
             record.hold_until_ms = now_ms + hold_down_ms
             if heartbeat is not None:
-                record.url = heartbeat.url
+                record.url, record.address = heartbeat.url, heartbeat.address
             out.changed.append(node_id)
             out.events.append(("returned", node_id, {"holdDownMs": hold_down_ms}))
+        elif record.health == ALIVE and fresh and heartbeat is not None and _readdressed(record, heartbeat):
+            # Restarted with another --public-url or address faster than death detection, or upgraded
+            # (or rolled back) across the address field: the record and the ring follow what the worker says.
+            record.url, record.address = heartbeat.url, heartbeat.address
+            out.changed.append(node_id)
     for node_id, record in sorted(out.records.items()):
         if eligible(record, heartbeats.get(node_id), now_ms):
-            out.ring_members.append(Member(record.id, record.url, record.weight))
+            out.ring_members.append(Member(record.id, record.url, record.weight, record.address))
     return out
+
+
+def _readdressed(record: MemberRecord, heartbeat: Heartbeat) -> bool:
+    """The heartbeat names another URL or address than the record."""
+    return (record.url, record.address) != (heartbeat.url, heartbeat.address)

@@ -54,7 +54,7 @@ class Fleet:
         self.previous: dict[str, Scrape] = {}
 
     def _scrape_all(self, nodes: dict) -> dict[str, Scrape]:
-        futures = {node["id"]: self.pool.submit(scrape, metrics_url(node.get("url")), self.worker_timeout_s)
+        futures = {node["id"]: self.pool.submit(scrape, metrics_url(node.get("url"), node.get("address") or ""), self.worker_timeout_s)
                    for node in nodes.get("nodes", [])}
         return {worker: future.result() for worker, future in futures.items()}
 

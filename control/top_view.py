@@ -236,8 +236,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def metrics_url(worker_url: str | None) -> str | None:
-    """A worker's /metrics from the URL it advertises (ws://host:port/ws -> http://host:port/metrics)."""
+def metrics_url(worker_url: str | None, address: str = "") -> str | None:
+    """A worker's /metrics: at its internal address (HOST:PORT -> http://HOST:PORT/metrics), its public
+    URL possibly being a proxy's; without one (a worker older than the field), from the URL it
+    advertises (ws://host:port/ws -> http://host:port/metrics)."""
+    if address:
+        return f"http://{address}/metrics"
     if not worker_url or "://" not in worker_url:
         return None
     scheme, rest = worker_url.split("://", 1)

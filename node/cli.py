@@ -21,8 +21,11 @@ SECRETS_ENV = "RINGCAST_JWT_SECRETS"
 DESCRIPTION = """\
 Run an edge node: a supervisor and --workers worker processes. Worker i
 listens on --host:(--port + i) and is one shard of the ring, with the shard id
-host:port. Each worker serves GET /ws (WebSocket), /healthz, /readyz and
-/metrics. With --bus memory (and --workers 1) it runs embedded, without Redis.
+NODE_ID:PORT (--node-id, default the advertised host) and the public URL clients
+are given (--public-url, default ws://ADVERTISED_HOST:PORT/ws). Each worker
+serves GET /ws (WebSocket), /route, /ring, /healthz, /readyz and /metrics; a node
+started alone (no control plane ring, no --nodes) routes among its own workers.
+With --bus memory (and --workers 1) it runs embedded, without Redis.
 """
 
 

@@ -4,18 +4,38 @@ Owns the `NodeConfig` dataclass: one field per setting, its unit in its name,
 its default and a one-line help that `ringcast node --help` prints. Loading
 (flags, `RINGCAST_*` environment, TOML) is `common.settings`' job; this module
 only declares and validates.
+
+It also owns a node's identity and addresses, derived from the settings: the
+advertised host (`--advertise-host`, else `--host`, else, for a wildcard
+`--host`, the host's primary address read from its interfaces without sending
+a packet), the node id, each worker's shard id (`NODE_ID:PORT`), internal
+address (`HOST:PORT`) and public URL (the `--public-url` template), and the
+ring of a lone node's own workers. The supervisor resolves the advertised host
+and node id once (`resolved`) and hands each worker its settings
+(`for_worker`), so siblings agree on every id and URL.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import socket
+import string
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import psutil
 
 from node.auth import JwksSettings, JwksSource, TokenVerifier, parse_secrets
 from node.history import HistoryPolicy, HistoryRules
 from common.settings import SettingsError, setting
 from router.membership import parse_nodes
+from router.ring import Member
+
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # --host values that bind every interface and name none
+URL_PLACEHOLDERS = ("host", "port", "index", "node_id")  # what a --public-url template may contain
+DEFAULT_PUBLIC_URL = "ws://{host}:{port}/ws"
 
 
 @dataclass(frozen=True)
@@ -27,7 +47,9 @@ class NodeConfig:
     node_id: str = setting("", "this host's name in the fleet, stable across restarts; worker ids are NODE_ID:PORT; default: the advertised host")
     advertise_host: str = setting("", "address other hosts and clients reach this node at; default: --host, or the host's primary address when --host is a wildcard (0.0.0.0, ::)")
     public_url: str = setting("", "URL template clients are given for worker i, with {host} {port} {index} {node_id} (e.g. wss://edge.example.com/w/{node_id}-{index}); default ws://{host}:{port}/ws")
-    worker_id: str = setting("", "shard id of a single worker; empty means host:port (set per worker by the supervisor)")
+    worker_id: str = setting("", "shard id of a single worker; empty means NODE_ID:PORT (set per worker by the supervisor)")
+    worker_index: int = setting(0, "index of a single worker on its node, 0-based (set per worker by the supervisor, with --port its own port); {index} of --public-url")
+    node_workers: int = setting(0, "workers on a single worker's node (set per worker by the supervisor; the lone-node ring lists them); 0 means --workers")
     bus: str = setting(
         "redis",
         "message bus: redis (cluster), memory (one process, no Redis), or global (comparison baseline: every worker"
@@ -191,6 +213,79 @@ class NodeConfig:
             parse_nodes(self.nodes)
         except ValueError as exc:
             raise SettingsError(f"nodes: {exc}") from None
+        self._validate_identity()
+
+    def _validate_identity(self) -> None:
+        if self.worker_index < 0 or self.node_workers < 0 or (self.node_workers and self.worker_index >= self.node_workers):
+            raise SettingsError("worker_index must be >= 0 and below node_workers, node_workers >= 0 (the supervisor sets both)")
+        if self.worker_id and self.workers > 1:
+            raise SettingsError("--worker-id names a single worker; with --workers > 1 set --node-id (worker ids are NODE_ID:PORT)")
+        if self.advertise_host and self.advertise_host.strip() in WILDCARD_HOSTS:
+            raise SettingsError(f"--advertise-host {self.advertise_host!r} is a wildcard: name an address or a DNS name others can reach")
+        if any(c.isspace() for c in self.node_id) or "/" in self.node_id:
+            raise SettingsError(f"--node-id {self.node_id!r} must not contain whitespace or '/'")
+        placeholders = template_placeholders(self.public_url or DEFAULT_PUBLIC_URL)
+        if self.workers > 1 and not {"index", "port"} & placeholders:
+            raise SettingsError(
+                f"--public-url {self.public_url!r} has neither {{index}} nor {{port}}: with --workers {self.workers}"
+                " every worker would be given the same URL"
+            )
+        self.worker_url(0, self.port)  # the advertised host resolves and the template expands to a ws(s):// URL
+
+    # --- identity and addresses ----------------------------------------------------
+
+    def advertised_host(self) -> str:
+        """The host others reach this node at: --advertise-host, else --host, else (wildcard --host) the primary address."""
+        if self.advertise_host:
+            return self.advertise_host
+        if self.host.strip() not in WILDCARD_HOSTS:
+            return self.host
+        return primary_address()
+
+    @property
+    def node_name(self) -> str:
+        """This node's id in the fleet: --node-id, else the advertised host."""
+        return self.node_id or self.advertised_host()
+
+    def resolved(self) -> "NodeConfig":
+        """These settings with the advertised host and node id filled in, resolved once (by the supervisor)
+        so every worker of the node agrees on them even if the host's addresses change meanwhile."""
+        host = self.advertised_host()
+        return dataclasses.replace(self, advertise_host=host, node_id=self.node_id or host)
+
+    @property
+    def shard_id(self) -> str:
+        return self.worker_id or f"{self.node_name}:{self.port}"
+
+    def worker_address(self, port: int) -> str:
+        """The internal HOST:PORT of this node's worker on `port` (IPv6 in brackets)."""
+        return f"{_url_host(self.advertised_host())}:{port}"
+
+    def worker_url(self, index: int, port: int) -> str:
+        """The public URL clients are given for this node's worker `index` (listening on `port`)."""
+        return expand_public_url(self.public_url or DEFAULT_PUBLIC_URL, self.advertised_host(), port, index, self.node_name)
+
+    @property
+    def address(self) -> str:
+        """This worker's internal HOST:PORT."""
+        return self.worker_address(self.port)
+
+    @property
+    def url(self) -> str:
+        """This worker's public URL."""
+        return self.worker_url(self.worker_index, self.port)
+
+    def sibling_members(self) -> list[Member]:
+        """Every worker of this worker's node as a ring member (ids, public URLs, addresses), computed
+        the way each sibling computes its own: the ring of a node with neither a control plane nor --nodes."""
+        count = self.node_workers or self.workers
+        first_port = self.port - self.worker_index
+        members = []
+        for index in range(count):
+            port = first_port + index
+            member_id = self.shard_id if index == self.worker_index else f"{self.node_name}:{port}"
+            members.append(Member(member_id, self.worker_url(index, port), 1, self.worker_address(port)))
+        return members
 
     @property
     def auth_enabled(self) -> bool:
@@ -216,11 +311,72 @@ class NodeConfig:
     def history_rules(self) -> HistoryRules:
         return HistoryRules(HistoryPolicy(self.history_size, self.history_ttl_s), list(self.history_rule))
 
-    @property
-    def shard_id(self) -> str:
-        return self.worker_id or f"{self.host}:{self.port}"
-
     def for_worker(self, index: int) -> "NodeConfig":
-        """The settings of worker `index`: its own port and shard id."""
+        """The settings of worker `index`: its own port, index and shard id, its node's worker count, and
+        the advertised host and node id resolved once here. A --worker-id is kept for a single worker."""
+        node = self.resolved()
         port = self.port + index
-        return dataclasses.replace(self, port=port, workers=1, worker_id=f"{self.host}:{port}")
+        worker_id = self.worker_id if self.worker_id and self.workers == 1 else f"{node.node_id}:{port}"
+        return dataclasses.replace(
+            node, port=port, workers=1, worker_index=index, node_workers=self.workers, worker_id=worker_id
+        )
+
+
+def primary_address() -> str:
+    """The host's primary IPv4 address, read from its interfaces (no packet is sent): the first address,
+    by interface name, of an interface that is up, neither loopback nor link-local."""
+    stats = psutil.net_if_stats()
+    for name, addresses in sorted(psutil.net_if_addrs().items()):
+        if name not in stats or not stats[name].isup:
+            continue
+        for entry in addresses:
+            if entry.family != socket.AF_INET:
+                continue
+            try:
+                ip = ipaddress.IPv4Address(entry.address)
+            except ValueError:
+                continue
+            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+                return str(ip)
+    raise SettingsError(
+        "--host is a wildcard and this host has no interface that is up with a non-loopback IPv4 address;"
+        " set --advertise-host to the address (or DNS name) clients and other hosts reach this node at"
+    )
+
+
+def template_placeholders(template: str) -> set[str]:
+    """The placeholders of a --public-url template; SettingsError on an unknown one or a malformed template."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise SettingsError(f"--public-url {template!r}: {exc} (write a literal brace as {{{{ or }}}})") from None
+    names = set()
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in URL_PLACEHOLDERS or spec or conversion:
+            raise SettingsError(
+                f"--public-url {template!r}: unknown placeholder {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}; allowed: {', '.join('{' + p + '}' for p in URL_PLACEHOLDERS)}"
+            )
+        names.add(name)
+    return names
+
+
+def expand_public_url(template: str, host: str, port: int, index: int, node_id: str) -> str:
+    """A --public-url template filled in for one worker; SettingsError unless it gives a ws:// or wss:// URL."""
+    template_placeholders(template)
+    url = template.format(host=_url_host(host), port=port, index=index, node_id=node_id)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise SettingsError(f"--public-url {template!r} gives {url!r}: {exc}") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise SettingsError(f"--public-url {template!r} gives {url!r}: expected a ws:// or wss:// URL with a host")
+    return url
+
+
+def _url_host(host: str) -> str:
+    """`host` as it appears in a URL or a HOST:PORT: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,7 +1,7 @@
 """The worker's side of the control plane: heartbeat reporter and command follower.
 
 Owns, for one worker, the periodic heartbeat to Redis (a `common.records.Heartbeat`:
-id, URL, state, connections, hosted rooms with member counts, CPU, RSS,
+id, public URL, internal address, state, connections, hosted rooms with member counts, CPU, RSS,
 steering progress) and following the control plane's per-worker command (a
 `common.records.Command`), which the same round trip reads back: a new
 version asks for a drain or an undrain, a higher rebalance generation for a
@@ -71,7 +71,8 @@ class HeartbeatReporter:
         self.worker = worker
         self.keys = Keys(config.key_prefix)
         self.interval_s = config.control_heartbeat_interval_s
-        self.url = f"ws://{config.host}:{config.port}/ws"
+        self.url = config.url  # the public URL clients are given (--public-url)
+        self.address = config.address  # the internal HOST:PORT the control plane and Prometheus reach
         self.redis = aioredis.Redis.from_url(
             config.redis, socket_timeout=config.bus_timeout_s, socket_connect_timeout=config.bus_timeout_s
         )
@@ -94,6 +95,7 @@ class HeartbeatReporter:
             id=worker.worker_id,
             url=self.url,
             state=worker.state,
+            address=self.address,
             connections=len(worker.connections),
             rooms=len(hub.rooms) if hub is not None else 0,
             cpu_percent=self.process.cpu_percent(None),

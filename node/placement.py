@@ -1,15 +1,21 @@
 """A worker's view of placement: its copy of the ring and "do I own this room?".
 
 Owns the worker's `RingSource` (the control plane's ring polled from Redis,
-else the static `--nodes` list, else nothing), the worker's `GET /route` and
-`GET /ring` (the same answers as the router's, from this copy), and the
-`moved` hint a join for a room owned by another worker earns when
-`placement_hint` is `hint`.
+else the static `--nodes` list, else the lone-node ring: this node's own
+workers), the worker's `GET /route` and `GET /ring` (the same answers as the
+router's, from this copy), and the `moved` hint a join for a room owned by
+another worker earns when `placement_hint` is `hint`.
+
+The lone-node ring lets a node started alone (no control plane ring in Redis,
+no `--nodes`) route among its own workers: each worker computes its siblings'
+ids, public URLs and addresses from its settings exactly as each sibling
+computes its own (`NodeConfig.sibling_members`), so all agree without talking.
+With Redis, a ring the control plane publishes replaces it as soon as it
+exists, and it comes back if that key disappears.
 
 Placement never decides correctness: a worker serves every room it is asked
-for, owned or not; the hint only steers the client. With no ring at all (no
-control plane ring, no `--nodes`) there is nothing to steer by and no hint is
-sent. It must not hash rooms itself (`router.ring` does) nor refuse joins.
+for, owned or not; the hint only steers the client. It must not hash rooms
+itself (`router.ring` does) nor refuse joins.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ class Placement:
         self.max_room_name_chars = config.max_room_name_chars
         redis_url = config.redis if config.bus == "redis" else ""
         self.source: RingSource | None = make_ring_source(
-            redis_url, config.nodes, config.key_prefix, config.ring_poll_interval_s, config.bus_timeout_s
+            redis_url, config.nodes, config.key_prefix, config.ring_poll_interval_s, config.bus_timeout_s,
+            default=Ring(config.sibling_members(), 0),
         )
 
     @property
@@ -56,7 +63,7 @@ class Placement:
 
     def moved_hint(self, room: str) -> dict | None:
         """The `moved` frame for a join of `room` here, or None when this worker owns it
-        (or hints are off, or there is no ring to judge by)."""
+        (or hints are off, or the ring is empty)."""
         if not self.hint_enabled:
             return None
         ring = self.ring

@@ -1,7 +1,8 @@
 """The node supervisor: starts, watches and restarts one host's worker processes.
 
 Owns the process tree of a node host: worker i runs `python -m node.launch`
-on port `port + i`, its settings (secrets included) written to its stdin
+on port `port + i`, its settings (secrets included, and the node's advertised
+host and node id, resolved once here so every worker agrees) written to its stdin
 (`node.launch.handover`), never in its argv or environment; a worker that
 exits unexpectedly is restarted after a capped exponential backoff (reset
 once it has stayed up for a while), and
@@ -41,12 +42,12 @@ class WorkerSlot:
 
 class Supervisor:
     def __init__(self, config: NodeConfig) -> None:
-        self.config = config
+        self.config = config.resolved()  # the advertised host and node id, once for every worker
         # No jitter: one host's crash loop is not a herd, and operators read the delays in the log.
         self.restart_backoff = BackoffPolicy(
             base_s=config.restart_backoff_base_s, factor=2.0, cap_s=config.restart_backoff_cap_s, jitter=0.0
         )
-        self.slots = [WorkerSlot(i, config.for_worker(i)) for i in range(config.workers)]
+        self.slots = [WorkerSlot(i, self.config.for_worker(i)) for i in range(config.workers)]
         self.stopping = False
         self._stopped = asyncio.Event()
 
@@ -62,11 +63,13 @@ class Supervisor:
             slot.process.stdin.write(handover(slot.config, slot.restarts))
             await slot.process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):  # it died before reading: the watcher restarts it
-            log.warning("worker %d (pid %d) exited before reading its settings", slot.index, slot.process.pid)
+            log.warning("worker %d (%s, pid %d) exited before reading its settings",
+                        slot.index, slot.config.shard_id, slot.process.pid)
         finally:
             slot.process.stdin.close()
         slot.started_at = asyncio.get_running_loop().time()
-        log.info("started worker %d (%s) pid %d", slot.index, slot.config.shard_id, slot.process.pid)
+        log.info("started worker %d (%s at %s) pid %d listening on %s:%d",
+                 slot.index, slot.config.shard_id, slot.config.url, slot.process.pid, slot.config.host, slot.config.port)
 
     async def _watch(self, slot: WorkerSlot) -> None:
         loop = asyncio.get_running_loop()
@@ -74,7 +77,8 @@ class Supervisor:
             assert slot.process is not None
             code = await slot.process.wait()
             if self.stopping:
-                log.info("worker %d (pid %d) exited with %s", slot.index, slot.process.pid, code)
+                log.info("worker %d (pid %d) exited with %s: %s at %s",
+                         slot.index, slot.process.pid, code, slot.config.shard_id, slot.config.url)
                 return
             lived_s = loop.time() - slot.started_at
             if lived_s >= self.config.restart_reset_after_s:
@@ -83,8 +87,8 @@ class Supervisor:
             delay = self.restart_backoff.delay_s(slot.consecutive_crashes - 1)
             slot.restarts += 1
             log.warning(
-                "worker %d (%s, pid %d) died with %s after %.1fs; restart %d in %.2fs",
-                slot.index, slot.config.shard_id, slot.process.pid, code, lived_s, slot.restarts, delay,
+                "worker %d (%s at %s, pid %d) died with %s after %.1fs; restart %d in %.2fs",
+                slot.index, slot.config.shard_id, slot.config.url, slot.process.pid, code, lived_s, slot.restarts, delay,
             )
             await asyncio.sleep(delay)
             if self.stopping:
@@ -114,7 +118,8 @@ class Supervisor:
         except TimeoutError:
             for slot in self.slots:
                 if slot.process is not None and slot.process.returncode is None:
-                    log.error("worker %d did not stop within %.0fs; killing pid %d", slot.index, grace_s, slot.process.pid)
+                    log.error("worker %d (%s) did not stop within %.0fs; killing pid %d",
+                              slot.index, slot.config.shard_id, grace_s, slot.process.pid)
                     slot.process.kill()
             await asyncio.gather(*(s.process.wait() for s in self.slots if s.process is not None))
         self._stopped.set()
@@ -127,8 +132,10 @@ class Supervisor:
             await self._spawn(slot)
             slot.watcher = asyncio.create_task(self._watch(slot))
         log.info(
-            "supervisor pid %d: %d workers on %s ports %d-%d",
-            os.getpid(), len(self.slots), self.config.host, self.config.port, self.config.port + len(self.slots) - 1,
+            "supervisor pid %d: node %s, %d workers on %s ports %d-%d, advertised as %s: %s",
+            os.getpid(), self.config.node_id, len(self.slots), self.config.host, self.config.port,
+            self.config.port + len(self.slots) - 1, self.config.advertise_host,
+            ", ".join(f"{slot.config.shard_id} {slot.config.url}" for slot in self.slots),
         )
         await self._stopped.wait()
         for slot in self.slots:

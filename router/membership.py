@@ -206,11 +206,15 @@ class RedisRingSource(RingSource):
 
 
 def make_ring_source(
-    redis_url: str, nodes: Iterable[str], key_prefix: str, poll_interval_s: float, timeout_s: float
+    redis_url: str, nodes: Iterable[str], key_prefix: str, poll_interval_s: float, timeout_s: float,
+    *, default: Ring | None = None,
 ) -> RingSource | None:
     """The source a service's settings ask for: Redis (with the static list as
-    fallback), the static list alone, or None when neither is given."""
-    fallback = static_ring(nodes)
+    fallback), the static list alone, or None when neither is given.
+
+    `default` stands in for an empty static list (a lone node's ring of its own
+    workers): it is then the fallback, and the source when there is no Redis."""
+    fallback = static_ring(nodes) or default
     if redis_url:
         return RedisRingSource(redis_url, key_prefix, poll_interval_s, timeout_s, fallback)
     if fallback is not None:

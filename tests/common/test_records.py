@@ -15,7 +15,8 @@ CONTROL_DOC = (Path(__file__).resolve().parents[2] / "docs" / "control.md").read
 DRAINING_REPORT = SteeringReport("drain", total=812, steered=400, started_at_ms=1795859575000, finished_at_ms=None,
                                  generation=2)
 BEAT = Heartbeat(
-    id="127.0.0.1:8700", url="ws://127.0.0.1:8700/ws", state=DRAINING, connections=812, rooms=40,
+    id="edge-a:8700", url="wss://edge.example.com/w/edge-a-0", state=DRAINING, address="10.0.0.7:8700",
+    connections=812, rooms=40,
     cpu_percent=12.0, rss_bytes=61210624, pid=4242, started_at_ms=1795859574000,
     command_version=2, rebalance_generation=3, steering=DRAINING_REPORT,
 )
@@ -90,6 +91,12 @@ def test_optional_heartbeat_fields_may_be_absent():
     assert Heartbeat.from_dict(data) == replace(BEAT, command_version=None, rebalance_generation=None, steering=None)
 
 
+@pytest.mark.parametrize("older", [{}, {"address": None}])
+def test_a_heartbeat_of_a_worker_older_than_the_address_field_reads_with_an_empty_address(older):
+    data = {key: value for key, value in BEAT.to_dict().items() if key != "address"}
+    assert Heartbeat.from_dict(dict(data, **older)) == replace(BEAT, address="")
+
+
 def test_numbers_read_as_their_type():
     data = dict(BEAT.to_dict(), cpuPercent=7)
     assert Heartbeat.from_dict(data).cpu_percent == 7.0
@@ -113,6 +120,7 @@ def test_a_heartbeat_that_is_not_a_json_object_is_rejected(text, message):
     ({"id": None}, "id"),
     ({"id": ""}, "id"),
     ({"url": 8700}, "url"),
+    ({"address": 8700}, "address"),
     ({"state": "sleeping"}, "state"),
     ({"connections": "812"}, "connections"),
     ({"connections": -1}, "connections"),

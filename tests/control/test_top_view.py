@@ -94,6 +94,13 @@ def test_the_metrics_url_comes_from_the_advertised_websocket_url():
     assert metrics_url(None) is None and metrics_url("garbage") is None and metrics_url("ftp://x/") is None
 
 
+def test_the_metrics_url_is_at_the_internal_address_when_the_worker_reports_one():
+    # The public URL may be a TLS proxy's; the worker's own /metrics is plain HTTP at its address.
+    assert metrics_url("wss://edge.example.com/w/edge-a-0", "10.0.0.7:8700") == "http://10.0.0.7:8700/metrics"
+    assert metrics_url("wss://edge.example.com/w/a", "[2001:db8::7]:8700") == "http://[2001:db8::7]:8700/metrics"
+    assert metrics_url("ws://127.0.0.1:8700/ws", "") == "http://127.0.0.1:8700/metrics"  # an older worker
+
+
 def node(worker: str, **fields) -> dict:
     base = {"id": worker, "url": f"ws://{worker}/ws", "health": "alive", "state": "active", "inRing": True,
             "connections": 10, "rooms": 3, "cpuPercent": 12.0, "rssBytes": 61210624}

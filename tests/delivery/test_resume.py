@@ -14,6 +14,9 @@ RESUME_FLAGS = (
     "--history-size", "2000", "--history-ttl-s", "600",
     "--shutdown-window-s", "0.3", "--reconnect-jitter-ms", "200",
     "--restart-backoff-base-s", "0.2", "--message-rate-per-s", "1000", "--message-burst", "1000",
+    # Readers and publisher sit on different workers on purpose; without this, the node's own ring
+    # (a lone node routes among its workers) would send some of them a `moved` hint.
+    "--placement-hint", "off",
 )
 MISSED_WHILE_AWAY = 10  # messages published after every reader lost its connection and before any rejoins
 

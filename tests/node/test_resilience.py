@@ -250,7 +250,8 @@ async def test_graceful_shutdown_steers_clients_away_and_exits_0(start_node):
 # --- a worker killed -----------------------------------------------------------------------------
 
 async def test_a_sigkilled_worker_is_restarted_by_the_supervisor(start_node):
-    node = start_node(2, "--restart-backoff-base-s", "0.1")
+    # No `moved` hint (the node's own ring may give "room" to worker 1): the doomed socket's next event is its death.
+    node = start_node(2, "--restart-backoff-base-s", "0.1", "--placement-hint", "off")
     victim_pid, survivor_pid = worker_pids(node)
     doomed = await WsClient.connect(node.ws_url(0))
     survivor = await WsClient.connect(node.ws_url(1))

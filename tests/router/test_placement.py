@@ -1,9 +1,11 @@
 """Workers and the ring: every worker answers /route, and a join on the wrong worker is
-served and followed by a `moved` hint (or not, with placement_hint=off or without a ring)."""
+served and followed by a `moved` hint (or not, with placement_hint=off); without a control plane
+ring or --nodes, the ring is the node's own workers."""
 
 from __future__ import annotations
 
 from chaos.cluster import http_json
+from router.ring import Member, Ring
 from tests.router.helpers import publish_ring, ring_of, room_owned_by
 from tests.router.placement_helpers import node_with_static_ring
 from tests.wsclient import WsClient
@@ -57,17 +59,22 @@ async def test_placement_hint_off_sends_no_moved(redis_server, start_node):
         await client.close()
 
 
-async def test_without_any_ring_a_worker_serves_without_hints_and_route_is_503(start_node):
+async def test_without_any_ring_a_node_routes_among_its_own_workers(start_node):
+    # No control plane ring, no --nodes: the ring is the node's own workers (tests/node/test_lone_node.py
+    # has the public URL template and the switch to a published ring).
     node = start_node(2)
-    status, body = http_json(node.http_url(0, "/route?room=lobby"))
-    assert status == 503 and body["error"] == "NO_LIVE_WORKER"
+    lone = Ring([Member(f"127.0.0.1:{p}", f"ws://127.0.0.1:{p}/ws", 1, f"127.0.0.1:{p}") for p in node.ports], 0)
+    room = room_owned_by(lone, f"127.0.0.1:{node.ports[1]}")
+    for index in range(2):
+        status, body = http_json(node.http_url(index, f"/route?room={room}"))
+        assert (status, body) == (200, {"room": room, "node": f"127.0.0.1:{node.ports[1]}",
+                                        "url": f"ws://127.0.0.1:{node.ports[1]}/ws", "epoch": 0})
     client = await WsClient.connect(node.ws_url(0))
     try:
-        for i in range(20):  # about half of these belong to worker 1 in any two-member ring
-            await client.join(f"room-{i}")
-        await client.send({"type": "ping", "id": 1})
-        assert (await client.recv())["type"] == "pong"
-        assert not [f for f in client.seen if f.get("type") == "moved"]
+        await client.send({"type": "join", "room": room})
+        frames = [await client.recv(), await client.recv()]
+        assert [f["type"] for f in frames] == ["joined", "moved"]
+        assert frames[1] == {"type": "moved", "room": room, "url": f"ws://127.0.0.1:{node.ports[1]}/ws", "epoch": 0}
     finally:
         await client.close()
 
