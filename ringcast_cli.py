@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "node": ("node.cli", "run an edge node: a supervisor and its worker processes"),
     "up": ("chaos.up", "start a local cluster (redis, node workers, router) in the foreground"),
     "control": ("control.cli", "run a control plane replica: membership, ring epochs, drain, operator API"),
-    "ctl": ("control.ctl", "operate the control plane: nodes, ring, room, drain, undrain, rebalance, events, top"),
+    "ctl": ("control.ctl", "operate the control plane: nodes, ring, room, drain, undrain, rebalance, events, top, proxy-config"),
     "router": ("router.cli", "run the route service: GET /route?room=R -> the worker that owns R"),
     "bench": ("chaos.bench.cli", "load generator: verified fan-out / many-rooms / idle-memory benchmarks; JSON + Markdown"),
     "drill": ("chaos.drill.cli", "run a failover drill (kill-worker, redis-restart, ...) under verified load; PASS/FAIL + reports"),

@@ -11,7 +11,11 @@ and the admin token must never go to a URL nobody vouched for. Otherwise the
 409 is reported and the token goes nowhere else. It uses only the HTTP API:
 no Redis. `top`, the live fleet view, lives in `control.top` (fetching and
 drawing) and `control.top_view` (its numbers); here it is one more subcommand
-that only reads.
+that only reads. `proxy-config haproxy` reads the ring and writes the TLS
+proxy's configuration (`control.proxy_config` makes the text): with
+`--output FILE` it replaces the file atomically and its exit code says
+whether anything changed (0 written, 3 already up to date), so a loop can
+reload HAProxy only then.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -27,9 +32,11 @@ import urllib.request
 
 from control import top
 from control.config import ADMIN_TOKEN_ENV
+from control.proxy_config import HaproxyOptions, ProxyConfigError, haproxy_config, routes
 
 URL_ENV = "RINGCAST_CONTROL_URL"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_UNCHANGED = 3  # proxy-config --output: the file already held this configuration (nothing written)
 
 
 class Failed(Exception):
@@ -164,6 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     remove = sub.add_parser("remove", help="forget a dead worker (DELETE /v1/nodes/ID)")
     remove.add_argument("id")
     top.add_parser(sub)
+    proxy = sub.add_parser(
+        "proxy-config", help="write the TLS proxy's configuration from the current ring (docs/security.md)",
+        description="Generate an HAProxy configuration from the ring: TLS on --bind, /w/NAME to each worker "
+                    "(NAME from the path of its public URL), /route and /ring to the route service. With --output: "
+                    "exit 0 when the file was written, 3 when it already held this configuration, 1 on failure.")
+    proxy.add_argument("kind", choices=["haproxy"])
+    proxy.add_argument("--cert", required=True, metavar="PEM",
+                       help="certificate chain and private key in one PEM file, as HAProxy reads it (`crt`)")
+    proxy.add_argument("--bind", default=":443", metavar="ADDRESS:PORT",
+                       help="where HAProxy listens for TLS (default :443, every IPv4 address)")
+    proxy.add_argument("--route-backend", action="append", default=[], metavar="HOST:PORT",
+                       help="a ringcast router answering /route and /ring, repeatable (default: the workers, "
+                            "which answer both)")
+    proxy.add_argument("--path-prefix", default="/w/",
+                       help="public URL path prefix of the workers, /w/ in --public-url 'wss://HOST/w/{node_id}-{index}'"
+                            " (default /w/); members whose URL path does not start with it are left out")
+    proxy.add_argument("--output", metavar="FILE", default=None,
+                       help="write to FILE (atomically: temporary file, then rename) instead of printing")
+    proxy.add_argument("--allow-empty", action="store_true",
+                       help="write a configuration routing to no worker when none can be routed (refused by default: "
+                            "an empty ring is more often a control plane starting than a fleet gone)")
     return parser
 
 
@@ -211,6 +239,62 @@ def run(args: argparse.Namespace) -> dict:
     raise AssertionError(c)
 
 
+def write_if_changed(path: str, text: str) -> bool:
+    """Replace `path` with `text` atomically (temporary file in the same directory, fsync, rename), unless it
+    already holds exactly that. Returns whether it wrote. Readers see the old file or the new, never half."""
+    try:
+        with open(path, encoding="utf-8") as current:
+            if current.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".ringcast-proxy-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    return True
+
+
+def proxy_config(args: argparse.Namespace) -> int:
+    """`ctl proxy-config haproxy`: read the ring, print or write the configuration."""
+    base = replica_urls(args)[0]
+    ring = call(base, "GET", "/v1/ring", None, None, args.timeout_s)
+    if not isinstance(ring, dict) or not isinstance(ring.get("members"), list):
+        raise Failed(f"{base}/v1/ring did not answer a ring (an object with a members list)")
+    options = HaproxyOptions(cert_path=args.cert, bind=args.bind, path_prefix=args.path_prefix,
+                             route_backends=tuple(args.route_backend))
+    try:
+        text = haproxy_config(ring, options)
+        routed, skipped = routes(ring, options.path_prefix)
+    except ProxyConfigError as exc:
+        raise Failed(str(exc)) from None
+    if not routed and not args.allow_empty:
+        why = "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "") if skipped else "the ring is empty"
+        raise Failed(f"no ring member can be routed (ring epoch {ring.get('epoch')}): {why}. Nothing written "
+                     f"(--allow-empty writes a configuration routing nowhere)")
+    if args.output is None:
+        print(text, end="")
+        return EXIT_OK
+    try:
+        changed = write_if_changed(args.output, text)
+    except OSError as exc:
+        raise Failed(f"cannot write {args.output}: {exc}") from None
+    print(f"{args.output}: {'written' if changed else 'unchanged'} ({len(routed)} workers, ring epoch "
+          f"{ring.get('epoch')})", file=sys.stderr)
+    return EXIT_OK if changed else EXIT_UNCHANGED
+
+
 def main(argv: list[str]) -> int:
     parser = build_parser()
     try:
@@ -224,6 +308,12 @@ def main(argv: list[str]) -> int:
             return EXIT_USAGE
         base = replica_urls(args)[0]
         return top.main_top(args, lambda path: call(base, "GET", path, None, None, args.timeout_s), Failed)
+    if args.command == "proxy-config":
+        try:
+            return proxy_config(args)
+        except Failed as exc:
+            print(f"ringcast ctl proxy-config: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     try:
         answer = run(args)
     except Failed as exc:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from node.client_address import parse_trusted_proxies
 from node.auth import JwksSettings, JwksSource, TokenVerifier, parse_secrets
 from node.history import HistoryPolicy, HistoryRules
 from common.settings import SettingsError, setting
@@ -93,7 +94,8 @@ class NodeConfig:
     jwt_jwks_min_refetch_interval_s: float = setting(30.0, "fewest seconds between two JWKS fetches, whatever kids tokens name (bounds fetches clients can cause, and retries after a failure)")
     jwt_jwks_max_keys: int = setting(16, "most keys kept from one JWKS document; later keys are ignored (and logged)")
     jwt_jwks_max_bytes: int = setting(64 * 1024, "largest JWKS document read; a larger one is a failed fetch")
-    trusted_proxies: list[str] = setting([], "CIDRs of proxies whose Forwarded / X-Forwarded-For header (or PROXY protocol v2) names the real client address, repeatable; from any other peer those are ignored")
+    trusted_proxies: list[str] = setting([], "CIDRs of proxies whose Forwarded / X-Forwarded-For header (or PROXY protocol v2 header, with --proxy-protocol) names the real client address, repeatable; from any other peer those are ignored")
+    proxy_protocol: bool = setting(False, "connections from --trusted-proxies must start with a PROXY protocol v2 header (HAProxy send-proxy-v2, e.g. TLS passthrough); its source address is the client; a trusted peer without one is cut after handshake_timeout_s")
     allowed_origins: list[str] = setting([], "browser Origins (exact or glob, e.g. https://*.example.com) that may upgrade, repeatable; empty: any Origin")
     accept_rate_per_s: float = setting(1_000.0, "new WebSockets per second one worker admits (token bucket refill); past it HTTP 503 + Retry-After")
     accept_burst: int = setting(2_000, "new WebSockets one worker admits at once before accept_rate_per_s applies")
@@ -209,6 +211,12 @@ class NodeConfig:
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.jwt_jwks_min_refetch_interval_s > self.jwt_jwks_refresh_interval_s:
             raise SettingsError("jwt_jwks_min_refetch_interval_s must be <= jwt_jwks_refresh_interval_s")
+        try:
+            parse_trusted_proxies(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"trusted_proxies: {exc}") from None
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise SettingsError("--proxy-protocol needs --trusted-proxies: the proxies whose PROXY header is believed")
         try:
             parse_nodes(self.nodes)
         except ValueError as exc:

@@ -2,7 +2,8 @@
 
 Owns the aiohttp application (`/ws`, `/healthz`, `/readyz`, `/metrics`),
 admission and the upgrade (per-IP and per-worker caps, before any socket is
-spent), the read loop of each connection (every frame, ping and pong
+spent; the client's address behind a trusted proxy is `node.client_address`'s
+answer), the read loop of each connection (every frame, ping and pong
 included, costs a rate-limit token; then a data frame goes to
 `node.session`), the close policy (flood, slow consumer, expired token,
 silent peer), the heartbeat sweep, the worker's lifecycle (start, cleanup,
@@ -24,16 +25,18 @@ import secrets
 import signal
 import socket
 import time
+from typing import Callable
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.keys import ACTIVE, DRAINED, DRAINING, SHUTTING_DOWN
 from common.tasks import stop_tasks
-from node import frames, protocol, steering
+from node import frames, protocol, proxy_protocol, steering
 from node.admission import Admission, Refusal
 from node.auth import Identity
 from node.bus import Bus
+from node.client_address import client_address, limit_key, parse_trusted_proxies
 from node.config import NodeConfig
 from node.connection import Connection
 from node.heartbeat import HeartbeatReporter
@@ -62,6 +65,8 @@ class Worker:
         self.placement = Placement(config)
         self.state = ACTIVE  # changed only here: drain, undrain, shutdown
         self.connections: dict[str, Connection] = {}
+        # A bad CIDR fails here, at start, not on the first request (NodeConfig.validate checks it too).
+        self.trusted_proxies = parse_trusted_proxies(config.trusted_proxies)
         self.admission = Admission(
             allowed_origins=tuple(config.allowed_origins),
             max_connections_per_ip=config.max_connections_per_ip,
@@ -179,7 +184,14 @@ class Worker:
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         if not self.accepting:
             return self._refuse(503, "NOT_ACCEPTING", f"worker is {self.state}; ask the router for another", 1)
-        ip = request.remote or "unknown"
+        # Per-IP limits count the real client (behind a trusted proxy: the one its header names), an IPv6
+        # client by its /64; `ip` is that key, `client` the full address for logs.
+        client = client_address(
+            request.remote, self.trusted_proxies,
+            x_forwarded_for=request.headers.getall("X-Forwarded-For", ()),
+            forwarded=request.headers.getall("Forwarded", ()),
+        )
+        ip = limit_key(client)
         verifier = self.admission.verifier
         if verifier is not None and self.admission.refused.wait_s(ip, time.monotonic()) == 0:
             # Fetches the issuer's JWKS when the token names a key not yet in hand: awaited, never blocking
@@ -190,6 +202,7 @@ class Worker:
             query_token=request.query.get("token"), now_monotonic=time.monotonic(), now_unix=time.time(),
         )
         if isinstance(decision, Refusal):
+            log.debug("upgrade from %s (peer %s) refused: %s", client, request.remote, decision.code)
             return self._refuse(decision.status, decision.code, decision.message, decision.retry_after_s)
         transport = request.transport
         if transport is None:
@@ -208,7 +221,7 @@ class Worker:
                 self.metrics.connections_rejected.labels("WORKER_FULL").inc()
                 await ws.close(code=protocol.CloseCode.TRY_AGAIN_LATER, message=b"worker full")
                 return ws
-            await self._serve(ws, transport, ip, decision.identity)
+            await self._serve(ws, transport, client, decision.identity)
         finally:
             self.admission.closed(ip)
         return ws
@@ -500,6 +513,23 @@ class Worker:
             self._cut_all()
         self._stopped.set()
 
+    async def listen(self, runner: web.AppRunner) -> Callable[[], None]:
+        """Open the worker's listening socket for a set-up runner; returns what stops listening.
+
+        With --proxy-protocol, connections from trusted proxies pass through
+        `node.proxy_protocol`'s gate (PROXY v2 header first); otherwise a plain aiohttp site.
+        """
+        config = self.config
+        if config.proxy_protocol:
+            server = await proxy_protocol.listen(
+                runner.server, config.host, config.port, trusted=self.trusted_proxies,
+                header_timeout_s=config.handshake_timeout_s, backlog=config.listen_backlog,
+            )
+            return server.close
+        site = web.TCPSite(runner, config.host, config.port, backlog=config.listen_backlog, reuse_address=True)
+        await site.start()
+        return lambda: None  # runner.cleanup() stops the site
+
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then shut down gracefully."""
         runner = web.AppRunner(
@@ -510,13 +540,11 @@ class Worker:
             max_line_size=self.config.max_http_header_bytes, max_field_size=self.config.max_http_header_bytes,
         )
         await runner.setup()
-        site = web.TCPSite(
-            runner, self.config.host, self.config.port, backlog=self.config.listen_backlog, reuse_address=True
-        )
-        await site.start()
+        stop_listening = await self.listen(runner)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_shutdown)
         await self._stopped.wait()
+        stop_listening()
         await runner.cleanup()
         log.info("worker %s stopped", self.worker_id)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything ringcast needs on a Debian machine, idempotently:
-# the Debian redis-server package when redis-server is missing, and a .venv
+# the Debian redis-server, prometheus and haproxy packages when they are missing, and a .venv
 # with ringcast and its test extras at the exact versions of requirements.lock
 # (the versions the suite was last green with; scripts/lock.sh refreshes it).
 # Safe to run again; fast when nothing changed.
@@ -19,7 +19,7 @@ command -v "$PY" >/dev/null 2>&1 || fail "no $PY found; ringcast needs Python 3.
 apt_install() {
   # Debian packages only: anywhere else, say what is missing instead of guessing a package manager.
   if ! command -v apt-get >/dev/null 2>&1 || [ ! -f /etc/debian_version ]; then
-    fail "this is not a Debian machine; install with your package manager: $* (Redis 7 or newer; Prometheus 2 with promtool), then run this again"
+    fail "this is not a Debian machine; install with your package manager: $* (Redis 7 or newer; Prometheus 2 with promtool; HAProxy 2.4 or newer), then run this again"
   fi
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -43,6 +43,13 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   apt_install prometheus
   # The package may start a system prometheus on :9090; ringcast's tests run their own.
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi
+
+# HAProxy: tests/proxy runs the TLS proxy config `ringcast ctl proxy-config haproxy` generates (docs/security.md).
+if ! command -v haproxy >/dev/null 2>&1; then
+  apt_install haproxy
+  # The package starts a system haproxy with its own config; ringcast's tests run their own.
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now haproxy >/dev/null 2>&1 || true; fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
