@@ -69,6 +69,8 @@ class RedisServer:
     proc: subprocess.Popen | None = None
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ringcast-redis-"))
     password: str = ""  # requirepass, handed to redis-server in a config file (never on its command line)
+    prefix: list[str] = field(default_factory=list)  # argv prefix, e.g. `ip netns exec NS` (chaos/netns.py)
+    extra_args: list[str] = field(default_factory=list)  # more redis-server flags (e.g. --protected-mode no)
 
     @property
     def url(self) -> str:
@@ -83,8 +85,8 @@ class RedisServer:
         conf.write_text(f"requirepass {self.password}\n" if self.password else "")
         conf.chmod(0o600)
         self.proc = subprocess.Popen(
-            [binary, str(conf), "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
-             "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning"],
+            [*self.prefix, binary, str(conf), "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+             "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         eventually_blocking(self.ping, timeout_s=10, what=f"redis-server on port {self.port}")
@@ -127,6 +129,31 @@ class RedisServer:
         os.kill(self.proc.pid, signal.SIGCONT)
 
 
+def listening_ports_in_own_netns(pid: int) -> set[int]:
+    """TCP ports process `pid` listens on, read from its own network namespace's socket table.
+
+    psutil matches a process's socket inodes against the reading process's
+    /proc/net/tcp, so it sees nothing of a process in another namespace;
+    /proc/PID/net/tcp is the table of PID's namespace.
+    """
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 class MetricMissing(LookupError):
     """No sample of that metric (with those labels) in a /metrics page."""
 
@@ -161,12 +188,13 @@ class _ServiceProcess:
 
     proc: subprocess.Popen | None
     log_path: str
+    prefix: list[str]  # argv prefix the command runs under, e.g. `ip netns exec NS` (same PID: it execs)
     STOP_TIMEOUT_S = 15.0
 
     def _launch(self, kind: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = tempfile.NamedTemporaryFile(prefix=f"ringcast-{kind}-", suffix=".log", delete=False)
         self.log_path = log.name
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self.proc = subprocess.Popen([*self.prefix, *cmd], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
     def _check_alive(self, kind: str) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -193,9 +221,11 @@ class NodeProcess(_ServiceProcess):
     port: int
     workers: int
     args: list[str]
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where clients and probes reach the workers (their URLs)
     proc: subprocess.Popen | None = None
     log_path: str = ""
+    prefix: list[str] = field(default_factory=list)
+    bind_host: str = ""  # --host the workers bind to when not `host` (e.g. 0.0.0.0 inside a namespace)
 
     @property
     def ports(self) -> list[int]:
@@ -208,7 +238,7 @@ class NodeProcess(_ServiceProcess):
         return f"http://{self.host}:{self.port + index}{path}"
 
     def start(self, ready_timeout_s: float = 30.0) -> "NodeProcess":
-        self._launch("node", [sys.executable, "-m", "ringcast_cli", "node", "--host", self.host, "--port",
+        self._launch("node", [sys.executable, "-m", "ringcast_cli", "node", "--host", self.bind_host or self.host, "--port",
                               str(self.port), "--workers", str(self.workers), *self.args])
         for index in range(self.workers):
             self.wait_ready(index, ready_timeout_s)
@@ -238,6 +268,8 @@ class NodeProcess(_ServiceProcess):
                 continue
             if any(s.status == psutil.CONN_LISTEN and s.laddr and s.laddr.port == port for s in sockets):
                 return child.pid
+            if self.prefix and port in listening_ports_in_own_netns(child.pid):
+                return child.pid  # psutil reads our namespace's socket table, not the worker's
         raise LookupError(f"no worker listening on port {port}")
 
     def metrics(self, index: int) -> str:
@@ -264,6 +296,7 @@ class RouterProcess(_ServiceProcess):
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
     log_path: str = ""
+    prefix: list[str] = field(default_factory=list)
 
     def url(self, path: str = "") -> str:
         return f"http://{self.host}:{self.port}{path}"
@@ -294,6 +327,7 @@ class ControlProcess(_ServiceProcess):
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
     log_path: str = ""
+    prefix: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -302,7 +336,8 @@ class ControlProcess(_ServiceProcess):
     def start(self, ready_timeout_s: float = 30.0) -> "ControlProcess":
         cmd = [sys.executable, "-m", "ringcast_cli", "control", "--host", self.host, "--port", str(self.port),
                "--redis", self.redis_url, *self.args]
-        env = dict(os.environ, RINGCAST_ADMIN_TOKEN=self.admin_token)  # not on the command line: ps would show it
+        # Not on the command line (ps would show it); the replica's own name beats a RINGCAST_ADMIN_TOKEN inherited here.
+        env = dict(os.environ, RINGCAST_CONTROL_ADMIN_TOKEN=self.admin_token)
         self._launch("control", cmd, env)
 
         def healthy() -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import secrets
 import shlex
 import signal
 import sys
@@ -79,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "instead of starting one (kill-worker, redis-pause, reconnect-storm, slow-consumer)")
     parser.add_argument("--redis-url", default="", help="with --urls: the cluster's Redis URL (for reports)")
     parser.add_argument("--redis-pid", type=int, help="with --urls: PID of its redis-server (redis-pause needs it)")
+    parser.add_argument("--fleet", choices=["netns"], help=(
+        "run on a fleet of three hosts made of Linux network namespaces (root only; chaos/drill/fleet.py): "
+        "host1 Redis + a node, host2 control replica A + a node, host3 control replica B (leading) + a node, "
+        "nodes bound to 0.0.0.0, clients in the root namespace, on a private bridge with addresses from "
+        "198.18.0.0/15 (198.18.0.0/24 unless another fleet uses it). "
+        "kill-node and partition (partition needs it)"))
+    parser.add_argument("--workers-per-node", type=int, help="with --fleet: workers per node (default 2; 1 with --short)")
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
     return parser
 
@@ -164,7 +170,8 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
     ledger = Ledger()
     size = _size(scenario, args)
     timing = scenario.timing(args.short)
-    population = Population(size, cluster.urls, f"drill:{scenario.name}:{secrets.token_hex(3)}:", ledger)
+    population = Population(size, cluster.urls, cluster.room_prefix(f"drill:{scenario.name}:", size.rooms), ledger,
+                            liveness_s=cluster.client_liveness_s)
     ctx = DrillContext(cluster, population, ledger, args.short, control=control)
     progress = Progress(scenario.name, args.quiet)
     samples: list[dict] = []
@@ -238,7 +245,8 @@ async def run_drill(scenario: Scenario, args: argparse.Namespace, cluster: Drill
         "duration_s": time.time() - started,
         "size": dataclasses.asdict(size),
         "cluster": {"urls": cluster.urls, "redis": cluster.redis_url, "started_by_drill": cluster.owned,
-                    "node_logs": [n.log_path for n in cluster.nodes]},
+                    "node_logs": [n.log_path for n in cluster.nodes], **cluster.describe()},
+        "client_liveness_s": cluster.client_liveness_s,
         "thresholds": scenario.thresholds(args.short).describe(),
         "marks": {k: round(v, 3) for k, v in ctx.marks.items()},
         "details": {k: v for k, v in ctx.details.items() if not k.startswith("_")},
@@ -278,6 +286,13 @@ def main(argv: list[str]) -> int:
     if args.urls and scenario.needs_local_cluster:
         print(f"ringcast drill {scenario.name}: needs a cluster it starts itself (drop --urls)", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    if scenario.needs_fleet and not args.fleet:
+        print(f"ringcast drill {scenario.name}: runs only on a fleet of hosts: add --fleet netns (root)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.fleet and (args.urls or not scenario.fleet_ok):
+        fleet_scenarios = ", ".join(s.name for s in SCENARIOS.values() if s.fleet_ok)
+        print(f"ringcast drill {scenario.name}: --fleet runs {fleet_scenarios} (and not with --urls)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     out_dir = Path(args.out)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # while starting processes: unwind and stop them
     cluster: DrillCluster | None = None
@@ -286,9 +301,18 @@ def main(argv: list[str]) -> int:
         if args.urls:
             cluster = DrillCluster.external([u.strip() for u in args.urls.split(",") if u.strip()], args.redis_url,
                                             args.redis_pid)
+        elif args.fleet:
+            from chaos.drill.fleet import FleetCluster
+            from chaos.netns import FleetUnavailable
+            try:
+                cluster = FleetCluster.start(args.workers_per_node or (1 if args.short else 2))
+            except FleetUnavailable as exc:
+                print(f"ringcast drill {scenario.name}: no fleet: {exc}", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+            control = cluster.control_a  # reachable from the clients' namespace whichever host a drill cuts
         else:
             cluster = DrillCluster.start_local(scenario.layout)
-        if scenario.needs_control:
+        if scenario.needs_control and control is None:
             control = control_for(cluster)
             control.start()  # assigned first: an interrupt while it starts still stops it
         try:
@@ -301,10 +325,10 @@ def main(argv: list[str]) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # do not interrupt the cleanup itself
-        if control is not None:
+        if control is not None and not args.fleet:
             control.stop()
         if cluster is not None:
-            cluster.stop()
+            cluster.stop()  # a fleet stops its control replicas and removes its namespaces too
         signal.signal(signal.SIGTERM, previous)
     files = write_all(out_dir, report)
     results = report["results"]

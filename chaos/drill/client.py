@@ -31,6 +31,7 @@ import asyncio
 import collections
 import time
 from array import array
+from urllib.parse import urlparse
 
 import aiohttp
 import orjson
@@ -57,6 +58,15 @@ JOIN_TIMEOUT_S = 10.0  # a welcome, a join (or an ack) slower than this counts a
 # The drills' reconnect schedule: full jitter from the first retry spreads a mass disconnect over
 # 0.5 s, then 1 s, capped at 2 s (a drill measures recovery; the SDK's 1-30 s would dominate it).
 DRILL_BACKOFF = BackoffPolicy(base_s=0.5, factor=2.0, cap_s=2.0, jitter=1.0)
+
+# Client-side liveness (aiohttp's WebSocket heartbeat), for drills that cut links: after this many seconds
+# without any frame from the server the client pings, and declares the connection dead (counted as
+# `liveness_timeout`, close code 1006) when no frame arrives within half of it more: at most 1.5 x this of
+# silence. A cut link carries no FIN and no RST; without it a member of a cut-off worker would wait for TCP's
+# retransmission timeout (about 15 minutes on Linux) before resuming. The SDK does the same
+# (router/client.py, `heartbeat`). Local drills run without it (a killed process's kernel resets its sockets),
+# so their numbers do not move; fleet drills (chaos/drill/fleet.py) turn it on.
+LIVENESS_PING_AFTER_S = 2.0
 
 
 class Ledger:
@@ -134,8 +144,9 @@ class _Connection:
     """The shared reconnect loop of members and publishers: connect, run a session over the core, wait, repeat."""
 
     def __init__(self, ledger: Ledger, session: aiohttp.ClientSession | None, urls: list[str], home: int,
-                 backoff: BackoffPolicy):
+                 backoff: BackoffPolicy, liveness_s: float | None = None):
         self.ledger = ledger
+        self.liveness_s = liveness_s  # LIVENESS_PING_AFTER_S or None (no client-side liveness check)
         self.session = session
         self.urls = urls
         self.url = urls[home % len(urls)]  # where it connects next: its home, a notice's url, or the next one
@@ -157,17 +168,19 @@ class _Connection:
             if self.redirect_url:
                 self.url, self.redirect_url = self.redirect_url, None  # the server said where to go: stay there
             url = self.url
+            unreachable = False  # no answer at all (timeout, no route): the host, not the worker, may be gone
             try:
-                ws = await self.session.ws_connect(url, autoping=True, max_msg_size=0)
+                ws = await self.session.ws_connect(url, autoping=True, max_msg_size=0, heartbeat=self.liveness_s)
             except aiohttp.WSServerHandshakeError as exc:  # 429 per-IP cap, 503 not accepting
                 self.ledger.error(f"http_{exc.status}", {"url": url, "message": exc.message,
                                                          "after_notice": url == self.last_notice_url})
                 ws = None
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 self.ledger.error("connect_failed")
                 ws = None
+                unreachable = not isinstance(getattr(exc, "os_error", exc), ConnectionRefusedError)
             if ws is None:
-                self._next_url()  # try the next worker
+                self._next_url(other_host=unreachable)  # try the next worker (on another host if no answer)
                 await asyncio.sleep(self.backoff.delay_s(attempt + 1))
                 attempt += 1
                 continue
@@ -179,14 +192,19 @@ class _Connection:
                 pass
             finally:
                 self.ws = None
-                for request in self.core.connection_lost():
-                    self.request_lost(request)
-                self.on_disconnected()
+                if self.core.connected:  # serve() already ended it (twice would reset the core's `moved` bound)
+                    for request in self.core.connection_lost():
+                        self.request_lost(request)
+                reason = self._end_reason(ws)
+                self.on_disconnected(reason)
                 if not ws.closed:
                     await ws.close()
             if self.stopping:
                 return
-            if ws.close_code not in (None, 1000, 1001) and not (self.dropped_by_us or self.left_by_choice):
+            if reason == "liveness_timeout":
+                self.ledger.error(reason)  # the link went silent: we gave up on it (close code 1006) ...
+                self._next_url(other_host=True)  # ... and on its host for now: the host's link may be what broke
+            elif ws.close_code not in (None, 1000, 1001) and not (self.dropped_by_us or self.left_by_choice):
                 self.ledger.error(f"close_{ws.close_code}")  # the server cut us (or the socket died)
             self.dropped_by_us = self.left_by_choice = False
             if self.notice_delay_s is not None:  # the server said how long to wait
@@ -197,9 +215,28 @@ class _Connection:
                 delay = self.backoff.delay_s(attempt)
             await asyncio.sleep(delay)
 
-    def _next_url(self) -> None:
+    def _end_reason(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        """How a session ended, as this client saw it."""
+        if self.dropped_by_us:
+            return "dropped_by_client"
+        if self.left_by_choice:
+            return "left"  # a reconnect notice, or a refused join
+        if isinstance(ws.exception(), aiohttp.ServerTimeoutError):
+            return "liveness_timeout"  # no pong (nor any frame) within the liveness window
+        if ws.close_code is not None:
+            return f"close_{ws.close_code}"
+        return "no_close_frame"  # a timeout waiting for a reply or the welcome, or an unclean end
+
+    def _next_url(self, other_host: bool = False) -> None:
+        """Move to the next worker URL in the list (`other_host`: the next one on another host, if any)."""
         index = self.urls.index(self.url) if self.url in self.urls else -1
-        self.url = self.urls[(index + 1) % len(self.urls)]
+        host = urlparse(self.url).hostname
+        for step in range(1, len(self.urls) + 1):
+            candidate = self.urls[(index + step) % len(self.urls)]
+            if not other_host or urlparse(candidate).hostname != host:
+                self.url = candidate
+                return
+        self.url = self.urls[(index + 1) % len(self.urls)]  # every worker is on that host
 
     def abort(self) -> None:
         """Drop the socket without a close frame (a network blip, as the server sees it)."""
@@ -249,6 +286,8 @@ class _Connection:
         if isinstance(event, Reconnect):
             if event.close_now:
                 self.left_by_choice = True  # a refused re-join (or a move): back with backoff, resuming
+                if event.url:  # `moved`: the owner of our home room (the core bounds how often it says so)
+                    self.redirect_url = event.url
                 return True
             self.follow_notice(event)
             return True  # the server closes next; stop reading
@@ -260,7 +299,7 @@ class _Connection:
     def request_lost(self, request: Request) -> None:
         """A request in flight when the connection ended."""
 
-    def on_disconnected(self) -> None:
+    def on_disconnected(self, reason: str) -> None:
         pass
 
     def follow_notice(self, event: Reconnect) -> None:
@@ -276,8 +315,8 @@ class RoomMember(_Connection):
     """One resuming member of one room that verifies the order and completeness of what it receives."""
 
     def __init__(self, ledger: Ledger, session: aiohttp.ClientSession | None, urls: list[str], home: int, room: str,
-                 backoff: BackoffPolicy) -> None:
-        super().__init__(ledger, session, urls, home, backoff)
+                 backoff: BackoffPolicy, liveness_s: float | None = None) -> None:
+        super().__init__(ledger, session, urls, home, backoff, liveness_s)
         self.room = room
         self.core.join(room)
         self.stream = _Stream()
@@ -287,6 +326,8 @@ class RoomMember(_Connection):
         self.first_after_fault_s: float | None = None
         self.ever_disconnected = False
         self.join_failures = 0  # consecutive refused first joins (reset by a `joined`)
+        self.disconnect_log: list[tuple[float, str, str]] = []  # (ledger time, reason, url) of each lost connection
+        self.join_log: list[tuple[float, str]] = []  # (ledger time, url) of each (re)join after a lost connection
 
     async def session_on(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         if self.room not in self.core.rooms:  # its first join was refused, and the connection ended before a retry
@@ -298,13 +339,15 @@ class RoomMember(_Connection):
         """Joined on this connection with no join in flight: messages now are ours to judge."""
         return self.core.is_live(self.room)
 
-    def on_disconnected(self) -> None:
+    def on_disconnected(self, reason: str) -> None:
         if self.connected:
             self.connected = False
             self.ledger.connected -= 1
             if not self.stopping:
                 self.ledger.disconnects.append(self.ledger.now())
                 self.ever_disconnected = True
+                if len(self.disconnect_log) < 100:
+                    self.disconnect_log.append((self.ledger.now(), reason, self.url))
 
     def on_event(self, event: Event) -> bool:
         if isinstance(event, Message):
@@ -368,6 +411,8 @@ class RoomMember(_Connection):
             self.ledger.connected += 1
             if self.ever_disconnected:
                 self.ledger.reconnects.append(self.ledger.now())
+                if len(self.join_log) < 100:
+                    self.join_log.append((self.ledger.now(), self.url))
         self.joined_once.set()
 
     def _accept(self, frame: dict) -> None:
@@ -396,8 +441,9 @@ class Publisher(_Connection):
     MAX_JOIN_ATTEMPTS = 19  # a refused join (BUS_UNAVAILABLE) is retried on the same connection this often
 
     def __init__(self, ledger: Ledger, session: aiohttp.ClientSession | None, urls: list[str], home: int, name: str,
-                 rooms: list[str], rate_per_s: float, payload_bytes: int, backoff: BackoffPolicy) -> None:
-        super().__init__(ledger, session, urls, home, backoff)
+                 rooms: list[str], rate_per_s: float, payload_bytes: int, backoff: BackoffPolicy,
+                 liveness_s: float | None = None) -> None:
+        super().__init__(ledger, session, urls, home, backoff, liveness_s)
         self.name = name
         self.rooms = rooms
         for room in rooms:
@@ -413,7 +459,7 @@ class Publisher(_Connection):
         self._join_attempts: collections.Counter[str] = collections.Counter()
         self._count = 0
 
-    def on_disconnected(self) -> None:
+    def on_disconnected(self, reason: str) -> None:
         self.connected = False
 
     def request_lost(self, request: Request) -> None:

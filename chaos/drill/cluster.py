@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import urllib.request
 from urllib.parse import urlparse
@@ -31,6 +32,10 @@ DRILL_NODE_FLAGS = [
     "--message-rate-per-s", "1000", "--message-burst", "1000",
     # Thousands of drill sockets come from one loopback address.
     "--max-connections-per-ip", "20000",
+    # Serve every join where it lands, without a `moved` hint: member i stays on worker URL i mod W, so every
+    # room has members on several workers and cross-worker fan-out is exercised (a node alone routes among its
+    # own workers, and members follow hints to their room's owner). The fleet turns hints back on.
+    "--placement-hint", "off",
     "--log-level", "warning",
 ]
 
@@ -53,6 +58,8 @@ def get_json(url: str, timeout_s: float = 1.0) -> tuple[int, dict]:
 
 class DrillCluster:
     """Workers (and maybe Redis) a drill talks to; `owned` says whether the drill started them."""
+
+    client_liveness_s: float | None = None  # the clients' liveness check (chaos/drill/client.py); None: off
 
     def __init__(self, urls: list[str], redis_url: str, owned: bool, redis_pid: int | None = None) -> None:
         self.urls = urls
@@ -166,6 +173,14 @@ class DrillCluster:
 
     def logs(self) -> dict[str, str]:
         return {node.log_path: node.log() for node in self.nodes}
+
+    def describe(self) -> dict:
+        """What the reports say about where the drill ran."""
+        return {}
+
+    def room_prefix(self, base: str, rooms: int) -> str:
+        """The prefix of the drill's room names: `base` and a random token (a fleet also spreads them)."""
+        return f"{base}{secrets.token_hex(3)}:"
 
     def stop(self) -> None:
         """Stop every process this drill started, by PID; a cluster named by flags is left running."""

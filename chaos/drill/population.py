@@ -42,7 +42,7 @@ def raise_fd_limit(wanted: int) -> int:
 
 class Population:
     def __init__(self, size: PopulationSize, urls: list[str], room_prefix: str, ledger: Ledger,
-                 backoff: BackoffPolicy = DRILL_BACKOFF) -> None:
+                 backoff: BackoffPolicy = DRILL_BACKOFF, liveness_s: float | None = None) -> None:
         self.size = size
         self.urls = urls
         self.ledger = ledger
@@ -52,6 +52,7 @@ class Population:
         self.publishers: list[Publisher] = []
         self._tasks: list[asyncio.Task] = []
         self.backoff = backoff
+        self.liveness_s = liveness_s  # client-side liveness (chaos/drill/client.py LIVENESS_PING_AFTER_S), or None
 
     async def start(self, timeout_s: float) -> None:
         """Connect every member and publisher and wait until all are joined (publishing still off)."""
@@ -62,13 +63,14 @@ class Population:
         )
         size = self.size
         self.members = [
-            RoomMember(self.ledger, self.session, self.urls, i, self.rooms[i % size.rooms], self.backoff)
+            RoomMember(self.ledger, self.session, self.urls, i, self.rooms[i % size.rooms], self.backoff,
+                       self.liveness_s)
             for i in range(size.clients)
         ]
         per_publisher = size.publish_rate_per_s / size.publishers
         self.publishers = [
             Publisher(self.ledger, self.session, self.urls, i, f"p{i}", self.rooms[i::size.publishers] or [self.rooms[0]],
-                      per_publisher, size.payload_bytes, self.backoff)
+                      per_publisher, size.payload_bytes, self.backoff, self.liveness_s)
             for i in range(size.publishers)
         ]
         ramp = asyncio.Semaphore(CONNECT_CONCURRENCY)

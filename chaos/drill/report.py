@@ -42,6 +42,9 @@ def markdown(report: dict) -> str:
         f"- injected: {report['injects']}",
         f"- started {report['started_utc']} UTC, {report['duration_s']:.1f} s, "
         f"{'short (CI) size' if report['short'] else 'full size'}",
+        *([f"- fleet: {len(report['cluster']['hosts'])} hosts (network namespaces) on {report['cluster']['network']}, "
+           f"bridge {report['cluster']['bridge_address']}; client liveness check {report.get('client_liveness_s')} s"]
+          if report.get("cluster", {}).get("hosts") else []),
         f"- population: {r['clients']} members, {report['size']['rooms']} rooms, {report['size']['publishers']} publishers "
         f"at {report['size']['publish_rate_per_s']:g} msg/s total",
         "",
@@ -69,7 +72,11 @@ def markdown(report: dict) -> str:
         f"{_fmt(mem['workers_rss_peak_mb'], ' MB')} / {_fmt(mem['workers_rss_end_mb'], ' MB')} |",
     ]
     for key, value in report["details"].items():
-        lines.append(f"| {key.replace('_', ' ')} | {value} |")
+        if isinstance(value, dict) and value and len(value) > 3:  # a scenario's cycle: one row per measure
+            for sub, subvalue in value.items():
+                lines.append(f"| {key.replace('_', ' ')}: {sub.replace('_', ' ')} | {subvalue} |")
+        else:
+            lines.append(f"| {key.replace('_', ' ')} | {value} |")
     lines += ["", "## Thresholds", ""] + [f"- {t}" for t in report["thresholds"]] + [""]
     if report.get("files", {}).get("png"):
         lines += [f"![timeline]({os.path.basename(report['files']['png'])})", ""]
@@ -113,9 +120,13 @@ def plot(path: Path, report: dict) -> None:
         for name in ("publish_start", "publish_stop"):
             if name in marks:
                 axis.axvline(marks[name], color="#888888", linestyle=":")
+        if "heal" in marks:  # a fault that is a state (a cut link) ends when it is healed
+            axis.axvspan(marks["fault_start"], marks["heal"], color="#c03030", alpha=0.08)
+            axis.axvline(marks["heal"], color="#c03030", linestyle="-.", label="healed")
     bottom.legend(loc="lower right")
     fig.suptitle(f"ringcast drill {report['scenario']}: {report['verdict']}  "
-                 "(red: fault; dashed: every member receiving again; dotted: publishing on/off)")
+                 "(red: fault" + ("; light red to dash-dot: cut until healed" if "heal" in marks else "")
+                 + "; dashed: every member receiving again; dotted: publishing on/off)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -100,6 +100,8 @@ class Scenario:
     layout: list[tuple[str, int]] = [("127.0.0.1", 2)]  # (loopback host, workers) per `ringcast node`
     needs_local_cluster = False  # the fault needs processes the drill started (not a cluster named by flags)
     needs_control = False
+    fleet_ok = False  # runs on the netns fleet too (--fleet netns, chaos/drill/fleet.py)
+    needs_fleet = False  # runs only there
 
     def size(self, short: bool) -> PopulationSize:
         if short:
@@ -157,14 +159,26 @@ class KillWorker(Scenario):
 
 class KillNode(Scenario):
     name = "kill-node"
-    summary = "a whole second node (supervisor and workers, on 127.0.0.2) dies at once"
-    injects = "SIGKILL to the supervisor and both workers of the node on 127.0.0.2 (a host lost)"
-    measures = "client detection, reconnect to the surviving node, recovery, loss, latency"
+    summary = "a whole node (supervisor and workers: on 127.0.0.2, or host3 of the fleet) dies at once"
+    injects = "SIGKILL to the supervisor and every worker of the last node (127.0.0.2; host3 with --fleet) (a host lost)"
+    measures = ("client detection, reconnect to the surviving nodes, recovery, loss, latency; with a control plane "
+                "(the fleet): the ring without the node")
     layout = [("127.0.0.1", 2), ("127.0.0.2", 2)]
     needs_local_cluster = True
+    fleet_ok = True
+
+    def server_side_done(self, ctx: DrillContext) -> bool:
+        return ctx.control is None or ctx.details.get("ring_without_node_s") is not None
+
+    def judge_extra(self, ctx: DrillContext, results: dict) -> list[str]:
+        if ctx.control is not None and ctx.details.get("ring_without_node_s") is None:
+            return ["the control plane never dropped the killed node's workers from the ring"]
+        return []
 
     async def inject(self, ctx: DrillContext) -> None:
-        node = ctx.cluster.nodes[1]
+        node = ctx.cluster.nodes[-1]
+        victims = {f"{node.host}:{port}" for port in node.ports}
+        ctx.details["killed_workers"] = sorted(victims)
         assert node.proc is not None
         supervisor = psutil.Process(node.proc.pid)
         pids = [supervisor.pid] + [child.pid for child in supervisor.children()]
@@ -177,6 +191,11 @@ class KillNode(Scenario):
                 pass
         ctx.fault_ended()
         node.proc.wait(timeout=10)
+        if ctx.control is not None:  # the fleet: time the control plane's detection too
+            control = ctx.control
+            ctx.watch("ring_without_node_s", seconds_until(
+                lambda: not victims & set(_ring_member_ids(control)), ctx, "the killed node's workers out of the ring",
+                self.timing(ctx.short).recovery_bound_s, 0.1))
 
 
 class _BusFault(Scenario):
@@ -444,6 +463,11 @@ def control_for(cluster: DrillCluster) -> ControlProcess:
     return ControlProcess(port=free_port(), redis_url=cluster.redis_url, admin_token=secrets.token_hex(16))
 
 
+def _ring_member_ids(control: ControlProcess) -> list[str]:
+    status, body = control.get("/v1/ring")
+    return [member["id"] for member in body.get("members", [])] if status == 200 else []
+
+
 def ring_ids(ctx: DrillContext) -> list[str]:
     assert ctx.control is not None
     status, body = ctx.control.get("/v1/ring")
@@ -550,4 +574,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 from chaos.drill.control_pause import ControlPause  # noqa: E402 - builds on the classes above
+from chaos.drill.partition import Partition  # noqa: E402 - builds on the classes above
 SCENARIOS[ControlPause.name] = ControlPause()
+SCENARIOS[Partition.name] = Partition()
