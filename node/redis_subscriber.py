@@ -209,7 +209,7 @@ class RedisSubscriber:
                 await self._watch(loop)
             except (OSError, TimeoutError, ConnectionError, RuntimeError) as exc:
                 if not self._closing:
-                    log.warning("bus subscriber: %s", exc)
+                    log.warning("bus subscriber: %s", str(exc) or type(exc).__name__)  # a timeout has no text
             self._drop()
             if self._closing:
                 return
