@@ -17,7 +17,10 @@ Placement of a connection: one client holds one WebSocket; it is placed by its
 *home room*, the smallest of its room names (the same rule workers use when
 they steer connections). A `moved` hint is followed only for the home room;
 hints for other rooms are recorded (`last_moved`) and ignored, since those
-rooms are served correctly wherever the connection is.
+rooms are served correctly wherever the connection is. A host that went
+silent (no pong within the heartbeat, or a connect that timed out) is not
+returned to on a `moved` hint until a newer ring epoch names it again: the
+worker that sends the hint may not have learnt yet that the host is gone.
 
 It keeps, per room, the last stream position (`seq`, `epoch`) it saw
 (`position(room)`), and every re-join (after a reconnect, a `moved` or a
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import random
 from collections import deque
@@ -101,6 +105,15 @@ class StateChange:
     url: str | None = None  # the worker connected to / about to be tried (None: ask the router)
     attempt: int = 0  # consecutive failed attempts behind this change
     delay_s: float = 0.0  # WAITING: seconds until the next attempt
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """A connect that got no answer at all (a timeout, no route to the host), as opposed to a refusal or an
+    HTTP error: the host, or the link to it, may be gone."""
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return True
+    os_error = getattr(exc, "os_error", exc)
+    return isinstance(os_error, OSError) and os_error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)
 
 
 class _LookupFailed(Exception):
@@ -320,6 +333,7 @@ class Client:
             self._set_state(ConnectionState.CONNECTING, "connecting", next_url, attempt)
             hint: Reconnect | None = None
             reason = "connection_lost"
+            url: str | None = None
             try:
                 url = next_url or await self._lookup()
                 next_url = None
@@ -331,6 +345,8 @@ class Client:
             except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError, ValueError, ClientError) as exc:
                 reason = "connect_failed" if self.url is None else "connection_lost"
                 log.info("connection failed: %r", exc)
+                if url is not None and self.url is None and _no_answer(exc):
+                    self._core.host_unreachable(url)  # no `moved` back to it until a newer ring
             finally:
                 self._connected.clear()
                 self._ws = None
@@ -390,6 +406,8 @@ class Client:
             self._set_state(ConnectionState.CONNECTED, "connected", url)
             return await self._read(ws)
         finally:
+            if isinstance(ws.exception(), aiohttp.ServerTimeoutError):
+                self._core.host_unreachable(url)  # no pong within the heartbeat: the link or the host is gone
             if not ws.closed:
                 await ws.close()
 

@@ -20,7 +20,11 @@ delivery tests' reader), in the sans-I/O style of python-websockets and h11:
   `delayMs`, then go to `url` (or ask the router)"; a `moved` frame is
   followed only for the home room (the smallest room name), never to an
   older ring epoch than one already seen, and at most `max_moved_follows`
-  times in a row at one ring epoch; a re-join refused with BUS_UNAVAILABLE
+  times in a row at one ring epoch, and not to a host the driver found
+  unreachable (`host_unreachable`) until a newer ring epoch names it (a
+  worker whose ring is older than the control plane's detection of a dead
+  or cut-off host would otherwise send the client back into the silence);
+  a re-join refused with BUS_UNAVAILABLE
   means "drop this connection and come back with backoff".
 
 How to drive it: call `connection_opened(url)` when a socket is open, feed
@@ -41,12 +45,22 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 BUS_UNAVAILABLE = "BUS_UNAVAILABLE"
 TOO_MANY_MISSED = "too_many_missed"  # a resume's `joined` reason: the oldest page comes first, more is kept
 MAX_EPOCHS_REMEMBERED = 4  # per room: older epochs recognised as "already left" (out-of-order), not as a new stream
+MAX_UNREACHABLE_HOSTS = 64  # hosts remembered as unreachable (oldest forgotten first): bounded whatever the hints say
 
 MISSING: Any = object()  # "argument not given" (None is a valid `data`)
+
+
+def _host_of(url: str) -> str:
+    """The host part of a worker URL ("" when it has none)."""
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
 
 
 # --- errors (one hierarchy for the core and the SDK) ------------------------------------------------------------
@@ -246,6 +260,9 @@ class ClientCore:
         self._moved_epoch = -1
         self._moved_follows = 0
         self._leaving_for_moved = False  # the current socket is being left for a followed `moved`
+        # host -> the newest ring epoch known when it went silent (None: none known yet; the first hint to it
+        # then fixes it): `moved` hints to it at that epoch or older are not followed.
+        self._unreachable: dict[str, int | None] = {}
 
     # --- what the driver reads --------------------------------------------------------------------------------
 
@@ -282,6 +299,18 @@ class ClientCore:
         """A route lookup answered at `ring_epoch`: hints from older rings are stale from now on."""
         if isinstance(ring_epoch, int):
             self._ring_epoch = max(self._ring_epoch, ring_epoch)
+
+    def host_unreachable(self, url: str) -> None:
+        """The host of `url` did not answer: no pong nor any frame within the liveness window, or a connect
+        that timed out (not one refused: a refusing host is up). Until a ring epoch newer than the newest
+        seen now, `moved` hints to that host are not followed (the client stays where it is served)."""
+        host = _host_of(url)
+        if not host:
+            return
+        self._unreachable.pop(host, None)
+        self._unreachable[host] = self._ring_epoch if self._ring_epoch >= 0 else None
+        while len(self._unreachable) > MAX_UNREACHABLE_HOSTS:
+            del self._unreachable[next(iter(self._unreachable))]
 
     def connection_lost(self) -> list[Request]:
         """The socket ended: every request in flight is returned (failed: it may or may not have happened)."""
@@ -487,6 +516,13 @@ class ClientCore:
         ring_epoch = epoch if isinstance(epoch, int) else -1
         if ring_epoch < self._ring_epoch:
             return [Notice(frame)]  # a worker behind the ring the router already answered from
+        host = _host_of(url)
+        if host in self._unreachable:
+            silent_at = self._unreachable[host]
+            if silent_at is None or ring_epoch <= silent_at:
+                self._unreachable[host] = ring_epoch if silent_at is None else silent_at
+                return [Notice(frame)]  # a ring not newer than our finding that the host is silent
+            del self._unreachable[host]  # a newer ring names it: the control plane has seen it since
         if ring_epoch > self._moved_epoch:
             self._moved_epoch, self._moved_follows = ring_epoch, 0
         if self._moved_follows >= self.max_moved_follows:

@@ -179,6 +179,8 @@ class _Connection:
                 self.ledger.error("connect_failed")
                 ws = None
                 unreachable = not isinstance(getattr(exc, "os_error", exc), ConnectionRefusedError)
+                if unreachable:
+                    self.core.host_unreachable(url)  # no `moved` back to that host until a newer ring
             if ws is None:
                 self._next_url(other_host=unreachable)  # try the next worker (on another host if no answer)
                 await asyncio.sleep(self.backoff.delay_s(attempt + 1))
@@ -202,6 +204,7 @@ class _Connection:
             if self.stopping:
                 return
             if reason == "liveness_timeout":
+                self.core.host_unreachable(url)
                 self.ledger.error(reason)  # the link went silent: we gave up on it (close code 1006) ...
                 self._next_url(other_host=True)  # ... and on its host for now: the host's link may be what broke
             elif ws.close_code not in (None, 1000, 1001) and not (self.dropped_by_us or self.left_by_choice):

@@ -52,10 +52,10 @@ class Partition(Scenario):
     fleet_ok = True
     CUT_HOST = 2  # host3
     MIN_CUT_S = 2.0  # the link stays down at least this long after the last thing the drill waits for
-    # cut -> every member of the cut host joined elsewhere and staying there: liveness (<= 3 s), then, for a member
-    # that first lands on a worker whose ring still lists the cut host (until dead_after_s 3 + tick + the worker's
-    # 0.5 s ring poll), a `moved` hint back to the cut host, a connect timeout (5 s) and a backoff (<= 2 s).
-    MAX_CLIENT_RESUME_S = 20.0
+    # cut -> every member of the cut host joined elsewhere and staying there: liveness (<= 3 s), a backoff (<= 2 s)
+    # and a join; a `moved` hint back to the silent host is not followed (ClientCore.host_unreachable). The rest
+    # is margin for a loaded machine (the full run measured 4.0 s; before that rule, 10.3 s).
+    MAX_CLIENT_RESUME_S = 15.0
     MAX_CYCLE_S = 45.0  # cut -> every member connected and receiving after the heal's rebalance
 
     def timing(self, short: bool) -> Timing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from router.client_core import (
+    MAX_UNREACHABLE_HOSTS,
     ClientCore,
     ConnectionLost,
     Connected,
@@ -268,6 +269,49 @@ def test_moved_ping_pong_is_bounded_per_ring_epoch_and_reset_by_other_reconnects
     core.connection_lost()
     connect(core)
     assert isinstance(core.receive({**hint, "epoch": 4})[0], Reconnect)  # a newer ring: counted afresh
+
+
+def test_moved_to_a_host_found_unreachable_waits_for_a_newer_ring():
+    # A member whose worker's host went silent (a cut link) resumes on another host; that worker's ring still
+    # names the silent host as the room's owner until the control plane's detection lands: its hint must not
+    # send the member back into the silence, and the next ring that names the host again is followed.
+    core = in_room(ClientCore())
+    core.route_answer(3)
+    core.host_unreachable("ws://198.18.0.3:8700/ws")
+    core.connection_lost()
+    connect(core, url="ws://198.18.0.1:8700/ws")
+    for url in ("ws://198.18.0.3:8700/ws", "ws://198.18.0.3:8701/ws"):  # any worker of that host
+        [stale] = core.receive({"type": "moved", "room": "lobby", "url": url, "epoch": 3})
+        assert isinstance(stale, Notice)
+    [other] = core.receive({"type": "moved", "room": "lobby", "url": "ws://198.18.0.2:8700/ws", "epoch": 3})
+    assert isinstance(other, Reconnect)  # other hosts are followed as before
+    core.connection_lost()
+    connect(core, url="ws://198.18.0.2:8700/ws")
+    [healed] = core.receive({"type": "moved", "room": "lobby", "url": "ws://198.18.0.3:8700/ws", "epoch": 5})
+    assert isinstance(healed, Reconnect) and healed.url == "ws://198.18.0.3:8700/ws"
+
+
+def test_unreachable_without_a_known_ring_refuses_hints_at_the_first_epoch_it_hears():
+    core = in_room(ClientCore())  # never asked a router: no ring epoch known
+    core.host_unreachable("ws://198.18.0.3:8700/ws")
+    core.connection_lost()
+    connect(core, url="ws://198.18.0.1:8700/ws")
+    hint = {"type": "moved", "room": "lobby", "url": "ws://198.18.0.3:8700/ws", "epoch": 7}
+    assert isinstance(core.receive(hint)[0], Notice)
+    assert isinstance(core.receive(hint)[0], Notice)  # still ring 7: still the ring that had not noticed
+    assert isinstance(core.receive({**hint, "epoch": 8})[0], Reconnect)
+
+
+def test_unreachable_hosts_are_bounded():
+    core = in_room(ClientCore())
+    core.route_answer(1)
+    for i in range(MAX_UNREACHABLE_HOSTS + 10):
+        core.host_unreachable(f"ws://10.0.{i // 250}.{i % 250}:8700/ws")
+    core.host_unreachable("not a url")
+    assert len(core._unreachable) == MAX_UNREACHABLE_HOSTS
+    # The oldest were forgotten: a hint to the first host is followed again.
+    assert isinstance(core.receive({"type": "moved", "room": "lobby", "url": "ws://10.0.0.0:8700/ws",
+                                    "epoch": 1})[0], Reconnect)
 
 
 def test_zero_moved_follows_records_hints_but_never_follows():
