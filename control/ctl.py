@@ -8,7 +8,9 @@ more to the leader the answer names, but only if that URL is one of the
 control replicas the operator configured (`--url`, repeatable, or
 `RINGCAST_CONTROL_URL`, comma-separated): the leader's URL comes from Redis,
 and the admin token must never go to a URL nobody vouched for. Otherwise the
-409 is reported and the token goes nowhere else. It uses only the HTTP API:
+409 is reported and the token goes nowhere else. Reads (and `top`,
+`proxy-config`) go to the first replica that answers, in `--url` order, so
+one replica down does not blind a script. It uses only the HTTP API:
 no Redis. `top`, the live fleet view, lives in `control.top` (fetching and
 drawing) and `control.top_view` (its numbers); here it is one more subcommand
 that only reads. `proxy-config haproxy` reads the ring and writes the TLS
@@ -89,6 +91,20 @@ def call(base_url: str, method: str, path: str, token: str | None, body: dict | 
         raise Failed(f"HTTP {exc.code} {answer.get('error', '')}: {answer.get('message', exc.reason)}", answer) from None
     except (urllib.error.URLError, OSError) as exc:
         raise Failed(f"cannot reach the control plane at {base_url}: {exc}") from None
+
+
+def read(urls: list[str], path: str, timeout_s: float) -> dict:
+    """A GET answered by the first replica that can be reached, in the order given (every replica serves
+    reads from Redis; no token is sent). An HTTP error is an answer: only an unreachable replica is skipped."""
+    failures = []
+    for url in urls:
+        try:
+            return call(url, "GET", path, None, None, timeout_s)
+        except Failed as exc:
+            if exc.body is not None:
+                raise
+            failures.append(str(exc))
+    raise Failed("; ".join(failures))
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -207,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     c = args.command
     urls = replica_urls(args)
     base = urls[0]
-    get = lambda path: call(base, "GET", path, None, None, args.timeout_s)  # noqa: E731
+    get = lambda path: read(urls, path, args.timeout_s)  # noqa: E731
     post = lambda path, body=None: call(base, "POST", path, args.token, body, args.timeout_s, urls)  # noqa: E731
     quote = urllib.request.quote
     if c == "nodes":
@@ -268,10 +284,9 @@ def write_if_changed(path: str, text: str) -> bool:
 
 def proxy_config(args: argparse.Namespace) -> int:
     """`ctl proxy-config haproxy`: read the ring, print or write the configuration."""
-    base = replica_urls(args)[0]
-    ring = call(base, "GET", "/v1/ring", None, None, args.timeout_s)
+    ring = read(replica_urls(args), "/v1/ring", args.timeout_s)
     if not isinstance(ring, dict) or not isinstance(ring.get("members"), list):
-        raise Failed(f"{base}/v1/ring did not answer a ring (an object with a members list)")
+        raise Failed("GET /v1/ring did not answer a ring (an object with a members list)")
     options = HaproxyOptions(cert_path=args.cert, bind=args.bind, path_prefix=args.path_prefix,
                              route_backends=tuple(args.route_backend))
     try:
@@ -306,8 +321,8 @@ def main(argv: list[str]) -> int:
             top.validate(args, parser)
         except SystemExit:
             return EXIT_USAGE
-        base = replica_urls(args)[0]
-        return top.main_top(args, lambda path: call(base, "GET", path, None, None, args.timeout_s), Failed)
+        urls = replica_urls(args)
+        return top.main_top(args, lambda path: read(urls, path, args.timeout_s), Failed)
     if args.command == "proxy-config":
         try:
             return proxy_config(args)

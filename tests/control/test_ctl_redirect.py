@@ -99,3 +99,32 @@ async def test_a_known_replica_is_followed_once_and_not_further(redis_server):
     finally:
         for server in (first, second, third):
             await server.stop()
+
+
+async def test_reads_go_to_the_next_replica_when_the_first_cannot_be_reached():
+    # A port nothing listens on (bound, never listened: connects are refused), then a replica that answers.
+    import socket
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    ring = {"epoch": 4, "members": []}
+    second = await RecordingServer(lambda server: web.json_response(ring)).start()
+    try:
+        code, out, err = await ctl("--url", dead_url, "--url", second.url, "--json", "ring")
+        assert code == 0, err
+        assert json.loads(out) == ring
+        assert second.requests == [{"method": "GET", "path": "/v1/ring", "authorization": None}]  # no token on reads
+        # An HTTP error is an answer, not an unreachable replica: the next one is not asked.
+        second.answer = lambda server: web.json_response({"error": "INTERNAL", "message": "boom"}, status=500)
+        third = await RecordingServer(lambda server: web.json_response(ring)).start()
+        try:
+            code, _, err = await ctl("--url", second.url, "--url", third.url, "ring")
+            assert code == 1 and "500" in err and third.requests == []
+        finally:
+            await third.stop()
+        # Every replica unreachable: exit 1, naming each.
+        code, _, err = await ctl("--url", dead_url, "ring")
+        assert code == 1 and dead_url in err
+    finally:
+        dead.close()
+        await second.stop()
