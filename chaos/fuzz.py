@@ -99,7 +99,7 @@ class Report:
 # --- generators ---------------------------------------------------------------------------
 
 ROOMS = ["fuzz", "fuzz:a", "fuzz/b", "x" * 128, "x" * 129, "", "a b", "a\x00b", "räum", "fuzz#1", 7, None, [], {}]
-TYPES = ["join", "leave", "message", "history", "ping", "Join", "", "nope", 1, None]
+TYPES = ["join", "leave", "message", "history", "ping", "refresh", "Join", "", "nope", 1, None]
 
 
 def _random_value(rng: random.Random, depth: int = 0) -> Any:

@@ -51,7 +51,7 @@ class Connection:
         self.ping_sent_at: float | None = None  # a ping is outstanding since then
         self.last_ping_at = now
         self.close_reason = "client"
-        self.identity: Identity | None = None  # the verified token's holder; None when auth is off
+        self.identity: Identity | None = None  # the verified token's holder (a `refresh` replaces it); None when auth is off
         self.user_bucket: TokenBucket | None = None  # shared by this user's connections on the worker
         self.closing: asyncio.Future | None = None  # the worker's close handshake, once it has begun one
 

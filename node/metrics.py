@@ -25,7 +25,7 @@ REJECT_REASONS = (
     "ACCEPT_RATE_EXCEEDED", "UNAUTHORIZED",
     "NOT_ACCEPTING", "WORKER_FULL",
 )
-FRAME_TYPES = ("publish", "join", "leave", "history", "ping", "invalid")
+FRAME_TYPES = ("publish", "join", "leave", "history", "ping", "refresh", "invalid")
 
 _LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

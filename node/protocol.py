@@ -53,6 +53,11 @@ class ErrorCode(str, enum.Enum):
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a server bug; logged with the connection id
     FORBIDDEN = "FORBIDDEN"  # join/history/publish outside the connection token's `rooms`/`publish` scope
     NEW_ROOM_RATE_EXCEEDED = "NEW_ROOM_RATE_EXCEEDED"  # join of a room new to this user/connection past node.room_quota's rate; see retryAfter
+    # `refresh` refused; the connection keeps its current token (and closes 4001 at its expiry):
+    TOKEN_INVALID = "TOKEN_INVALID"  # the new token does not verify (signature, exp/nbf/iat, aud/iss, claims)
+    TOKEN_SUBJECT_MISMATCH = "TOKEN_SUBJECT_MISMATCH"  # the new token's `sub` is not the connection's user
+    TOKEN_SCOPE_LOST = "TOKEN_SCOPE_LOST"  # the new token's `rooms` no longer allow a room the connection is in
+    AUTH_DISABLED = "AUTH_DISABLED"  # `refresh` on a worker with auth off: there is no token to replace
 
 
 class CloseCode(enum.IntEnum):
@@ -133,7 +138,15 @@ class Ping:
     request_id: RequestId | None = None
 
 
-ClientFrame = Union[Join, Leave, Publish, Ping, History]
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Replace the connection's token in place (node.session verifies it)."""
+
+    token: str
+    request_id: RequestId | None = None
+
+
+ClientFrame = Union[Join, Leave, Publish, Ping, History, Refresh]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +189,11 @@ class Decoder:
             return Leave(self.room(obj.get("room"), request_id), request_id)
         if kind == "ping":
             return Ping(request_id)
+        if kind == "refresh":
+            token = obj.get("token")
+            if not isinstance(token, str) or not token:
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE_FORMAT, "`token` must be a non-empty string", request_id)
+            return Refresh(token, request_id)
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown type {kind[:32]!r}", request_id)
 
     def room(self, value: Any, request_id: RequestId | None = None) -> str:
@@ -367,6 +385,11 @@ def left(room: str, request_id: RequestId | None = None) -> dict:
 
 def ack(room: str, seq: int, epoch: str, request_id: RequestId) -> dict:
     return {"type": "ack", "id": request_id, "room": room, "seq": seq, "epoch": epoch}
+
+
+def refreshed(expires_at_s: float, request_id: RequestId | None = None) -> dict:
+    """The connection now holds the new token; it is closed 4001 at `expiresAt` (Unix seconds: `exp` + leeway)."""
+    return _with_id({"type": "refreshed", "expiresAt": expires_at_s}, request_id)
 
 
 def pong(ts_ms: int, request_id: RequestId | None = None) -> dict:

@@ -3,7 +3,8 @@
 Owns the protocol session of every connection on a worker, between the
 `welcome` and the last leave: decoding a client frame (`node.protocol`),
 running its command (join with recovery of missed messages, leave, history,
-publish, ping), the reply or `error` frame each one earns, the one mapping
+publish, ping, refresh of the connection's token in place), the reply or
+`error` frame each one earns, the one mapping
 from bus failures to error codes (`bus_error`), and the byte bounds of what a
 request may cost: a published message's size as each codec delivers it, and
 the byte budget of a history or resume page. One `Sessions` object serves
@@ -21,14 +22,17 @@ import logging
 import time
 
 from node import envelope, protocol
+from node.auth import MAX_TOKEN_CHARS, AuthError, TokenVerifier
 from node.bus import LATEST, POSITION_ONLY, Bus, BusUnavailable, HistoryPage, PublishUnconfirmed
 from node.config import NodeConfig
+from node.client_address import limit_key
 from node.connection import Connection
 from node.history import recovery_outcome
 from node.hub import Hub
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.placement import Placement
+from node.ratelimit import KeyedBuckets
 from node.room_quota import RoomQuota
 
 log = logging.getLogger("ringcast.worker")  # the worker's logger: these lines kept their name when they moved here
@@ -78,8 +82,16 @@ class Sessions:
     def __init__(
         self, config: NodeConfig, worker_id: str, bus: Bus, hub: Hub, outbox: Outbox, metrics: NodeMetrics,
         placement: Placement,
+        verifier: TokenVerifier | None = None,
+        refused_upgrades: KeyedBuckets | None = None,
     ) -> None:
+        """verifier: the worker's token verifier (the one admission uses); None when auth is off.
+        refused_upgrades: admission's per-address buckets of refused upgrades; a `refresh` whose token
+            does not verify is charged to its address like a 401, and none is verified while it is empty.
+        """
         self.config = config
+        self.verifier = verifier
+        self.refused_upgrades = refused_upgrades
         self.worker_id = worker_id
         self.bus = bus
         self.hub = hub
@@ -137,6 +149,8 @@ class Sessions:
                 self._leave(conn, frame)
             elif isinstance(frame, protocol.History):
                 await self._history(conn, frame)
+            elif isinstance(frame, protocol.Refresh):
+                await self._refresh(conn, frame)
             else:
                 self.outbox.push(conn, conn.frame(protocol.pong(int(time.time() * 1000), frame.request_id)))
         except protocol.ProtocolError as exc:
@@ -260,6 +274,55 @@ class Sessions:
                 size = grown
             kept += 1
         return bodies, kept
+
+    async def _refresh(self, conn: Connection, frame: protocol.Refresh) -> None:
+        """Replace the connection's identity with a new token's, keeping the socket and its rooms.
+
+        The token is verified like one at the upgrade (same verifier, same clock rule), must name the
+        same `sub`, and its `rooms` must still allow every room the connection is in; otherwise the
+        connection keeps its old token (and is closed 4001 when that one expires). No frame of this
+        connection runs meanwhile: the worker hands a connection's frames over one at a time.
+        """
+        rid = frame.request_id
+        if conn.identity is None or self.verifier is None:
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.AUTH_DISABLED, "auth is off on this worker: there is no token to refresh", rid
+            )
+        # Only a token that does not verify is what an upgrade would answer 401: it is charged to the
+        # address's refused-upgrade budget, so a socket cannot test tokens faster than new upgrades could.
+        address = limit_key(conn.ip)
+        if self.refused_upgrades is not None:
+            wait_s = self.refused_upgrades.wait_s(address, time.monotonic())
+            if wait_s:
+                self.send_error(conn, protocol.ErrorCode.RATE_LIMIT_EXCEEDED,
+                                "too many refused tokens from this address", rid, wait_s)
+                return
+        try:
+            if len(frame.token) > MAX_TOKEN_CHARS:
+                raise AuthError(f"token longer than {MAX_TOKEN_CHARS} characters")
+            await self.verifier.prepare(f"Bearer {frame.token}", None, time.monotonic())  # JWKS keys, if due
+            identity = self.verifier.verify(frame.token, time.time())
+        except AuthError as exc:
+            if self.refused_upgrades is not None:
+                self.refused_upgrades.take(address, time.monotonic())
+            raise protocol.ProtocolError(protocol.ErrorCode.TOKEN_INVALID, str(exc), rid) from None
+        if conn.closed:
+            return
+        if identity.user != conn.identity.user:
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.TOKEN_SUBJECT_MISMATCH,
+                "the new token's `sub` is not this connection's user; connect again to change users", rid,
+            )
+        lost = sorted(room for room in conn.rooms if not identity.may_join(room))
+        if lost:
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.TOKEN_SCOPE_LOST,
+                f"the new token does not allow {lost[0]}, which this connection is in"
+                + (f" (and {len(lost) - 1} more)" if len(lost) > 1 else "") + "; leave it first",
+                rid,
+            )
+        conn.identity = identity  # the expiry sweep and every later scope check read the new one
+        self.outbox.push(conn, conn.frame(protocol.refreshed(identity.expires_at, rid)))
 
     def _leave(self, conn: Connection, frame: protocol.Leave) -> None:
         if frame.room not in conn.rooms:

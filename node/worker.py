@@ -116,7 +116,8 @@ class Worker:
         self.hub = Hub(self.bus, self.outbox, self.metrics, self.config.max_join_buffer_messages,
                        max_fill_messages=self.config.max_history_page)
         self.sessions = Sessions(
-            self.config, self.worker_id, self.bus, self.hub, self.outbox, self.metrics, self.placement
+            self.config, self.worker_id, self.bus, self.hub, self.outbox, self.metrics, self.placement,
+            verifier=self.admission.verifier, refused_upgrades=self.admission.refused,
         )
         self.bus.set_handlers(self.hub.deliver, self._on_bus_state)
         await self.bus.start()

@@ -31,13 +31,22 @@ resume cannot be complete, the iterator yields that room's `joined` frame
 (`recovered: false`, `reason`) at the very place of the gap, and
 `unrecovered` records it; `resume=False` turns all of this off.
 
+Tokens: with auth on, the client sends its token (`token`, or what
+`get_token()` returns) as `Authorization: Bearer` on every connect. While
+connected it refreshes the token in place before its `exp` (a `refresh`
+frame: the socket and its rooms stay), and after a 401 at the upgrade or a
+4001 close (token expired) it calls `get_token()` before connecting again.
+Without `get_token`, a refused token ends the client with
+`AuthenticationFailed`, raised to the application, instead of retrying.
+
 Publishing is at most once from the SDK's side: a publish that was in flight
 when the connection dropped fails with `ConnectionLost` and is not retried
 (the caller knows whether a retry is safe).
 
 The protocol state (frames, request ids, positions, duplicates, resume,
-hint policy) lives in `router.client_core.ClientCore`; this module only
-moves bytes, keeps time and wakes the application up. It must not hash
+hint policy, the `refresh` frame) lives in `router.client_core.ClientCore`;
+this module only moves bytes, keeps time (backoff, when to refresh a token)
+and wakes the application up. It must not hash
 rooms (the route service answers) nor share state between `Client`
 objects; it never spawns threads.
 """
@@ -49,9 +58,10 @@ import enum
 import errno
 import logging
 import random
+import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -60,6 +70,7 @@ import orjson
 
 from router.backoff import BackoffPolicy
 from router.client_core import (
+    AuthenticationFailed,
     ClientClosed,
     ClientCore,
     ClientError,
@@ -75,11 +86,12 @@ from router.client_core import (
     RequestFailed,
     ServerError,
     TooManyRequests,
+    token_expiry,
 )
 
 __all__ = [
-    "Client", "ClientClosed", "ClientError", "ConnectionLost", "ConnectionState", "Position", "ServerError",
-    "StateChange", "TooManyRequests",
+    "AuthenticationFailed", "Client", "ClientClosed", "ClientError", "ConnectionLost", "ConnectionState", "Position",
+    "ServerError", "StateChange", "TooManyRequests",
 ]
 
 log = logging.getLogger("ringcast.client")
@@ -88,6 +100,18 @@ JSON = "json"
 MSGPACK = "msgpack"
 _SUBPROTOCOL = {JSON: "ringcast.json", MSGPACK: "ringcast.msgpack"}
 _MAX_STATE_EVENTS = 256  # state changes buffered per `states()` iterator; the oldest is dropped past it
+TOKEN_EXPIRED_CLOSE_CODE = 4001  # docs/protocol.md: the worker closes a connection whose token expired
+UNAUTHORIZED_STATUS = 401  # the worker refused the upgrade's token
+# A token living less than twice refresh_before_s is refreshed at half of what is left of it when it is
+# taken into use (a 5 s token: 2.5 s before its `exp`), so short tokens still leave time for a retry.
+SHORT_TOKEN_REFRESH_SHARE = 0.5
+REFRESH_ATTEMPTS = 3  # a refresh (get_token + `refresh` + `refreshed`) tried this many times before giving up
+# State reasons of the token's life (StateChange.reason):
+REASON_TOKEN_REFRESHED = "token_refreshed"  # CONNECTED: the worker took the new token, the socket stayed
+REASON_TOKEN_REFRESH_FAILED = "token_refresh_failed"  # CONNECTED: one refresh attempt failed (`attempt`: which)
+REASON_UNAUTHORIZED = "auth_failed:unauthorized"  # WAITING (get_token) or CLOSED (none): HTTP 401 at the upgrade
+REASON_TOKEN_EXPIRED = "auth_failed:token_expired"  # WAITING (get_token) or CLOSED (none): closed 4001
+REASON_TOKEN_UNAVAILABLE = "token_unavailable"  # WAITING: get_token() raised or returned no token
 
 
 class ConnectionState(str, enum.Enum):
@@ -120,6 +144,10 @@ class _LookupFailed(Exception):
     pass
 
 
+class _TokenUnavailable(Exception):
+    pass
+
+
 class Client:
     """One resilient connection to a ringcast cluster. Use as `async with Client(...) as c:`."""
 
@@ -138,6 +166,9 @@ class Client:
         max_pending_requests: int = 1_000,
         max_moved_follows: int = 3,
         rand: Callable[[], float] = random.random,
+        token: str | None = None,
+        get_token: Callable[[], Awaitable[str]] | None = None,
+        refresh_before_s: float = 30.0,
     ) -> None:
         """
         router_url: base URL of a route service or of any worker (both answer GET /route).
@@ -156,9 +187,19 @@ class Client:
         max_moved_follows: `moved` hints followed in a row at one ring epoch (guards against
             two workers that disagree about the ring sending the client back and forth).
         rand: source of randomness for the backoff jitter (tests inject a seeded one).
+        token: the connection token (a JWT), sent as `Authorization: Bearer` on every connect;
+            None with get_token: get_token() is called before the first connect.
+        get_token: coroutine function returning a fresh token within request_timeout_s; called to
+            refresh the token before its `exp`, and before connecting again after a 401 or a 4001
+            close. None: a refused token ends the client with AuthenticationFailed.
+        refresh_before_s: refresh this many seconds before the token's `exp` (by this machine's
+            clock), or at half of its remaining life when that is shorter; 0 disables refreshing
+            in place (the connection then ends 4001 at `exp` and reconnects with get_token()).
         """
         if codec not in _SUBPROTOCOL:
             raise ValueError(f"codec must be {JSON!r} or {MSGPACK!r}")
+        if refresh_before_s < 0:
+            raise ValueError("refresh_before_s must be >= 0")
         self.router_url = router_url.rstrip("/")
         self.codec = codec
         self.backoff = backoff
@@ -185,6 +226,15 @@ class Client:
         self._closed = False
         self.url: str | None = None  # the worker currently connected to
         self.worker_id: str | None = None  # its shard id, from `welcome`
+        self.connection_id: str | None = None  # the worker's id of the current (or last) socket, from `welcome`
+        self.refresh_before_s = refresh_before_s
+        self.token_refreshes = 0  # tokens the worker took in place (`refreshed`)
+        self._token = token
+        self._get_token = get_token
+        self._token_stale = False  # the worker refused the token: get a new one before connecting
+        self._close_code: int | None = None  # the last socket's close code
+        self._auth_error: AuthenticationFailed | None = None  # set once a refused token ended the client
+        self._ended = asyncio.Event()  # the connection loop gave up for good (a refused token)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -279,7 +329,7 @@ class Client:
         if (text is None) == (data is MISSING):
             raise ValueError("give exactly one of text or data")
         async with asyncio.timeout(self.request_timeout_s):
-            await self._connected.wait()
+            await self._until_connected()
             request = self._core.publish(room, text, data=data)
             return await self._await_reply(request)
 
@@ -287,10 +337,16 @@ class Client:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
-        if self._closed and self._messages.empty():
-            raise StopAsyncIteration
+        """The next delivered frame; StopAsyncIteration once closed, AuthenticationFailed once a token was refused."""
+        if self._messages.empty():
+            if self._auth_error is not None:
+                raise self._auth_error
+            if self._closed:
+                raise StopAsyncIteration
         message = await self._messages.get()
         if message is None:
+            if self._auth_error is not None:
+                raise self._auth_error
             raise StopAsyncIteration
         return message
 
@@ -316,8 +372,23 @@ class Client:
             self._state_wakeups.remove(wakeup)
 
     async def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Wait for CONNECTED: TimeoutError after `timeout_s`; AuthenticationFailed once a refused token ended the client."""
         async with asyncio.timeout(timeout_s if timeout_s is not None else self.request_timeout_s):
-            await self._connected.wait()
+            await self._until_connected()
+
+    async def _until_connected(self) -> None:
+        if self._auth_error is not None:
+            raise self._auth_error
+        if self._connected.is_set():
+            return
+        waits = [asyncio.ensure_future(self._connected.wait()), asyncio.ensure_future(self._ended.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self._auth_error is not None:
+            raise self._auth_error
 
     # --- the connection loop ----------------------------------------------------------
 
@@ -334,17 +405,29 @@ class Client:
             hint: Reconnect | None = None
             reason = "connection_lost"
             url: str | None = None
+            refused: str | None = None  # the token was refused: REASON_UNAUTHORIZED or REASON_TOKEN_EXPIRED
+            self._close_code = None
             try:
                 url = next_url or await self._lookup()
                 next_url = None
+                await self._ensure_token()
                 hint = await self._connection(url)
                 attempt = 0  # the connection worked; a later failure starts the schedule over
+                if self._close_code == TOKEN_EXPIRED_CLOSE_CODE:
+                    refused = REASON_TOKEN_EXPIRED
             except _LookupFailed as exc:
                 reason = "lookup_failed"
                 log.info("route lookup failed: %s", exc)
+            except _TokenUnavailable as exc:
+                reason = REASON_TOKEN_UNAVAILABLE
+                log.warning("get_token failed: %s", exc)
             except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError, ValueError, ClientError) as exc:
                 reason = "connect_failed" if self.url is None else "connection_lost"
                 log.info("connection failed: %r", exc)
+                if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == UNAUTHORIZED_STATUS:
+                    refused = REASON_UNAUTHORIZED
+                elif self._close_code == TOKEN_EXPIRED_CLOSE_CODE:
+                    refused = REASON_TOKEN_EXPIRED
                 if url is not None and self.url is None and _no_answer(exc):
                     self._core.host_unreachable(url)  # no `moved` back to it until a newer ring
             finally:
@@ -354,6 +437,12 @@ class Client:
                 self._fail_requests(self._core.connection_lost(), ConnectionLost("connection lost"))
             if self._closed:
                 return
+            if refused is not None:
+                if self._get_token is None:
+                    self._end_for_auth(refused)
+                    return
+                self._token_stale = True  # the next attempt calls get_token() first
+                reason, hint = refused, None
             if hint is not None:
                 reason, next_url = hint.reason, hint.url
             if hint is not None and hint.delay_s is not None:
@@ -364,6 +453,76 @@ class Client:
             self._set_state(ConnectionState.WAITING, reason, next_url, attempt, delay_s)
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
+
+    async def _ensure_token(self) -> None:
+        """Before a connect: call get_token() when there is no token yet, the worker refused the last one,
+        or its `exp` has passed by this machine's clock."""
+        if self._get_token is None:
+            return
+        exp = token_expiry(self._token) if self._token else None
+        if self._token and not self._token_stale and (exp is None or exp > time.time()):
+            return
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                token = await self._get_token()
+        except Exception as exc:  # the application's callable: whatever it raises (or a timeout) is a failed attempt
+            raise _TokenUnavailable(repr(exc)) from None
+        if not isinstance(token, str) or not token:
+            raise _TokenUnavailable(f"get_token returned {type(token).__name__}, not a token")
+        self._token, self._token_stale = token, False
+
+    def _end_for_auth(self, reason: str) -> None:
+        """A refused token and no get_token: end the client; the application gets AuthenticationFailed."""
+        why = ("the worker refused the token (HTTP 401)" if reason == REASON_UNAUTHORIZED
+               else "the token expired and the worker closed the connection (4001)")
+        error = AuthenticationFailed(reason.removeprefix("auth_failed:"), why + "; pass get_token to renew it")
+        self._auth_error = error
+        self._ended.set()
+        log.error("ringcast client stopped: %s", error)
+        for waiter in self._join_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._join_waiters.clear()
+        self._set_state(ConnectionState.CLOSED, reason)
+        try:
+            self._messages.put_nowait(None)  # `async for` raises it after what was delivered before
+        except asyncio.QueueFull:
+            pass  # __anext__ sees _auth_error once it drains the queue
+
+    async def _keep_token_fresh(self) -> None:
+        """While connected: refresh the token before its `exp`, in place; give up after REFRESH_ATTEMPTS
+        failures in a row (the worker then closes 4001 at `exp`, and the loop reconnects with get_token())."""
+        assert self._get_token is not None
+        while True:
+            exp = token_expiry(self._token) if self._token else None
+            if exp is None:
+                return  # nothing says when it ends: never refreshed in place
+            remaining_s = exp - time.time()
+            lead_s = min(self.refresh_before_s, remaining_s * SHORT_TOKEN_REFRESH_SHARE)
+            await asyncio.sleep(max(0.0, remaining_s - lead_s))
+            retry_delay_s = max(0.05, lead_s / (REFRESH_ATTEMPTS + 1))
+            for attempt in range(1, REFRESH_ATTEMPTS + 1):
+                try:
+                    async with asyncio.timeout(self.request_timeout_s):
+                        token = await self._get_token()
+                    if not isinstance(token, str) or not token:
+                        raise _TokenUnavailable(f"get_token returned {type(token).__name__}, not a token")
+                    await self._await_reply(self._core.refresh(token))
+                except Exception as exc:  # ServerError (TOKEN_*), ConnectionLost, TimeoutError, get_token's own
+                    log.warning("token refresh attempt %d/%d failed: %r", attempt, REFRESH_ATTEMPTS, exc)
+                    self._set_state(ConnectionState.CONNECTED, REASON_TOKEN_REFRESH_FAILED, self.url, attempt,
+                                    force=True)
+                    if attempt < REFRESH_ATTEMPTS:
+                        await asyncio.sleep(retry_delay_s)
+                    continue
+                self._token = token
+                self.token_refreshes += 1
+                self._set_state(ConnectionState.CONNECTED, REASON_TOKEN_REFRESHED, self.url, force=True)
+                break
+            else:
+                log.warning("token not refreshed after %d attempts: the worker closes the connection at its exp",
+                            REFRESH_ATTEMPTS)
+                return
 
     async def _lookup(self) -> str:
         """Ask the router where the home room lives."""
@@ -386,12 +545,14 @@ class Client:
         self.url = None
         ws = await self._session.ws_connect(
             url,
+            headers={"Authorization": f"Bearer {self._token}"} if self._token else None,
             protocols=(_SUBPROTOCOL[self.codec],),
             heartbeat=self.ping_interval_s,
             autoping=True,
             max_msg_size=0,  # the server bounds its frames; the client trusts the worker it asked for
             timeout=aiohttp.ClientWSTimeout(ws_close=self.connect_timeout_s),
         )
+        refresher: asyncio.Task | None = None
         try:
             welcome = self._decode(await ws.receive(timeout=self.connect_timeout_s))
             if welcome.get("type") != "welcome":
@@ -401,11 +562,19 @@ class Client:
             self._ws = ws
             self.url = url
             self.worker_id = self._core.worker_id
+            connection_id = welcome.get("connectionId")
+            self.connection_id = connection_id if isinstance(connection_id, str) else None
             await self._flush()  # the re-joins go out before any publish
             self._connected.set()
             self._set_state(ConnectionState.CONNECTED, "connected", url)
+            if self._get_token is not None and self.refresh_before_s > 0:
+                refresher = asyncio.create_task(self._keep_token_fresh(), name="ringcast-token-refresh")
             return await self._read(ws)
         finally:
+            if refresher is not None:
+                refresher.cancel()
+                await asyncio.gather(refresher, return_exceptions=True)
+            self._close_code = ws.close_code
             if isinstance(ws.exception(), aiohttp.ServerTimeoutError):
                 self._core.host_unreachable(url)  # no pong within the heartbeat: the link or the host is gone
             if not ws.closed:
@@ -520,14 +689,18 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise ClientClosed("client closed")
+        if self._auth_error is not None:
+            raise self._auth_error
         if self._runner is None:
             raise ClientError("use the client as `async with Client(...) as client:`")
 
     def _set_state(
-        self, state: ConnectionState, reason: str, url: str | None = None, attempt: int = 0, delay_s: float = 0.0
+        self, state: ConnectionState, reason: str, url: str | None = None, attempt: int = 0, delay_s: float = 0.0,
+        force: bool = False,
     ) -> None:
+        """Report a change; one equal to the latest is dropped unless `force` (an event, e.g. each refresh)."""
         change = StateChange(state, reason, url, attempt, delay_s)
-        if change == self._state:
+        if change == self._state and not force:
             return
         self._state = change
         log.debug("client state %s (%s) url=%s attempt=%d delay=%.3fs", state.value, reason, url, attempt, delay_s)

@@ -5,10 +5,12 @@ SDK in `router/client.py`, the drills' verifying clients in `chaos/`, the
 delivery tests' reader), in the sans-I/O style of python-websockets and h11:
 
 - building every client frame (`join`, `leave`, `message`, `history`,
-  `ping`), in this one place;
-- request ids: allocation, matching `joined`/`left`/`ack`/`pong`/`history`
-  and `error` replies to the request that caused them, and a bound on the
-  requests in flight (`max_pending_requests`);
+  `ping`, `refresh`), in this one place;
+- request ids: allocation, matching `joined`/`left`/`ack`/`pong`/`history`/
+  `refreshed` and `error` replies to the request that caused them, and a
+  bound on the requests in flight (`max_pending_requests`);
+- reading a connection token's `exp` (`token_expiry`: the payload decoded,
+  never verified; the client cannot verify and only schedules by it);
 - per-room stream positions (`seq`, `epoch`), dropping duplicates (messages
   at or before the position), noticing gaps (a live stream that skips
   positions) and repairing them by re-joining with `since`;
@@ -31,17 +33,21 @@ How to drive it: call `connection_opened(url)` when a socket is open, feed
 every decoded server frame to `receive(frame)` and act on the events it
 returns, call `connection_lost()` when the socket ends, and after every call
 send what `frames_to_send()` returns, in order. `join`/`leave`/`publish`/
-`history`/`ping` queue their frame and return the `Request` (its `id` is how
+`history`/`ping`/`refresh` queue their frame and return the `Request` (its `id` is how
 the reply event names it; `Request.waiter` is a slot for the driver's own
 future, never touched here).
 
 It must not do I/O, read clocks, sleep or choose delays (the driver applies
-`router.backoff`), nor hash rooms (the route service answers); error codes
+`router.backoff` and decides when to refresh a token), nor hash rooms (the route service answers); error codes
 are plain strings, so it does not depend on `node/`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +96,37 @@ class TooManyRequests(ClientError):
     """`max_pending_requests` requests are already waiting for their reply; nothing was sent."""
 
 
+class AuthenticationFailed(ClientError):
+    """The cluster refused the client's token and the client has no way to get another (no `get_token`).
+
+    reason: "unauthorized" (HTTP 401 at the upgrade) or "token_expired" (the worker closed with 4001).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def token_expiry(token: str) -> float | None:
+    """A JWT's `exp` (Unix seconds), read from its payload WITHOUT verifying anything; None if it has none.
+
+    Only for scheduling a refresh: the worker verifies; a client holds no key.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):  # (json.JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+        return None
+    return float(exp)
+
+
 # --- values -----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +141,7 @@ class Position:
 @dataclass(slots=True, eq=False)
 class Request:
     id: int
-    kind: str  # "join", "leave", "publish", "history", "ping"
+    kind: str  # "join", "leave", "publish", "history", "ping", "refresh"
     room: str | None
     frame: dict[str, Any]
     since: Position | None = None  # a join's resume position, if it carried one
@@ -174,7 +211,7 @@ class Joined:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The answer (`ack`, `left`, `pong`, `history`) to a request."""
+    """The answer (`ack`, `left`, `pong`, `history`, `refreshed`) to a request."""
     request: Request
     frame: dict[str, Any]
 
@@ -369,6 +406,13 @@ class ClientCore:
 
     def ping(self) -> Request:
         return self._request("ping", None, {"type": "ping"})
+
+    def refresh(self, token: str) -> Request:
+        """Offer the worker a new token for this connection; answered by `refreshed` (a Reply) or an error.
+
+        Not bounded by max_pending_requests: a refresh that could not go out would cost the connection.
+        """
+        return self._request("refresh", None, {"type": "refresh", "token": token}, bounded=False)
 
     def cancel(self, request: Request) -> None:
         """The driver stopped waiting (a timeout): a late reply is then ignored."""
