@@ -11,7 +11,6 @@ here.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from chaos.cluster import REPO
 from chaos.eventually import eventually_blocking
+from tests.chaos.drill_process import drill_process, interrupt
 
 DRILL_TIMEOUT_S = 180  # generous: the drills bound themselves well below this
 
@@ -101,29 +101,13 @@ def _running(drill: psutil.Process) -> bool:
 
 @pytest.mark.parametrize("when", [_starting, _running], ids=["while-starting", "while-running"])
 def test_an_interrupted_drill_stops_every_process_it_started(tmp_path, when):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ringcast_cli", "drill", "kill-worker", "--short", "--out", str(tmp_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with drill_process(["ringcast_cli", "drill", "kill-worker", "--short", "--out", str(tmp_path)]) as proc:
         drill = psutil.Process(proc.pid)
         eventually_blocking(lambda: when(drill), what=f"the drill {when.__name__.strip('_')}", timeout_s=60)
         started = drill.children(recursive=True)
         assert len(started) >= 4, [p.cmdline() for p in started]
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:  # the test failed before its SIGTERM: still let the drill stop what it started
-            proc.terminate()
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode == 130, stderr[-2000:]
+        stderr = interrupt(proc, started, timeout_s=60)
     assert "interrupted" in stderr
-    _, still_running = psutil.wait_procs(started, timeout=20)
-    assert still_running == [], [p.pid for p in still_running]
 
 
 # --- the drill's verifier and judge, without servers -------------------------------------------------------------

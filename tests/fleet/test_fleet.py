@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 from chaos.cluster import REPO, listening_ports_in_own_netns
 from chaos.eventually import eventually_blocking
 from chaos.netns import ALLOWED_RANGE, FleetUnavailable, NetnsFleet, check_can_build, leftovers
+from tests.chaos.drill_process import drill_process, interrupt
 
 DRILL_TIMEOUT_S = 150  # the short fleet drills take 20-40 s; they bound themselves well below this
 
@@ -145,11 +145,8 @@ def test_partition_drill_passes_and_the_cut_host_left_the_ring_and_came_back(tmp
 
 
 def test_a_fleet_drill_interrupted_while_a_host_is_cut_off_removes_its_fleet_and_stops_every_process(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chaos.drill", "partition", "--fleet", "netns", "--short", "--out", str(tmp_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tag = f"rc{proc.pid}"
-    try:
+    with drill_process(["chaos.drill", "partition", "--fleet", "netns", "--short", "--out", str(tmp_path)]) as proc:
+        tag = f"rc{proc.pid}"
         drill = psutil.Process(proc.pid)
 
         def cut_off() -> bool:
@@ -159,17 +156,5 @@ def test_a_fleet_drill_interrupted_while_a_host_is_cut_off_removes_its_fleet_and
         eventually_blocking(cut_off, what="the drill to cut host3 off", timeout_s=90, interval_s=0.1)
         started = drill.children(recursive=True)
         assert len(started) >= 6, [p.cmdline() for p in started]  # redis, 2 control replicas, 3 nodes and workers
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode == 130, stderr[-2000:]
-    _, still_running = psutil.wait_procs(started, timeout=20)
-    assert still_running == [], [p.pid for p in still_running]
+        interrupt(proc, started, timeout_s=90)
     assert leftovers(tag) == []
