@@ -31,6 +31,23 @@ def quick_node(attempts: int = 3) -> Node:
     return node
 
 
+async def member_who_got_m1(node: Node):
+    """A member of room "r" on `node` that has been delivered m1 (seq 1)."""
+    conn = fake_connection()
+    await node.join(conn, "r")
+    await node.publish("r", "m1")
+    await settle()
+    return conn
+
+
+async def member_missing_m2(attempts: int = 3):
+    """A node and a member of "r" that got m1 while m2 (seq 2) was published but never delivered live."""
+    node = quick_node(attempts)
+    conn = await member_who_got_m1(node)
+    await lose_deliveries(node, "r", "m2")
+    return node, conn
+
+
 def body(text: str) -> bytes:
     return envelope.pack(envelope.Envelope(TS_MS, SENDER, "text", text))
 
@@ -62,10 +79,7 @@ def no_fill_running(node: Node, room: str) -> bool:
 
 async def test_a_jump_in_seq_on_the_live_stream_is_filled_from_history():
     node = quick_node()
-    conn = fake_connection()
-    await node.join(conn, "r")
-    await node.publish("r", "m1")
-    await settle()
+    conn = await member_who_got_m1(node)
     await lose_deliveries(node, "r", "m2", "m3")  # never delivered live (a dropped subscription, say)
     await node.publish("r", "m4")  # the next live message jumps from 1 to 4
     await eventually(lambda: seqs(conn, "r"), equals=[1, 2, 3, 4], what="the gap filled in order")
@@ -74,12 +88,7 @@ async def test_a_jump_in_seq_on_the_live_stream_is_filled_from_history():
 
 
 async def test_a_failed_gap_fill_is_retried_until_history_answers():
-    node = quick_node(attempts=5)
-    conn = fake_connection()
-    await node.join(conn, "r")
-    await node.publish("r", "m1")
-    await settle()
-    await lose_deliveries(node, "r", "m2")
+    node, conn = await member_missing_m2(attempts=5)
     calls = fail_history_reads(node, times=3)
     fill = node.hub.fill_gaps(limit=100)
     await node.publish("r", "m3")
@@ -90,12 +99,7 @@ async def test_a_failed_gap_fill_is_retried_until_history_answers():
 
 
 async def test_a_gap_fill_that_finally_fails_is_announced_at_the_gap():
-    node = quick_node(attempts=2)
-    conn = fake_connection()
-    await node.join(conn, "r")
-    await node.publish("r", "m1")
-    await settle()
-    await lose_deliveries(node, "r", "m2")
+    node, conn = await member_missing_m2(attempts=2)
     fail_history_reads(node, times=100)
     await node.hub.fill_gaps(limit=100)
     await node.publish("r", "m3")
@@ -109,12 +113,7 @@ async def test_a_gap_fill_that_finally_fails_is_announced_at_the_gap():
 
 
 async def test_a_second_outage_during_a_fill_is_filled_too():
-    node = quick_node()
-    conn = fake_connection()
-    await node.join(conn, "r")
-    await node.publish("r", "m1")
-    await settle()
-    await lose_deliveries(node, "r", "m2")
+    node, conn = await member_missing_m2()
     node.bus.history_gate = asyncio.Event()
     first = node.hub.fill_gaps(limit=100)
     await settle()  # its read has taken its snapshot (m2) and waits on the wire
@@ -129,10 +128,7 @@ async def test_a_second_outage_during_a_fill_is_filled_too():
 
 async def test_a_gap_larger_than_one_fill_is_delivered_in_part_and_announced():
     node = quick_node()
-    conn = fake_connection()
-    await node.join(conn, "r")
-    await node.publish("r", "m1")
-    await settle()
+    conn = await member_who_got_m1(node)
     await lose_deliveries(node, "r", *(f"lost{i}" for i in range(2, 8)))  # seq 2..7
     await node.hub.fill_gaps(limit=3)
     await node.publish("r", "m8")
@@ -160,12 +156,7 @@ async def test_an_epoch_change_on_the_live_stream_is_announced_before_its_first_
 
 
 async def test_the_fill_state_is_released_whatever_the_read_raises():
-    node = quick_node()
-    conn = fake_connection()
-    await node.join(conn, "r")
-    await node.publish("r", "m1")
-    await settle()
-    await lose_deliveries(node, "r", "m2")
+    node, conn = await member_missing_m2()
 
     async def broken(*args):
         raise RuntimeError("a bug in the bus")
@@ -184,10 +175,7 @@ async def test_the_fill_state_is_released_whatever_the_read_raises():
 async def test_a_fill_holding_too_many_live_messages_gives_up_and_announces():
     node = Node(max_join_buffer_messages=3)
     node.hub.fill_backoff = QUICK
-    conn = fake_connection()
-    await node.join(conn, "r")
-    await node.publish("r", "m1")
-    await settle()
+    conn = await member_who_got_m1(node)
     await lose_deliveries(node, "r", "m2")
     fail_history_reads(node, times=10_000)
     node.hub.fill_backoff = BackoffPolicy(base_s=60.0, cap_s=60.0, jitter=0.0)  # a fill that would wait long
@@ -203,12 +191,7 @@ async def test_a_fill_holding_too_many_live_messages_gives_up_and_announces():
 
 
 async def test_the_sdk_sees_an_announced_gap_as_declared_not_as_a_gap_to_repair():
-    node = quick_node(attempts=1)
-    conn = fake_connection()
-    await node.join(conn, "r")
-    await node.publish("r", "m1")
-    await settle()
-    await lose_deliveries(node, "r", "m2")
+    node, conn = await member_missing_m2(attempts=1)
     fail_history_reads(node, times=100)
     await node.hub.fill_gaps(limit=100)
     await node.publish("r", "m3")
