@@ -2,7 +2,7 @@
 
 Owns starting, for a developer's machine, a redis-server on loopback (unless
 --redis points at one) and the cluster's services (node workers, a route
-service and a control plane replica), printing where they listen, and stopping every process it started (by PID) on Ctrl-C/SIGTERM.
+service and a control plane replica), printing where they listen (the demo chat page included), and stopping every process it started (by PID) on Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def main(argv: list[str]) -> int:
         ).start()
         router = RouterProcess(port=args.router_port, host=args.host, args=["--redis", redis_url, "--nodes", nodes]).start()
         print(f"router    {router.url('/route?room=general')}", flush=True)
+        print(f"demo      {router.url('/demo/')}  (the chat page; open it in two tabs)", flush=True)
         token = args.admin_token or secrets.token_urlsafe(16)
         control = ControlProcess(port=args.control_port, host=args.host, redis_url=redis_url, admin_token=token).start()
         print(f"control   {control.url}/v1/nodes  (ringcast ctl --url {control.url} nodes)", flush=True)

@@ -1,7 +1,8 @@
 """The route service: `ringcast router`, a stateless HTTP answer to "where does room R live?".
 
 Owns the aiohttp application of one router process: `GET /route?room=R`,
-`GET /ring`, `GET /healthz`, `GET /metrics`, CORS preflight, and following
+`GET /ring`, `GET /healthz`, `GET /metrics`, CORS preflight, the demo chat
+page and the browser client (`router.demo`), and following
 the ring through a `RingSource`. Answers themselves are `router.answers`;
 placement is `router.ring`; metric names are `router.metrics`. With --redis
 it also announces itself in the `routers` presence hash (`common.presence`)
@@ -24,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from common.keys import Keys
 from common.presence import Presence
 from common.tasks import stop_tasks
-from router import answers
+from router import answers, demo
 from router.config import RouterConfig
 from router.membership import RedisRingSource, RingSource, make_ring_source
 from router.metrics import RouterMetrics
@@ -63,6 +64,7 @@ class RouteService:
         app.router.add_get("/ring", self.handle_ring)
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/metrics", self.handle_metrics)
+        demo.add_routes(app)  # the demo chat page at /demo/ and the browser client (router.demo)
         app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)

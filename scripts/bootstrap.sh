@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything ringcast needs on a Debian machine, idempotently:
-# the Debian redis-server, prometheus and haproxy packages when they are missing, and a .venv
+# the Debian redis-server, prometheus, haproxy and chromium packages when they are missing, and a .venv
 # with ringcast and its test extras at the exact versions of requirements.lock
 # (the versions the suite was last green with; scripts/lock.sh refreshes it).
 # Safe to run again; fast when nothing changed.
@@ -52,6 +52,12 @@ if ! command -v haproxy >/dev/null 2>&1; then
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now haproxy >/dev/null 2>&1 || true; fi
 fi
 
+# Chromium: tests/browser drives the demo page and the browser client in Debian's chromium through Playwright,
+# which is pointed at /usr/bin/chromium and never downloads a browser of its own.
+if [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   "$PY" -m venv .venv
@@ -60,7 +66,8 @@ stamp=.venv/.ringcast-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
   echo "bootstrap: installing ringcast and the locked versions of its dependencies into .venv" >&2
   log=.venv/pip-install.log
-  if ! .venv/bin/python -m pip install -c requirements.lock -e '.[test,reports]' >"$log" 2>&1; then
+  # PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: the playwright package must not fetch browsers; the tests use Debian's chromium.
+  if ! PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 .venv/bin/python -m pip install -c requirements.lock -e '.[test,reports]' >"$log" 2>&1; then
     tail -n 40 "$log" >&2
     fail "pip install failed; full log in $log"
   fi
