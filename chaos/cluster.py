@@ -62,6 +62,18 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:
     return proc.returncode
 
 
+@dataclass(frozen=True)
+class RedisTlsFiles:
+    """What a TLS redis-server (and a client of it) needs; made by chaos/redis_topologies.py."""
+
+    ca_file: str  # the CA both sides trust
+    server_cert_file: str
+    server_key_file: str
+    client_cert_file: str
+    client_key_file: str
+    auth_clients: str = "yes"  # redis-server --tls-auth-clients: yes (client certificate required) or optional
+
+
 @dataclass
 class RedisServer:
     port: int
@@ -71,11 +83,25 @@ class RedisServer:
     password: str = ""  # requirepass, handed to redis-server in a config file (never on its command line)
     prefix: list[str] = field(default_factory=list)  # argv prefix, e.g. `ip netns exec NS` (chaos/netns.py)
     extra_args: list[str] = field(default_factory=list)  # more redis-server flags (e.g. --protected-mode no)
+    tls: RedisTlsFiles | None = None  # TLS only: `port` is the --tls-port, the plain port is off
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def bare_url(self) -> str:
+        """The URL without the password (give the password by file or environment)."""
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/0"
+
+    def _port_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        tls = self.tls
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls.server_cert_file,
+                "--tls-key-file", tls.server_key_file, "--tls-ca-cert-file", tls.ca_file,
+                "--tls-auth-clients", tls.auth_clients, "--tls-replication", "yes"]
 
     def start(self) -> "RedisServer":
         binary = shutil.which("redis-server")
@@ -85,15 +111,26 @@ class RedisServer:
         conf.write_text(f"requirepass {self.password}\n" if self.password else "")
         conf.chmod(0o600)
         self.proc = subprocess.Popen(
-            [*self.prefix, binary, str(conf), "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+            [*self.prefix, binary, str(conf), *self._port_args(), "--bind", self.host, "--save", "", "--appendonly", "no",
              "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         eventually_blocking(self.ping, timeout_s=10, what=f"redis-server on port {self.port}")
         return self
 
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=1)
+        if self.tls is None:
+            return sock
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        context.check_hostname = False  # a liveness probe; tests of the name check start servers with other names
+        context.load_cert_chain(self.tls.client_cert_file, self.tls.client_key_file)
+        return context.wrap_socket(sock, server_hostname=self.host)
+
     def ping(self) -> bool:
-        with socket.create_connection((self.host, self.port), timeout=1) as sock:
+        with self._connect() as sock:
             if self.password:
                 sock.sendall(f"AUTH {self.password}\r\n".encode())
                 if not sock.recv(64).startswith(b"+OK"):
@@ -104,8 +141,10 @@ class RedisServer:
     def command(self, *args: str) -> bytes:
         """Run one command with redis-cli and return its raw output (for assertions)."""
         env = dict(os.environ, REDISCLI_AUTH=self.password) if self.password else None  # not on the command line
+        tls = [] if self.tls is None else ["--tls", "--cacert", self.tls.ca_file, "--cert", self.tls.client_cert_file,
+                                           "--key", self.tls.client_key_file]
         out = subprocess.run(
-            ["redis-cli", "-h", self.host, "-p", str(self.port), *args], capture_output=True, check=True, timeout=10,
+            ["redis-cli", "-h", self.host, "-p", str(self.port), *tls, *args], capture_output=True, check=True, timeout=10,
             env=env,
         )
         return out.stdout
@@ -119,6 +158,13 @@ class RedisServer:
         """Stop and start again on the same port, empty (no persistence)."""
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL, by PID: a crash (no shutdown, no last write to replicas)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
 
     def pause(self) -> None:
         assert self.proc is not None

@@ -63,6 +63,7 @@ def setting(
     choices: Sequence[str] | None = None,
     shared: bool = False,
     env_alias: str | None = None,
+    secret: bool = False,
 ) -> Any:
     """Declare one setting: its default and the line `--help` shows for it.
 
@@ -71,12 +72,15 @@ def setting(
     unprefixed environment variable `RINGCAST_<FIELD>` and the TOML file's top
     level. `env_alias` names one more environment variable the setting is read
     from, after `RINGCAST_<SECTION>_<FIELD>`: for a name operators already use.
+    `secret` marks a password: it has no flag (argv is readable by every local
+    user through `ps`), only its environment variables and the TOML file.
     """
     metadata = {
         "help": help,
         "choices": tuple(choices) if choices else None,
         "shared": shared,
         "env_alias": env_alias,
+        "secret": secret,
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
@@ -146,7 +150,12 @@ def _epilog(cls: type, section: str) -> str:
     shared = [field.name for field in fields if field.metadata.get("shared")]
     example = next((field.name for field in fields if not field.metadata.get("shared")), "log_level")
     prefix = env_name("", section)
-    return (
+    secrets = "".join(
+        f"\n  {field.name}: {field.metadata.get('help', '')} (env {' or '.join(env_names(field, section))})"
+        for field in fields if field.metadata.get("secret")
+    )
+    secrets = f"\nSecrets have no flag (argv is readable by every local user), only variables and the file:{secrets}\n" if secrets else ""
+    return secrets + (
         f"Every option can also be set by the environment variable(s) shown with it:\n"
         f"{prefix}<OPTION> (e.g. {env_name(example, section)}), and for an option shared\n"
         f"by every service ({', '.join(shared) or 'none here'}) also {ENV_PREFIX}<OPTION>.\n"
@@ -173,6 +182,8 @@ def build_parser(cls: type, *, prog: str, description: str, section: str) -> arg
         help=f"TOML settings file (env {CONFIG_ENV})",
     )
     for field in dataclasses.fields(cls):
+        if field.metadata.get("secret"):
+            continue  # environment or file only: never in argv
         kind = _field_type(cls, field)
         help_text = field.metadata.get("help", "")
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
@@ -236,7 +247,7 @@ def resolve(
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         kind = _field_type(cls, field)
-        from_flag = getattr(namespace, field.name)
+        from_flag = getattr(namespace, field.name, None)  # a secret has no flag
         if from_flag is not None:
             values[field.name] = _convert(kind, from_flag, "flag " + flag_name(field.name), field.name)
         elif field.name in env_values:

@@ -15,10 +15,10 @@ import asyncio
 import logging
 import signal
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from common.presence import Presence
+from common.redis_connect import RedisTarget
 from common.tasks import stop_tasks
 from control.api import ControlApi
 from control.config import ControlConfig
@@ -35,9 +35,7 @@ class ControlService:
     def __init__(self, config: ControlConfig) -> None:
         self.config = config
         self.keys = Keys(config.key_prefix)
-        self.redis = aioredis.Redis.from_url(
-            config.redis, socket_timeout=config.redis_timeout_s, socket_connect_timeout=config.redis_timeout_s
-        )
+        self.redis = RedisTarget.from_settings(config).client(timeout_s=config.redis_timeout_s)
         self.metrics = ControlMetrics(config.name)
         self.lease = LeaderLease(self.redis, self.keys.leader, config.name, config.url, config.lease_s)
         self.store = ControlStore(self.redis, self.keys, config.max_events)  # fenced by the controller, per term

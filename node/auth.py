@@ -25,7 +25,9 @@ Token rules (docs/security.md repeats them for token issuers):
   exactly one secret is configured; an RS256/ES256 token must carry it;
 - claims: `sub` (non-empty string without glob characters, shown to room
   members as the sender), `exp` (required), `rooms` and `publish` (lists of
-  glob patterns; absent means none). `nbf` and `iat` are checked when present;
+  glob patterns; absent means none), `info` (optional: any JSON value of at
+  most MAX_INFO_BYTES encoded, shown with the user in presence answers and
+  presence_diff events). `nbf` and `iat` are checked when present;
   `aud` and `iss` when an audience / issuer is configured (then required).
 - times (`exp`, `nbf`, `iat`) are judged at the caller's `now` only, each with
   the configured leeway; PyJWT's own clock is not consulted.
@@ -59,6 +61,7 @@ GLOB_CHARACTERS = "*?[]"
 MAX_PATTERNS = 256  # per claim; a token's scope stays cheap to check
 MAX_PATTERN_CHARS = 256
 MAX_TOKEN_CHARS = 4096  # longer is refused before any base64 or HMAC work
+MAX_INFO_BYTES = 256  # the `info` claim as JSON: each presence entry (Redis) and presence answer carries it
 BEARER = "bearer "
 
 
@@ -79,6 +82,7 @@ class Identity:
     rooms: tuple[str, ...]  # glob patterns of rooms it may join (and read history of)
     publish: tuple[str, ...]  # glob patterns of rooms it may publish to (joining is needed too)
     expires_at: float  # Unix seconds after which the token no longer verifies: `exp` plus the leeway
+    info: object = None  # the token's `info` claim (client info shown in presence), JSON, at most MAX_INFO_BYTES
 
     def may_join(self, room: str) -> bool:
         return any(_compiled(pattern).match(room) for pattern in self.rooms)
@@ -351,6 +355,7 @@ class TokenVerifier:
             user=_subject(claims["sub"]),
             rooms=_patterns(claims.get("rooms"), "rooms"),
             publish=_patterns(claims.get("publish"), "publish"),
+            info=_info(claims.get("info")),
             expires_at=exp + self.leeway_s,  # the sweep tolerates the same skew as the upgrade
         )
 
@@ -405,6 +410,19 @@ def _seconds(claims: dict, name: str) -> float | None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise AuthError(f"`{name}` must be a finite number of Unix seconds")
     return float(value)
+
+
+def _info(value: object) -> object:
+    """The `info` claim if it is JSON of at most MAX_INFO_BYTES, else AuthError (None when absent)."""
+    if value is None:
+        return None
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError:
+        raise AuthError("`info` must be JSON") from None
+    if size > MAX_INFO_BYTES:
+        raise AuthError(f"`info` is {size} bytes as JSON; at most {MAX_INFO_BYTES}")
+    return value
 
 
 def _subject(value: object) -> str:

@@ -7,6 +7,11 @@ single-process embedded mode, `bus_redis` for a cluster over one Redis):
   with delivery, so every subscriber sees one order; it returns the position
   or raises `BusUnavailable` (nothing published) or `PublishUnconfirmed`
   (outcome unknown) within the configured timeout; it never hangs.
+- `publish(room, body, idempotency_key=K)`: the first publish of K in the
+  room within the bus's idempotency window publishes and remembers its
+  position, in the same atomic step; a later one returns that position with
+  `duplicate=True` and publishes nothing. So a caller may retry a publish
+  that ended `PublishUnconfirmed` with the same key. Keys are per room.
 - `subscribe(room)` returns once messages published afterwards will reach
   this worker; `unsubscribe(room)` stops them. A bus carries only the rooms
   subscribed here (no global channel) and restores them after a reconnect.
@@ -48,6 +53,7 @@ class PublishUnconfirmed(BusUnavailable):
 class Position:
     seq: int  # increases by one per message in the room
     epoch: str  # changes when the room's stream state was lost
+    duplicate: bool = False  # a publish whose idempotency key was already used: this is the first one's position
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,19 @@ class HistoryPage:
     seq: int  # the room's latest sequence number (0: no message in this epoch yet)
     epoch: str  # the room's current epoch ("" while the room has no stream state)
     messages: list[BusMessage]  # kept messages in seq order (after `since`, or the latest ones)
+
+
+# Idempotency keys (WebSocket `idempotencyKey`, HTTP `idempotency_key`): 1..64 printable ASCII characters.
+MAX_IDEMPOTENCY_KEY_CHARS = 64
+DEFAULT_IDEMPOTENCY_WINDOW_S = 300  # how long a bus remembers a key unless told otherwise
+
+
+def valid_idempotency_key(key: object) -> bool:
+    """Whether `key` is an idempotency key a bus accepts: 1..64 printable ASCII characters (no space)."""
+    return (
+        isinstance(key, str) and 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS
+        and all("!" <= char <= "~" for char in key)
+    )
 
 
 # `since_seq` values of read_history that are not positions
@@ -94,8 +113,13 @@ class Bus(abc.ABC):
         """Drop every subscription and connection."""
 
     @abc.abstractmethod
-    async def publish(self, room: str, body: bytes) -> Position:
-        """Append to the room's stream and deliver to its subscribers."""
+    async def publish(self, room: str, body: bytes, idempotency_key: str | None = None) -> Position:
+        """Append to the room's stream and deliver to its subscribers.
+
+        With an `idempotency_key` (`valid_idempotency_key`) already used in this
+        room within the bus's idempotency window: publish nothing and return the
+        first publish's position with `duplicate=True`.
+        """
 
     @abc.abstractmethod
     async def read_history(self, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:

@@ -53,8 +53,8 @@ class GlobalBroadcastBus(RedisBus):
     def channel(self, room: str) -> str:
         return self.settings.channel_prefix + GLOBAL_SUBSCRIPTION
 
-    async def publish(self, room: str, body: bytes) -> Position:
-        return await super().publish(room, room.encode() + ROOM_SEPARATOR + body)
+    async def publish(self, room: str, body: bytes, idempotency_key: str | None = None) -> Position:
+        return await super().publish(room, room.encode() + ROOM_SEPARATOR + body, idempotency_key)
 
     async def read_history(self, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:
         page = await super().read_history(room, since_seq, since_epoch, limit)

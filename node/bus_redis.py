@@ -1,5 +1,9 @@
 """The Redis bus: one channel per room on a single Redis, for a cluster of workers.
 
+That Redis is reached through common/redis_connect.py (TLS, password file,
+or a master found through Sentinel, which both connections follow across a
+failover); a promoted replica's other replication ID starts new epochs.
+
 Owns what a worker does with Redis for room traffic, in three parts:
 
 - Names: every channel and key the bus uses for a room (`BusKeys`). These are
@@ -18,6 +22,12 @@ Owns what a worker does with Redis for room traffic, in three parts:
   pings, reconnect with backoff, re-subscribe and the resync signal are its
   job). This module maps rooms to channels and parses what arrives into
   BusMessages for the `deliver` callback.
+- Idempotency keys: a publish with a key also names the key's Redis string
+  (`BusKeys.idempotency_key`, the room's hash tag, so the same slot); the
+  publish script reads it first (a hit: return the stored position, publish
+  nothing) and writes `seq epoch` to it with the window as TTL after the
+  publish. Check and publish are one script: two concurrent retries with the
+  same key cannot both publish.
 
 Subclasses (node/bus_global.py) may override `channel()` and
 `_room_message()`, and use `subscriber` and `_await_confirmation()`; nothing
@@ -33,14 +43,24 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-import redis.asyncio as redis_async
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from common.redis_connect import RedisTarget, parse_url
 from node import bus_wire
-from node.bus import LATEST, Bus, BusMessage, BusUnavailable, HistoryPage, Position, PublishUnconfirmed
+from node.bus import (
+    DEFAULT_IDEMPOTENCY_WINDOW_S,
+    LATEST,
+    Bus,
+    BusMessage,
+    BusUnavailable,
+    HistoryPage,
+    Position,
+    PublishUnconfirmed,
+    valid_idempotency_key,
+)
 from node.history import HistoryPolicy
-from node.redis_subscriber import RedisAddress, RedisSubscriber
+from node.redis_subscriber import RedisSubscriber
 from router.backoff import BackoffPolicy
 
 log = logging.getLogger("ringcast.bus")
@@ -58,7 +78,7 @@ class BusKeys:
     """
 
     channel_prefix: str  # room channels: <channel_prefix><room> (default "ringcast:room:")
-    key_prefix: str  # room keys: <key_prefix>room:{<room>} and <key_prefix>hist:{<room>}
+    key_prefix: str  # room keys: <key_prefix>room:{<room>}, <key_prefix>hist:{<room>}, <key_prefix>idem:{<room>}:<key>
 
     def channel(self, room: str) -> str:
         """The pub/sub channel of the room's live messages."""
@@ -71,6 +91,10 @@ class BusKeys:
     def history_key(self, room: str) -> str:
         """The stream of the room's kept messages (node/bus_wire.py's history entries)."""
         return f"{self.key_prefix}hist:{{{room}}}"
+
+    def idempotency_key(self, room: str, key: str) -> str:
+        """The string holding `seq epoch` of the room's publish with idempotency key `key` (TTL: the window)."""
+        return f"{self.key_prefix}idem:{{{room}}}:{key}"
 
     def room_of_channel(self, channel: bytes) -> str:
         """The room of a channel named by `channel()` (UnicodeDecodeError if not UTF-8)."""
@@ -91,8 +115,11 @@ _BODY_FIELD = bus_wire.HISTORY_BODY_FIELD
 _LUA_REDIS_HISTORY = "(string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '')"
 REDIS_HISTORY_FIELD = "src"  # the field of the room state hash holding it
 
-# KEYS[1] room state hash, KEYS[2] room history stream;
-# ARGV: channel, body, state TTL (s), history size, history TTL (s).
+# KEYS[1] room state hash, KEYS[2] room history stream, KEYS[3] (optional) the publish's
+# idempotency key; ARGV: channel, body, state TTL (s), history size, history TTL (s),
+# idempotency window (s). Returns {seq, epoch, 1 if KEYS[3] was already used (nothing published) else 0}.
+# A key already used returns the first publish's position even if the room's epoch changed since:
+# that is where the message was published.
 # The epoch is born with the room's state: when Redis lost the hash, or the hash was
 # written under another Redis history (restored from disk, failed over), the room's
 # position cannot be trusted to continue what clients saw, so the next publish starts
@@ -100,6 +127,13 @@ REDIS_HISTORY_FIELD = "src"  # the field of the room state hash holding it
 # history and publish happen in one script, so no subscriber can see an order
 # different from the history.
 PUBLISH_SCRIPT = f"""
+if KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then
+    local space = string.find(first, ' ', 1, true)
+    return {{tonumber(string.sub(first, 1, space - 1)), string.sub(first, space + 1), 1}}
+  end
+end
 local src = {_LUA_REDIS_HISTORY}
 local state = redis.call('HMGET', KEYS[1], 'epoch', '{REDIS_HISTORY_FIELD}')
 local epoch = state[1]
@@ -116,7 +150,10 @@ if tonumber(ARGV[4]) > 0 then
   redis.call('EXPIRE', KEYS[2], ARGV[5])
 end
 redis.call('PUBLISH', ARGV[1], {bus_wire.lua_payload('seq', 'epoch', 'ARGV[2]')})
-return {{seq, epoch}}
+if KEYS[3] then
+  redis.call('SET', KEYS[3], seq .. ' ' .. epoch, 'EX', ARGV[6])
+end
+return {{seq, epoch, 0}}
 """
 
 # KEYS[1] room state hash, KEYS[2] room history stream;
@@ -150,7 +187,7 @@ RECONNECT_JITTER = 0.5  # a reconnect waits between half and all of its backoff 
 
 @dataclass
 class RedisBusSettings:
-    url: str  # redis://[[user]:password@]host[:port][/db]
+    url: RedisTarget | str  # common.redis_connect's target (TLS, Sentinel, password file), or a plain redis:// URL
     channel_prefix: str  # see BusKeys
     key_prefix: str  # see BusKeys
     timeout_s: float  # longest wait of a publish, history read or subscribe; the subscriber's liveness bound
@@ -159,12 +196,14 @@ class RedisBusSettings:
     room_state_ttl_s: int  # a room's seq/epoch outlive its last publish by this long, or by its history TTL if longer
     policy_for: Callable[[str], HistoryPolicy] = lambda room: HistoryPolicy(0, 0)
     max_connections: int = 16  # command connections to Redis (the subscriber has its own)
+    idempotency_window_s: int = DEFAULT_IDEMPOTENCY_WINDOW_S  # a publish's idempotency key is remembered this long
 
 
 @dataclass
 class _PendingPublish:
     room: str
     body: bytes
+    idempotency_key: str | None
     future: asyncio.Future = field(repr=False)
     sent: bool = False  # handed to Redis: from then on a failure leaves the outcome unknown
 
@@ -174,8 +213,9 @@ class RedisBus(Bus):
         super().__init__()
         self.settings = settings
         self.keys = BusKeys(settings.channel_prefix, settings.key_prefix)
+        target = parse_url(settings.url) if isinstance(settings.url, str) else settings.url
         self._subscriber = RedisSubscriber(
-            RedisAddress.from_url(settings.url),
+            target.locator(settings.timeout_s),
             timeout_s=settings.timeout_s,
             backoff=BackoffPolicy(
                 base_s=settings.reconnect_base_s, factor=2.0, cap_s=settings.reconnect_cap_s, jitter=RECONNECT_JITTER
@@ -185,14 +225,10 @@ class RedisBus(Bus):
         )
         # A blocking pool: a burst of joins (each reads history) waits for a free
         # connection instead of failing with "Too many connections".
-        pool = redis_async.BlockingConnectionPool.from_url(
-            settings.url,
-            max_connections=settings.max_connections,
-            timeout=settings.timeout_s,
-            socket_timeout=settings.timeout_s,
-            socket_connect_timeout=settings.timeout_s,
+        # With Sentinel every new connection asks for the master: commands follow a failover.
+        self._client = target.client(
+            timeout_s=settings.timeout_s, max_connections=settings.max_connections, blocking=True, retry=False
         )
-        self._client = redis_async.Redis(connection_pool=pool, retry=None)
         self._pending: list[_PendingPublish] = []
         self._flusher: asyncio.Task | None = None
 
@@ -258,9 +294,11 @@ class RedisBus(Bus):
             messages.reverse()
         return HistoryPage(int(seq), epoch_text, messages)
 
-    async def publish(self, room: str, body: bytes) -> Position:
+    async def publish(self, room: str, body: bytes, idempotency_key: str | None = None) -> Position:
+        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
+            raise ValueError("an idempotency key is 1..64 printable ASCII characters")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingPublish(room, body, future))
+        self._pending.append(_PendingPublish(room, body, idempotency_key, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_publishes(), name="bus-publisher")
         pending = self._pending[-1]
@@ -286,10 +324,13 @@ class RedisBus(Bus):
                     pipe = self._client.pipeline(transaction=False)
                     for item in batch:
                         policy = self.settings.policy_for(item.room)
+                        keys = [self.state_key(item.room), self.history_key(item.room)]
+                        if item.idempotency_key is not None:
+                            keys.append(self.keys.idempotency_key(item.room, item.idempotency_key))
                         pipe.eval(
-                            PUBLISH_SCRIPT, 2, self.state_key(item.room), self.history_key(item.room),
+                            PUBLISH_SCRIPT, len(keys), *keys,
                             self.channel(item.room), item.body, max(self.settings.room_state_ttl_s, policy.ttl_s),
-                            policy.size, policy.ttl_s,
+                            policy.size, policy.ttl_s, self.settings.idempotency_window_s,
                         )
                     results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError, TimeoutError) as exc:
@@ -308,8 +349,9 @@ class RedisBus(Bus):
                 if isinstance(result, Exception):
                     item.future.set_exception(BusUnavailable(f"publish failed: {result}"))
                 else:
-                    seq, epoch = result
-                    item.future.set_result(Position(int(seq), epoch.decode() if isinstance(epoch, bytes) else str(epoch)))
+                    seq, epoch, duplicate = result
+                    epoch_text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+                    item.future.set_result(Position(int(seq), epoch_text, duplicate=bool(duplicate)))
 
     # --- subscribe ------------------------------------------------------------
 

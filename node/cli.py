@@ -17,6 +17,7 @@ from common.logs import setup_logging
 from node.supervisor import Supervisor
 
 SECRETS_ENV = "RINGCAST_JWT_SECRETS"
+API_KEYS_ENV = "RINGCAST_API_KEYS"  # backend API keys, NAME=SECRET comma-separated (node.api_keys)
 
 DESCRIPTION = """\
 Run an edge node: a supervisor and --workers worker processes. Worker i
@@ -34,6 +35,8 @@ def main(argv: list[str]) -> int:
     environ = dict(os.environ)
     if SECRETS_ENV in environ:
         environ.setdefault(settings.env_name("jwt_secret", "node"), environ[SECRETS_ENV])
+    if API_KEYS_ENV in environ:
+        environ.setdefault(settings.env_name("api_key", "node"), environ[API_KEYS_ENV])
     config = settings.load(
         NodeConfig, argv, prog="ringcast node", description=DESCRIPTION, section="node", environ=environ
     )

@@ -28,8 +28,10 @@ from urllib.parse import urlsplit
 import psutil
 
 from node.client_address import parse_trusted_proxies
+from node.api_keys import parse_api_keys
 from node.auth import JwksSettings, JwksSource, TokenVerifier, parse_secrets
 from node.history import HistoryPolicy, HistoryRules
+from common.redis_connect import RedisTarget
 from common.settings import SettingsError, setting
 from router.membership import parse_nodes
 from router.ring import Member
@@ -57,7 +59,14 @@ class NodeConfig:
         " receives every message (the tutorial's design); never for production)",
         choices=("redis", "memory", "global"),
     )
-    redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL of the bus", shared=True)
+    redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL of the bus: redis://, rediss:// (TLS), redis+sentinel://H1:26379,H2:26379/MASTER/DB (see docs/operations.md); put the password in redis_password_file", shared=True)
+    redis_password_file: str = setting("", "file whose first line is the Redis password (wins over RINGCAST_REDIS_PASSWORD and a password in the URL; keep it out of URLs and argv)", shared=True)
+    redis_password: str = setting("", "Redis password; environment or TOML only, never a flag", shared=True, secret=True)
+    redis_sentinel_password_file: str = setting("", "with redis+sentinel://, file whose first line is the sentinels' own password; empty: sentinels without AUTH", shared=True)
+    redis_tls_ca_file: str = setting("", "with rediss://, CA bundle (PEM) Redis' certificate must chain to; empty: the system's CAs", shared=True)
+    redis_tls_cert_file: str = setting("", "with rediss://, client certificate (PEM) for Redis' tls-auth-clients; empty: none", shared=True)
+    redis_tls_key_file: str = setting("", "with rediss://, private key (PEM) of redis_tls_cert_file; empty: in the certificate file", shared=True)
+    redis_tls_check_hostname: bool = setting(True, "with rediss://, Redis' certificate must name the host or IP of the URL (or the one Sentinel gives)", shared=True)
     channel_prefix: str = setting("ringcast:room:", "prefix of every room's Redis pub/sub channel", shared=True)
     key_prefix: str = setting("ringcast:", "prefix of every other Redis key ringcast writes", shared=True)
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"), shared=True)
@@ -130,6 +139,16 @@ class NodeConfig:
     max_history_page: int = setting(100, "most messages one resume or history request returns")
     max_join_buffer_messages: int = setting(10_000, "live messages buffered for a joiner while its history is read; past it the socket is cut")
 
+    # --- presence (node.presence, node.presence_events; docs/protocol.md) -------------
+    presence_rule: list[str] = setting([], "rooms whose members are tracked for presence / presence_stats requests and GET /v1/rooms/{room}/presence, PREFIX*, repeatable (e.g. chat:*); none by default")
+    presence_events_rule: list[str] = setting([], "rooms whose members receive presence_diff join/leave events, PREFIX*, repeatable (e.g. chat:*); none by default")
+    presence_ttl_s: float = setting(15.0, "a worker refreshes its presence liveness every third of this; a worker that stops (SIGKILL, partition) has its members dropped from presence answers at most this long after")
+    presence_room_ttl_s: float = setting(3600.0, "a room's presence hash expires this long after the last write or refresh from a worker with members in it (abandoned rooms go away)")
+    presence_max_members: int = setting(1_000, "most members one presence answer lists (then complete: false)")
+    presence_max_stats_entries: int = setting(100_000, "most presence entries one presence_stats answer counts (then complete: false)")
+    presence_events_interval_ms: int = setting(500, "join/leave events are coalesced over this window: at most one presence_diff per room per worker per window")
+    presence_events_max_entries: int = setting(100, "most joined + left members one presence_diff lists; past it the frame carries counts only (truncated: true)")
+
     # --- placement (router.ring) -------------------------------------------
     nodes: list[str] = setting([], "static ring members, [ID=]HOST:PORT[@WEIGHT], repeatable; a ring published by the control plane wins")
     ring_poll_interval_s: float = setting(0.5, "how often a worker reads the control plane's published ring from Redis")
@@ -144,6 +163,12 @@ class NodeConfig:
     control_heartbeat_interval_s: float = setting(1.0, "seconds between heartbeats to the control plane (via Redis); 0 disables them")
     heartbeat_max_rooms_reported: int = setting(1_000, "most rooms (the most populated) a heartbeat reports with member counts (at most 10000: each beat carries up to ~1.4 MB then)")
     steer_max_rate_per_s: float = setting(200.0, "fastest pace of reconnect notices during a drain or rebalance (notices per second)")
+
+    # --- HTTP API for backends (node.http_api, docs/api.md) ----------------------
+    api_key: list[str] = setting([], "backend API key NAME=SECRET (secret >= 32 characters), repeatable for rotation; env RINGCAST_API_KEYS, comma-separated; none: POST /v1/publish and the rest refuse with API_DISABLED")
+    api_max_broadcast_rooms: int = setting(100, "most rooms one POST /v1/broadcast may name (at most 10000)")
+    idempotency_window_s: int = setting(300, "seconds a publish's idempotency key is remembered: a retry with the same key within it returns the first publish's seq/epoch and publishes nothing (at most 86400)")
+    max_idempotency_keys: int = setting(100_000, "idempotency keys the in-process bus (--bus memory) remembers; past it the oldest is forgotten (Redis keeps every key for the window)")
 
     # --- supervisor -----------------------------------------------------
     restart_backoff_base_s: float = setting(0.5, "first delay before restarting a crashed worker; doubles per crash")
@@ -164,12 +189,16 @@ class NodeConfig:
             "ip_refused_upgrade_rate_per_s", "ip_refused_upgrade_burst", "ip_refused_upgrade_max_ips",
             "user_message_rate_per_s", "user_message_burst", "max_idle_user_buckets",
             "new_room_rate_per_s", "new_room_burst", "new_room_remembered", "new_room_max_identities",
+            "presence_ttl_s", "presence_room_ttl_s", "presence_max_members", "presence_max_stats_entries",
+            "presence_events_interval_ms", "presence_events_max_entries",
         ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.control_heartbeat_interval_s < 0:
             raise SettingsError("control_heartbeat_interval_s must be >= 0 (0 disables heartbeats)")
+        if self.bus != "memory":
+            RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
         if not 0 <= self.write_coalesce_ms <= 1000:
             raise SettingsError("write_coalesce_ms must be between 0 and 1000")
         if self.shutdown_window_s < 0 or self.reconnect_jitter_ms < 0 or self.socket_send_buffer_bytes < 0:
@@ -182,6 +211,12 @@ class NodeConfig:
             raise SettingsError("history_size >= 0, history_ttl_s >= 0, and history_ttl_s > 0 when history_size > 0")
         try:
             self.history_rules()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        try:
+            from node.presence import PresenceRules  # local: node.presence imports this module
+            PresenceRules(self.presence_rule)
+            PresenceRules(self.presence_events_rule)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
         if self.max_room_name_chars > 1024:
@@ -221,7 +256,18 @@ class NodeConfig:
             parse_nodes(self.nodes)
         except ValueError as exc:
             raise SettingsError(f"nodes: {exc}") from None
+        self._validate_api()
         self._validate_identity()
+
+    def _validate_api(self) -> None:
+        try:
+            parse_api_keys(self.api_key)
+        except ValueError as exc:
+            raise SettingsError(f"api_key: {exc}") from None
+        for name, bound in (("api_max_broadcast_rooms", 10_000), ("idempotency_window_s", 86_400),
+                            ("max_idempotency_keys", 10_000_000)):
+            if not 0 < getattr(self, name) <= bound:
+                raise SettingsError(f"{name} must be > 0 and <= {bound}, got {getattr(self, name)!r}")
 
     def _validate_identity(self) -> None:
         if self.worker_index < 0 or self.node_workers < 0 or (self.node_workers and self.worker_index >= self.node_workers):

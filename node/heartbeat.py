@@ -26,11 +26,11 @@ import time
 from typing import TYPE_CHECKING
 
 import psutil
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.keys import ACTIVE, DRAINING, Keys
 from common.records import Command, Heartbeat, MalformedRecord
+from common.redis_connect import RedisTarget
 from node import steering
 
 if TYPE_CHECKING:  # the worker imports this module; only type checkers look back
@@ -73,9 +73,7 @@ class HeartbeatReporter:
         self.interval_s = config.control_heartbeat_interval_s
         self.url = config.url  # the public URL clients are given (--public-url)
         self.address = config.address  # the internal HOST:PORT the control plane and Prometheus reach
-        self.redis = aioredis.Redis.from_url(
-            config.redis, socket_timeout=config.bus_timeout_s, socket_connect_timeout=config.bus_timeout_s
-        )
+        self.redis = RedisTarget.from_settings(config).client(timeout_s=config.bus_timeout_s)
         self.beat_script = self.redis.register_script(_BEAT_SCRIPT)
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first reading only starts the measurement

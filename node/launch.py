@@ -23,6 +23,7 @@ import sys
 import typing
 
 from common.logs import setup_logging
+from common.redis_connect import RedisTarget
 from node.bus import Bus
 from node.bus_global import GlobalBroadcastBus
 from node.bus_memory import MemoryBus
@@ -38,11 +39,11 @@ def make_bus(config: NodeConfig) -> Bus:
     """The bus `config.bus` names: in-process (`memory`), Redis (`redis`) or Redis with one global channel (`global`)."""
     rules = config.history_rules()
     if config.bus == "memory":
-        return MemoryBus(rules.policy_for)
+        return MemoryBus(rules.policy_for, config.idempotency_window_s, config.max_idempotency_keys)
     bus_class = GlobalBroadcastBus if config.bus == "global" else RedisBus
     return bus_class(
         RedisBusSettings(
-            url=config.redis,
+            url=RedisTarget.from_settings(config),
             channel_prefix=config.channel_prefix,
             key_prefix=config.key_prefix,
             timeout_s=config.bus_timeout_s,
@@ -51,6 +52,7 @@ def make_bus(config: NodeConfig) -> Bus:
             room_state_ttl_s=config.room_state_ttl_s,
             policy_for=rules.policy_for,
             max_connections=config.bus_max_connections,
+            idempotency_window_s=config.idempotency_window_s,
         )
     )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from common.redis_connect import RedisTarget
 from node import protocol
 from node.config import NodeConfig
 from router import answers
@@ -37,7 +38,8 @@ class Placement:
         self.member_id = config.shard_id
         self.hint_enabled = config.placement_hint == HINT
         self.max_room_name_chars = config.max_room_name_chars
-        redis_url = config.redis if config.bus == "redis" else ""
+        # The bus's Redis with its TLS, password and Sentinel settings (common.redis_connect).
+        redis_url = RedisTarget.from_settings(config) if config.bus == "redis" else ""
         self.source: RingSource | None = make_ring_source(
             redis_url, config.nodes, config.key_prefix, config.ring_poll_interval_s, config.bus_timeout_s,
             default=Ring(config.sibling_members(), 0),

@@ -20,6 +20,7 @@ import msgpack
 import orjson
 
 from common.rooms import DEFAULT_MAX_ROOM_NAME_CHARS, InvalidRoomName, check_room_name
+from node.bus import MAX_IDEMPOTENCY_KEY_CHARS, valid_idempotency_key  # the key rule is the bus's (pure, no I/O)
 
 PROTOCOL_VERSION = 1
 
@@ -58,6 +59,7 @@ class ErrorCode(str, enum.Enum):
     TOKEN_SUBJECT_MISMATCH = "TOKEN_SUBJECT_MISMATCH"  # the new token's `sub` is not the connection's user
     TOKEN_SCOPE_LOST = "TOKEN_SCOPE_LOST"  # the new token's `rooms` no longer allow a room the connection is in
     AUTH_DISABLED = "AUTH_DISABLED"  # `refresh` on a worker with auth off: there is no token to replace
+    PRESENCE_DISABLED = "PRESENCE_DISABLED"  # presence/presence_stats for a room no --presence-rule covers
 
 
 class CloseCode(enum.IntEnum):
@@ -131,6 +133,7 @@ class Publish:
     data_key: str  # "text", "payload" or "data": the field the data came in and goes out in
     data: Any
     request_id: RequestId | None = None
+    idempotency_key: str | None = None  # `idempotencyKey`: a retry with the same key publishes nothing twice
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +149,16 @@ class Refresh:
     request_id: RequestId | None = None
 
 
-ClientFrame = Union[Join, Leave, Publish, Ping, History, Refresh]
+@dataclass(frozen=True, slots=True)
+class PresenceRequest:
+    """`presence` (who is in the room) or `presence_stats` (how many): node.presence answers."""
+
+    room: str
+    stats: bool  # True: presence_stats
+    request_id: RequestId | None = None
+
+
+ClientFrame = Union[Join, Leave, Publish, Ping, History, Refresh, PresenceRequest]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +199,8 @@ class Decoder:
             return History(room, self._since(obj.get("since"), request_id), limit, request_id)
         if kind == "leave":
             return Leave(self.room(obj.get("room"), request_id), request_id)
+        if kind in ("presence", "presence_stats"):
+            return PresenceRequest(self.room(obj.get("room"), request_id), kind == "presence_stats", request_id)
         if kind == "ping":
             return Ping(request_id)
         if kind == "refresh":
@@ -283,7 +297,14 @@ class Decoder:
         room = obj.get("room")
         if room is not None:
             room = self.room(room, request_id)
-        return Publish(room, key, data, request_id)
+        idempotency_key = obj.get("idempotencyKey")
+        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE_FORMAT,
+                f"`idempotencyKey` must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters (no space)",
+                request_id,
+            )
+        return Publish(room, key, data, request_id, idempotency_key)
 
 
 _NOT_MSGPACK = object()
@@ -379,12 +400,37 @@ def history(room: str, seq: int, epoch: str, messages: list[dict], complete: boo
     )
 
 
+def presence(room: str, members: list[dict], count: int, complete: bool, request_id: RequestId | None) -> dict:
+    """Who is in `room`: members `{user, conn, info, worker}`; `complete` false when cut at presence_max_members."""
+    return _with_id({"type": "presence", "room": room, "members": members, "count": count, "complete": complete},
+                    request_id)
+
+
+def presence_stats(room: str, connections: int, users: int, complete: bool, request_id: RequestId | None) -> dict:
+    return _with_id(
+        {"type": "presence_stats", "room": room, "connections": connections, "users": users, "complete": complete},
+        request_id,
+    )
+
+
+def presence_diff(
+    room: str, joined: list[dict], left: list[dict], joined_count: int, left_count: int, truncated: bool
+) -> dict:
+    """Members who joined and left `room` over one window; `truncated`: the lists are empty, only counts are sent."""
+    return {"type": "presence_diff", "room": room, "joined": joined, "left": left,
+            "joinedCount": joined_count, "leftCount": left_count, "truncated": truncated}
+
+
 def left(room: str, request_id: RequestId | None = None) -> dict:
     return _with_id({"type": "left", "room": room}, request_id)
 
 
-def ack(room: str, seq: int, epoch: str, request_id: RequestId) -> dict:
-    return {"type": "ack", "id": request_id, "room": room, "seq": seq, "epoch": epoch}
+def ack(room: str, seq: int, epoch: str, request_id: RequestId, duplicate: bool = False) -> dict:
+    """`duplicate`: the publish's idempotency key was already used; seq/epoch are the first publish's."""
+    frame = {"type": "ack", "id": request_id, "room": room, "seq": seq, "epoch": epoch}
+    if duplicate:
+        frame["duplicate"] = True
+    return frame
 
 
 def refreshed(expires_at_s: float, request_id: RequestId | None = None) -> dict:

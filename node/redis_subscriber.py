@@ -19,7 +19,11 @@ Owns a dedicated subscriber connection to one Redis and how it fails:
   unanswered and sends nothing for `timeout_s` (Redis paused, partitioned) is
   lost. A lost connection is retried after `backoff` (router/backoff.py)
   delays and re-subscribes exactly the channels wanted then.
-- AUTH with the user and password of the `redis://` URL.
+- Where to connect is asked of the `address` at every (re)connect: a fixed
+  `RedisAddress`, or common/redis_connect.py's `EndpointLocator`, which asks
+  the sentinels for the current master (so a failover is followed by the
+  reconnect) and carries the TLS context (`rediss://`). AUTH with the
+  endpoint's user and password.
 
 It must not know rooms, sequence numbers, the payload format or the hub: it
 is channels and bytes (node/bus_redis.py maps rooms to channels, and
@@ -33,11 +37,14 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass
-from typing import Callable
+import ssl
+from typing import Callable, Protocol
 from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.exceptions import RedisError
 
+from common.redis_connect import Endpoint
 from router.backoff import BackoffPolicy
 
 log = logging.getLogger("ringcast.bus.subscriber")
@@ -49,8 +56,16 @@ MessageFn = Callable[[bytes, bytes], None]  # (channel, payload)
 StateFn = Callable[[bool], None]  # True: connected and every wanted channel confirmed; False: lost
 
 
+class EndpointSource(Protocol):
+    """Where the subscriber connects now (asked at every (re)connect)."""
+
+    async def endpoint(self) -> Endpoint: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RedisAddress:
+    """A fixed plain-TCP Redis (tests, and callers not yet on common/redis_connect.py)."""
+
     host: str
     port: int
     username: str | None = None
@@ -68,6 +83,12 @@ class RedisAddress:
             username=unquote(parsed.username) if parsed.username else None,
             password=unquote(parsed.password) if parsed.password else None,
         )
+
+    async def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, None, self.username, self.password)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 def encode_command(*args: str | bytes) -> bytes:
@@ -110,7 +131,7 @@ class RedisSubscriber:
 
     def __init__(
         self,
-        address: RedisAddress,
+        address: EndpointSource,  # a RedisAddress, or common.redis_connect.EndpointLocator (TLS, Sentinel)
         *,
         timeout_s: float,  # connect timeout; also the silence after an unanswered PING that counts as lost
         backoff: BackoffPolicy,  # delays between reconnect attempts
@@ -133,6 +154,7 @@ class RedisSubscriber:
         self._runner: asyncio.Task | None = None
         self._closing = False
         self._lost = asyncio.Event()
+        self._target = str(address)  # host:port of the (last) connection attempt, for logs (never a password)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -151,6 +173,9 @@ class RedisSubscriber:
                 pass
         if self._protocol and self._protocol.transport:
             self._protocol.transport.close()
+        close_address = getattr(self.address, "close", None)
+        if close_address is not None:
+            await close_address()  # the sentinel connections of an EndpointLocator
 
     @property
     def connected(self) -> bool:
@@ -207,7 +232,10 @@ class RedisSubscriber:
                 await self._connect(loop)
                 failures = 0
                 await self._watch(loop)
-            except (OSError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            except ssl.SSLError as exc:  # before OSError, its base: say it is TLS (wrong CA, name, client cert)
+                if not self._closing:
+                    log.error("bus subscriber: TLS with Redis %s failed: %s", self._target, exc)
+            except (OSError, TimeoutError, ConnectionError, RuntimeError, RedisError) as exc:
                 if not self._closing:
                     log.warning("bus subscriber: %s", str(exc) or type(exc).__name__)  # a timeout has no text
             self._drop()
@@ -217,9 +245,14 @@ class RedisSubscriber:
             failures += 1
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
-        address = self.address
+        self._target = str(self.address)
         async with asyncio.timeout(self.timeout_s):
-            transport, protocol = await loop.create_connection(lambda: _Protocol(self), address.host, address.port)
+            address = await self.address.endpoint()  # Sentinel: the master now, after any failover
+            self._target = f"{address.host}:{address.port}"
+            transport, protocol = await loop.create_connection(
+                lambda: _Protocol(self), address.host, address.port,
+                ssl=address.ssl, server_hostname=address.host if address.ssl is not None else None,
+            )
         self._protocol = protocol  # type: ignore[assignment]
         self._lost = asyncio.Event()
         if address.password is not None:

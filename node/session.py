@@ -13,7 +13,9 @@ every connection of the worker; what a connection remembers stays in its
 
 It must not read sockets, rate-limit frames, close connections or change the
 worker's state (the worker does: `node.worker`), index rooms (the hub does)
-or talk to Redis other than through the bus interface.
+or talk to Redis other than through the bus interface and `node.presence`
+(which it tells of every join, leave and disconnect, and asks for `presence`
+and `presence_stats` answers).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from node.hub import Hub
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.placement import Placement
+from node.presence import Presence, PresenceDisabled
 from node.ratelimit import KeyedBuckets
 from node.room_quota import RoomQuota
 
@@ -84,6 +87,7 @@ class Sessions:
         placement: Placement,
         verifier: TokenVerifier | None = None,
         refused_upgrades: KeyedBuckets | None = None,
+        presence: Presence | None = None,
     ) -> None:
         """verifier: the worker's token verifier (the one admission uses); None when auth is off.
         refused_upgrades: admission's per-address buckets of refused upgrades; a `refresh` whose token
@@ -92,6 +96,7 @@ class Sessions:
         self.config = config
         self.verifier = verifier
         self.refused_upgrades = refused_upgrades
+        self.presence = presence  # None: no presence (tests that build Sessions alone)
         self.worker_id = worker_id
         self.bus = bus
         self.hub = hub
@@ -128,6 +133,9 @@ class Sessions:
 
     def end(self, conn: Connection) -> None:
         """The socket is gone: leave every room it was in."""
+        if self.presence is not None:
+            for room in conn.rooms:
+                self.presence.left(conn, room)
         self.hub.leave_all(conn)
         if conn.identity is None:
             self.room_quota.forget(conn.id)  # a token's user keeps its quota across connections
@@ -151,6 +159,8 @@ class Sessions:
                 await self._history(conn, frame)
             elif isinstance(frame, protocol.Refresh):
                 await self._refresh(conn, frame)
+            elif isinstance(frame, protocol.PresenceRequest):
+                await self._presence(conn, frame)
             else:
                 self.outbox.push(conn, conn.frame(protocol.pong(int(time.time() * 1000), frame.request_id)))
         except protocol.ProtocolError as exc:
@@ -224,6 +234,8 @@ class Sessions:
         for encoded in missed:
             self.outbox.push(conn, encoded)
         self.hub.go_live(conn, frame.room, page.epoch, page.seq)
+        if self.presence is not None and frame.room in conn.rooms and not conn.closed:
+            self.presence.joined(conn, frame.room)
         hint = self.placement.moved_hint(frame.room)
         if hint is not None:
             self.outbox.push(conn, conn.frame(hint))
@@ -249,6 +261,40 @@ class Sessions:
             self.outbox.push(
                 conn, conn.frame(protocol.history(frame.room, page.seq, page.epoch, bodies, complete, frame.request_id))
             )
+
+    async def _presence(self, conn: Connection, frame: protocol.PresenceRequest) -> None:
+        """Who is in a room (or how many), scoped like `history`: the token must allow joining it."""
+        if conn.identity is not None and not conn.identity.may_join(frame.room):
+            raise protocol.ProtocolError(
+                protocol.ErrorCode.FORBIDDEN, f"your token does not allow reading {frame.room}", frame.request_id
+            )
+        try:
+            if self.presence is None:
+                raise PresenceDisabled(frame.room)
+            if frame.stats:
+                stats = await self.presence.stats(frame.room)
+                reply = protocol.presence_stats(
+                    frame.room, stats["connections"], stats["users"], stats["complete"], frame.request_id
+                )
+            else:
+                snapshot = await self.presence.snapshot(frame.room)
+                members, complete = self._members_within_budget(conn, snapshot["members"], snapshot["complete"])
+                reply = protocol.presence(frame.room, members, len(members), complete, frame.request_id)
+        except PresenceDisabled as exc:
+            raise protocol.ProtocolError(protocol.ErrorCode.PRESENCE_DISABLED, str(exc), frame.request_id) from None
+        except BusUnavailable as exc:
+            raise bus_error(exc, frame.request_id) from None
+        if not conn.closed:
+            self.outbox.push(conn, conn.frame(reply))
+
+    def _members_within_budget(self, conn: Connection, members: list[dict], complete: bool) -> tuple[list[dict], bool]:
+        """The first `members` whose `presence` reply fits the page byte budget (like a history page)."""
+        size = 256 + self.config.max_room_name_chars * 6  # the frame around the list, generously
+        for kept, member in enumerate(members):
+            size += len(protocol.encode(member, conn.codec)) + 1
+            if kept and size > self.page_budget_bytes:
+                return members[:kept], False
+        return members, complete
 
     def _page_within_budget(
         self, conn: Connection, frame: protocol.History, page: HistoryPage
@@ -327,6 +373,8 @@ class Sessions:
     def _leave(self, conn: Connection, frame: protocol.Leave) -> None:
         if frame.room not in conn.rooms:
             raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"not in {frame.room}", frame.request_id)
+        if self.presence is not None:
+            self.presence.left(conn, frame.room)
         self.hub.leave(conn, frame.room)
         self.outbox.push(conn, conn.frame(protocol.left(frame.room, frame.request_id)))
 
@@ -367,10 +415,13 @@ class Sessions:
             )
         started = time.perf_counter()
         try:
-            position = await self.bus.publish(room, body)
+            position = await self.bus.publish(room, body, frame.idempotency_key)
         except BusUnavailable as exc:
             raise bus_error(exc, frame.request_id) from None
         self.metrics.bus_publish.observe(time.perf_counter() - started)
-        self.metrics.messages_published.inc()
+        if not position.duplicate:  # a retry of a key already used published nothing
+            self.metrics.messages_published.inc()
         if frame.request_id is not None and not conn.closed:
-            self.outbox.push(conn, conn.frame(protocol.ack(room, position.seq, position.epoch, frame.request_id)))
+            self.outbox.push(conn, conn.frame(
+                protocol.ack(room, position.seq, position.epoch, frame.request_id, position.duplicate)
+            ))

@@ -41,9 +41,11 @@ from node.config import NodeConfig
 from node.connection import Connection
 from node.heartbeat import HeartbeatReporter
 from node.hub import Hub
+from node.http_api import HttpApi
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.placement import Placement
+from node.presence import Presence, PresenceDisabled
 from node.ratelimit import TokenBucket, UserBuckets
 from node.session import Sessions
 
@@ -84,6 +86,7 @@ class Worker:
         self.outbox: Outbox | None = None
         self.hub: Hub | None = None
         self.sessions: Sessions | None = None
+        self.presence: Presence | None = None  # who is in the opted-in rooms (node.presence); set at startup
         self._background: list[asyncio.Task] = []
         self._detached: set[asyncio.Future] = set()  # fire-and-forget work, referenced until done
         self._bus_was_lost = False
@@ -105,19 +108,29 @@ class Worker:
         app.router.add_get("/readyz", self.handle_readyz)
         app.router.add_get("/metrics", self.handle_metrics)
         self.placement.add_routes(app)
+        # POST /v1/publish etc. for backends (docs/api.md); presence is read through the one made at startup.
+        HttpApi(self.config, self.bus, self.metrics, presence=self._presence_snapshot).add_routes(app)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
+
+    async def _presence_snapshot(self, room: str) -> dict:
+        if self.presence is None:
+            raise PresenceDisabled(room)
+        return await self.presence.snapshot(room)
 
     async def _on_startup(self, app: web.Application) -> None:
         self.outbox = Outbox(
             self.config.max_outbound_bytes, self._on_slow_consumer, self.config.write_coalesce_ms / 1000
         )
+        self.presence = Presence(self.config, self.worker_id, self.outbox)
+        self.presence.start()
         self.hub = Hub(self.bus, self.outbox, self.metrics, self.config.max_join_buffer_messages,
                        max_fill_messages=self.config.max_history_page)
         self.sessions = Sessions(
             self.config, self.worker_id, self.bus, self.hub, self.outbox, self.metrics, self.placement,
             verifier=self.admission.verifier, refused_upgrades=self.admission.refused,
+            presence=self.presence,
         )
         self.bus.set_handlers(self.hub.deliver, self._on_bus_state)
         await self.bus.start()
@@ -139,6 +152,8 @@ class Worker:
         if self.heartbeat is not None:
             await self.heartbeat.close()
         await self.placement.close()
+        if self.presence is not None:
+            await self.presence.close()  # removes this worker's members from Redis
         await self.bus.close()
 
     def _keep(self, future: asyncio.Future) -> None:
@@ -162,8 +177,13 @@ class Worker:
         )
 
     async def handle_readyz(self, request: web.Request) -> web.Response:
-        ready = self.accepting
-        body = {"ready": ready, "worker": self.worker_id, "state": self.state, "connections": len(self.connections)}
+        # Ready only while active AND on the bus: a worker cut off from Redis (or whose subscription
+        # died) would accept joins it cannot serve (BUS_UNAVAILABLE), so a proxy or a load balancer
+        # polling /readyz must stop sending it new clients. Its connected members are not cut.
+        bus_connected = self.bus.connected
+        ready = self.accepting and bus_connected
+        body = {"ready": ready, "worker": self.worker_id, "state": self.state, "connections": len(self.connections),
+                "busConnected": bus_connected}
         return web.json_response(body, status=200 if ready else 503)
 
     async def handle_metrics(self, request: web.Request) -> web.Response:

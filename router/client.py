@@ -41,7 +41,10 @@ Without `get_token`, a refused token ends the client with
 
 Publishing is at most once from the SDK's side: a publish that was in flight
 when the connection dropped fails with `ConnectionLost` and is not retried
-(the caller knows whether a retry is safe).
+(the caller knows whether a retry is safe), unless it carries an idempotency
+key (`publish(..., idempotency_key=K)` or `retry=True`): then it is retried,
+bounded, after ConnectionLost, PUBLISH_UNCONFIRMED or BUS_UNAVAILABLE, and the
+server publishes it at most once.
 
 The protocol state (frames, request ids, positions, duplicates, resume,
 hint policy, the `refresh` frame) lives in `router.client_core.ClientCore`;
@@ -58,6 +61,7 @@ import enum
 import errno
 import logging
 import random
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -80,6 +84,7 @@ from router.client_core import (
     Joined,
     Message,
     Position,
+    PresenceDiff,
     Reconnect,
     Reply,
     Request,
@@ -106,6 +111,8 @@ UNAUTHORIZED_STATUS = 401  # the worker refused the upgrade's token
 # taken into use (a 5 s token: 2.5 s before its `exp`), so short tokens still leave time for a retry.
 SHORT_TOKEN_REFRESH_SHARE = 0.5
 REFRESH_ATTEMPTS = 3  # a refresh (get_token + `refresh` + `refreshed`) tried this many times before giving up
+PUBLISH_ATTEMPTS = 3  # tries of a publish with an idempotency key (retried after the codes below or ConnectionLost)
+RETRYABLE_PUBLISH_CODES = frozenset({"PUBLISH_UNCONFIRMED", "BUS_UNAVAILABLE"})
 # State reasons of the token's life (StateChange.reason):
 REASON_TOKEN_REFRESHED = "token_refreshed"  # CONNECTED: the worker took the new token, the socket stayed
 REASON_TOKEN_REFRESH_FAILED = "token_refresh_failed"  # CONNECTED: one refresh attempt failed (`attempt`: which)
@@ -323,15 +330,66 @@ class Client:
         if request is not None:
             await self._await_reply(request)
 
-    async def publish(self, room: str, text: str | None = None, *, data: Any = MISSING) -> dict[str, Any]:
-        """Publish `text` (or any JSON-able `data`) to a joined room; returns the server's `ack`."""
+    async def publish(
+        self, room: str, text: str | None = None, *, data: Any = MISSING, idempotency_key: str | None = None,
+        retry: bool = False, attempts: int = PUBLISH_ATTEMPTS,
+    ) -> dict[str, Any]:
+        """Publish `text` (or any JSON-able `data`) to a joined room; returns the server's `ack`.
+
+        idempotency_key: sent as the frame's `idempotencyKey` (1..64 printable ASCII). With one, a
+            publish that failed with PUBLISH_UNCONFIRMED, BUS_UNAVAILABLE or ConnectionLost is sent
+            again (after a reconnect if need be), up to `attempts` tries within request_timeout_s in
+            all: the server publishes a key at most once per room within its idempotency window, and
+            the `ack` of a retry whose earlier try was published carries that try's seq/epoch and
+            `duplicate: true`. Without a key, nothing is retried (at most once).
+        retry: generate a key for this call when none is given (so its own retries are safe).
+        """
         self._check_open()
         if (text is None) == (data is MISSING):
             raise ValueError("give exactly one of text or data")
+        if idempotency_key is None and retry:
+            idempotency_key = secrets.token_hex(16)
+        tries = max(1, attempts) if idempotency_key is not None else 1
+        async with asyncio.timeout(self.request_timeout_s):
+            for attempt in range(tries):
+                try:
+                    await self._until_connected()
+                    request = self._core.publish(room, text, data=data, idempotency_key=idempotency_key)
+                    return await self._await_reply(request)
+                except (ServerError, ConnectionLost) as exc:
+                    retryable = not isinstance(exc, ServerError) or exc.code in RETRYABLE_PUBLISH_CODES
+                    if not retryable or attempt + 1 >= tries:
+                        raise
+                    log.info("publish to %s failed (%s); retrying with its idempotency key", room, exc)
+                await asyncio.sleep(self.backoff.delay_s(attempt, self._rand))
+        raise AssertionError("unreachable")
+
+    async def history(self, room: str, since: Position | None = None, limit: int | None = None) -> dict[str, Any]:
+        """The `history` reply for `room`: `{room, seq, epoch, messages, complete}` (no join needed).
+
+        since: messages after this position (None: the latest `limit`); limit: at most this many (the
+        server caps it at its max_history_page). `complete: false`: ask again from the last message's seq.
+        ServerError FORBIDDEN outside the token's `rooms`.
+        """
+        return await self._ask(lambda: self._core.history(room, since, limit))
+
+    async def presence(self, room: str) -> dict[str, Any]:
+        """Who is in `room`: the `presence` reply `{room, members: [{user, conn, info, worker}], count, complete}`.
+
+        ServerError PRESENCE_DISABLED when no --presence-rule covers the room, FORBIDDEN outside the token's `rooms`.
+        """
+        return await self._ask(lambda: self._core.presence(room))
+
+    async def presence_stats(self, room: str) -> dict[str, Any]:
+        """How many are in `room`: the `presence_stats` reply `{room, connections, users, complete}`."""
+        return await self._ask(lambda: self._core.presence(room, stats=True))
+
+    async def _ask(self, make_request: Callable[[], Request]) -> dict[str, Any]:
+        """Send one request once connected and return its reply, all within request_timeout_s."""
+        self._check_open()
         async with asyncio.timeout(self.request_timeout_s):
             await self._until_connected()
-            request = self._core.publish(room, text, data=data)
-            return await self._await_reply(request)
+            return await self._await_reply(make_request())
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self
@@ -601,6 +659,8 @@ class Client:
                     if event.close_now:
                         return event
                     hint = event  # the worker closes the socket next; keep reading what it still sends
+                elif isinstance(event, PresenceDiff):
+                    await self._messages.put(event.frame)  # yielded like a message (rooms with presence events only)
                 elif isinstance(event, Gap):
                     log.warning("gap in %s after %s (got seq %s): re-joining with since", event.room, event.last,
                                 event.frame.get("seq"))

@@ -230,6 +230,13 @@ class RequestFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceDiff:
+    """A `presence_diff` of a joined room: members who joined and left it (docs/protocol.md), for the application."""
+    room: str
+    frame: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """A frame the core has no use for (an unmatched error, an unknown type): for the application's logs."""
     frame: dict[str, Any]
@@ -251,7 +258,8 @@ class Reconnect:
     frame: dict[str, Any] | None = None
 
 
-Event = Connected | Message | Duplicate | OutOfOrder | Gap | Joined | Reply | RequestFailed | Notice | Reconnect
+Event = (Connected | Message | Duplicate | OutOfOrder | Gap | Joined | Reply | RequestFailed | Notice | Reconnect
+         | PresenceDiff)
 
 
 @dataclass(slots=True)
@@ -387,14 +395,22 @@ class ClientCore:
         """Stop tracking `room` without telling the server (its join was given up on)."""
         self.rooms.pop(room, None)
 
-    def publish(self, room: str, text: str | None = None, *, data: Any = MISSING, payload: Any = MISSING) -> Request:
-        """Publish exactly one of `text`, `data` or `payload` (delivered under the same field name)."""
+    def publish(self, room: str, text: str | None = None, *, data: Any = MISSING, payload: Any = MISSING,
+                idempotency_key: str | None = None) -> Request:
+        """Publish exactly one of `text`, `data` or `payload` (delivered under the same field name).
+
+        idempotency_key: sent as `idempotencyKey`; the server publishes one key at most once per room
+        within its idempotency window, so sending the same publish again is safe (docs/protocol.md).
+        """
         given = [(name, value) for name, value in (("text", text), ("data", data), ("payload", payload))
                  if value is not MISSING and not (name == "text" and value is None)]
         if len(given) != 1:
             raise ValueError("give exactly one of text, data or payload")
         name, value = given[0]
-        return self._request("publish", room, {"type": "message", "room": room, name: value})
+        frame = {"type": "message", "room": room, name: value}
+        if idempotency_key is not None:
+            frame["idempotencyKey"] = idempotency_key
+        return self._request("publish", room, frame)
 
     def history(self, room: str, since: Position | None = None, limit: int | None = None) -> Request:
         frame: dict[str, Any] = {"type": "history", "room": room}
@@ -403,6 +419,11 @@ class ClientCore:
         if limit is not None:
             frame["limit"] = limit
         return self._request("history", room, frame)
+
+    def presence(self, room: str, stats: bool = False) -> Request:
+        """Who is in `room` (`presence`), or how many (`presence_stats`); no join needed, the token's `rooms` scope applies."""
+        kind = "presence_stats" if stats else "presence"
+        return self._request(kind, room, {"type": kind, "room": room})
 
     def ping(self) -> Request:
         return self._request("ping", None, {"type": "ping"})
@@ -438,6 +459,9 @@ class ClientCore:
             return [Reconnect(f"reconnect:{frame.get('reason', '')}", url, delay_s, close_now=False, frame=frame)]
         if kind == "moved":
             return self._on_moved(frame)
+        if kind == "presence_diff":
+            room = frame.get("room")
+            return [PresenceDiff(room, frame)] if isinstance(room, str) and room in self.rooms else [Notice(frame)]
         request = self._pending.pop(frame["id"], None) if isinstance(frame.get("id"), int) else None
         if request is None:
             return [Notice(frame)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from common.redis_connect import RedisTarget
 from common.settings import SettingsError, setting
 from router.membership import NODES_SYNTAX, parse_nodes
 
@@ -20,6 +21,13 @@ class RouterConfig:
     host: str = setting("127.0.0.1", "address the route service binds to")
     port: int = setting(8800, "port of the route service")
     redis: str = setting("", "Redis URL where the control plane publishes the ring; empty: use --nodes only", shared=True)
+    redis_password_file: str = setting("", "file whose first line is the Redis password (wins over RINGCAST_REDIS_PASSWORD and a password in the URL; keep it out of URLs and argv)", shared=True)
+    redis_password: str = setting("", "Redis password; environment or TOML only, never a flag", shared=True, secret=True)
+    redis_sentinel_password_file: str = setting("", "with redis+sentinel://, file whose first line is the sentinels' own password; empty: sentinels without AUTH", shared=True)
+    redis_tls_ca_file: str = setting("", "with rediss://, CA bundle (PEM) Redis' certificate must chain to; empty: the system's CAs", shared=True)
+    redis_tls_cert_file: str = setting("", "with rediss://, client certificate (PEM) for Redis' tls-auth-clients; empty: none", shared=True)
+    redis_tls_key_file: str = setting("", "with rediss://, private key (PEM) of redis_tls_cert_file; empty: in the certificate file", shared=True)
+    redis_tls_check_hostname: bool = setting(True, "with rediss://, Redis' certificate must name the host or IP of the URL (or the one Sentinel gives)", shared=True)
     nodes: list[str] = setting([], f"static members, {NODES_SYNTAX}, repeatable or comma-separated; with --redis, used until a ring is published")
     key_prefix: str = setting("ringcast:", "prefix of Redis keys; the ring is read from {key_prefix}ring", shared=True)
     ring_poll_interval_s: float = setting(0.5, "how often the published ring is read from Redis")
@@ -28,10 +36,13 @@ class RouterConfig:
     presence_ttl_s: float = setting(5.0, "with --redis, this router stays listed in service discovery this long after its last announce (announced every third of it)")
     max_room_name_chars: int = setting(128, "longest room name accepted (keep equal to the nodes' setting)")
     listen_backlog: int = setting(1024, "TCP accept backlog of the route service's socket")
+    api_max_body_bytes: int = setting(64 * 1024, "largest body of a forwarded HTTP API request (POST /v1/publish, /v1/broadcast); past it 413 BODY_TOO_LARGE (keep equal to the nodes' max_frame_bytes)")
+    api_forward_timeout_s: float = setting(5.0, "longest a forwarded HTTP API request waits for the worker's answer; past it 503 PUBLISH_UNCONFIRMED (POST) or WORKER_UNREACHABLE (GET)")
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"), shared=True)
 
     def validate(self) -> None:
-        for name in ("port", "ring_poll_interval_s", "redis_timeout_s", "presence_ttl_s", "max_room_name_chars", "listen_backlog"):
+        for name in ("port", "ring_poll_interval_s", "redis_timeout_s", "presence_ttl_s", "max_room_name_chars", "listen_backlog",
+                     "api_max_body_bytes", "api_forward_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.max_room_name_chars > 1024:
@@ -42,6 +53,8 @@ class RouterConfig:
             raise SettingsError(f"nodes: {exc}") from None
         if not self.redis and not members:
             raise SettingsError("give --redis (follow the control plane's ring) or --nodes (a static ring), or both")
+        if self.redis:
+            RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
 
     @property
     def url(self) -> str:

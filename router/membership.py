@@ -24,6 +24,7 @@ import logging
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
+from common.redis_connect import RedisTarget, parse_url
 from common.tasks import stop_tasks
 from router.ring import Member, Ring
 
@@ -138,14 +139,14 @@ class RedisRingSource(RingSource):
 
     def __init__(
         self,
-        redis_url: str,
+        redis: RedisTarget | str,  # a bare URL string carries no TLS files nor password file
         key_prefix: str,
         poll_interval_s: float,
         timeout_s: float,
         fallback: Ring | None = None,
     ) -> None:
         super().__init__()
-        self.redis_url = redis_url
+        self.redis = parse_url(redis) if isinstance(redis, str) else redis
         self.key = ring_key(key_prefix)
         self.poll_interval_s = poll_interval_s
         self.timeout_s = timeout_s
@@ -158,11 +159,7 @@ class RedisRingSource(RingSource):
             self._ring = fallback
 
     async def start(self) -> None:
-        import redis.asyncio as aioredis
-
-        self._client = aioredis.Redis.from_url(
-            self.redis_url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-        )
+        self._client = self.redis.client(timeout_s=self.timeout_s)
         await self.poll_once()  # a router or worker starts with the published ring if Redis is up
         self._task = asyncio.create_task(self._poll_forever(), name="ring-poll")
 
@@ -206,7 +203,7 @@ class RedisRingSource(RingSource):
 
 
 def make_ring_source(
-    redis_url: str, nodes: Iterable[str], key_prefix: str, poll_interval_s: float, timeout_s: float,
+    redis: RedisTarget | str, nodes: Iterable[str], key_prefix: str, poll_interval_s: float, timeout_s: float,
     *, default: Ring | None = None,
 ) -> RingSource | None:
     """The source a service's settings ask for: Redis (with the static list as
@@ -215,8 +212,8 @@ def make_ring_source(
     `default` stands in for an empty static list (a lone node's ring of its own
     workers): it is then the fallback, and the source when there is no Redis."""
     fallback = static_ring(nodes) or default
-    if redis_url:
-        return RedisRingSource(redis_url, key_prefix, poll_interval_s, timeout_s, fallback)
+    if redis:
+        return RedisRingSource(redis, key_prefix, poll_interval_s, timeout_s, fallback)
     if fallback is not None:
         return StaticRingSource(fallback)
     return None

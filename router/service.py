@@ -1,8 +1,9 @@
 """The route service: `ringcast router`, a stateless HTTP answer to "where does room R live?".
 
 Owns the aiohttp application of one router process: `GET /route?room=R`,
-`GET /ring`, `GET /healthz`, `GET /metrics`, CORS preflight, the demo chat
-page and the browser client (`router.demo`), and following
+`GET /ring`, `GET /healthz`, `GET /metrics`, CORS preflight, the HTTP API for
+backends forwarded to workers (`router.api_forward`), the demo chat page and
+the browser client (`router.demo`), and following
 the ring through a `RingSource`. Answers themselves are `router.answers`;
 placement is `router.ring`; metric names are `router.metrics`. With --redis
 it also announces itself in the `routers` presence hash (`common.presence`)
@@ -24,8 +25,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.keys import Keys
 from common.presence import Presence
+from common.redis_connect import RedisTarget
 from common.tasks import stop_tasks
 from router import answers, demo
+from router.api_forward import ApiForwarder
 from router.config import RouterConfig
 from router.membership import RedisRingSource, RingSource, make_ring_source
 from router.metrics import RouterMetrics
@@ -49,7 +52,8 @@ class RouteService:
     def __init__(self, config: RouterConfig, source: RingSource | None = None) -> None:
         self.config = config
         self.source = source or make_ring_source(
-            config.redis, config.nodes, config.key_prefix, config.ring_poll_interval_s, config.redis_timeout_s
+            RedisTarget.from_settings(config) if config.redis else "", config.nodes, config.key_prefix,
+            config.ring_poll_interval_s, config.redis_timeout_s
         )
         if self.source is None:
             raise ValueError("the route service needs --redis or --nodes")
@@ -59,11 +63,14 @@ class RouteService:
         self._presence_task: asyncio.Task | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=self.config.api_max_body_bytes)
         app.router.add_get("/route", self.handle_route)
         app.router.add_get("/ring", self.handle_ring)
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/metrics", self.handle_metrics)
+        # The HTTP API for backends, forwarded to the room's owner (router.api_forward, docs/api.md).
+        ApiForwarder(lambda: self.source.ring, self.config.api_max_body_bytes,
+                     self.config.api_forward_timeout_s).add_routes(app)
         demo.add_routes(app)  # the demo chat page at /demo/ and the browser client (router.demo)
         app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
         app.on_startup.append(self._on_startup)
@@ -73,12 +80,7 @@ class RouteService:
     async def _on_startup(self, app: web.Application) -> None:
         await self.source.start()
         if self.config.redis:
-            import redis.asyncio as aioredis
-
-            self._presence_redis = aioredis.Redis.from_url(
-                self.config.redis, socket_timeout=self.config.redis_timeout_s,
-                socket_connect_timeout=self.config.redis_timeout_s,
-            )
+            self._presence_redis = RedisTarget.from_settings(self.config).client(timeout_s=self.config.redis_timeout_s)
             self._presence = Presence(self._presence_redis, Keys(self.config.key_prefix).routers, self.config.name,
                                       self.config.url, self.config.presence_ttl_s)
             self._presence_task = asyncio.create_task(self._announce_forever(), name="router-presence")

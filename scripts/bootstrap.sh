@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything ringcast needs on a Debian machine, idempotently:
-# the Debian redis-server, prometheus, haproxy and chromium packages when they are missing, and a .venv
+# the Debian redis-server, redis-sentinel, prometheus, haproxy and chromium packages when they are missing, and a .venv
 # with ringcast and its test extras at the exact versions of requirements.lock
 # (the versions the suite was last green with; scripts/lock.sh refreshes it).
 # Safe to run again; fast when nothing changed.
@@ -35,6 +35,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
   # The package starts a system redis on 6379; ringcast runs its own, so stop that one if it did.
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+fi
+if ! command -v redis-sentinel >/dev/null 2>&1; then
+  apt_install redis-sentinel  # tests/node/test_sentinel.py starts its own sentinels (chaos/redis_topologies.py)
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-sentinel >/dev/null 2>&1 || true; fi
 fi
 
 # Prometheus and promtool: tests/ops checks the alert rules (promtool) and scrapes a local cluster with a real

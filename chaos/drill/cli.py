@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         "kill-node and partition (partition needs it)"))
     parser.add_argument("--workers-per-node", type=int, help="with --fleet: workers per node (default 2; 1 with --short)")
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    parser.add_argument("--node-flags", default="", help=(
+        "extra flags for every node the drill starts, one shell-quoted string (e.g. \"--presence-rule 'drill:*'"
+        " --presence-events-rule 'drill:*'\" to measure presence under the fault); not with --urls or --fleet"))
     return parser
 
 
@@ -293,6 +296,10 @@ def main(argv: list[str]) -> int:
         fleet_scenarios = ", ".join(s.name for s in SCENARIOS.values() if s.fleet_ok)
         print(f"ringcast drill {scenario.name}: --fleet runs {fleet_scenarios} (and not with --urls)", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    if args.node_flags and (args.urls or args.fleet):
+        print(f"ringcast drill {scenario.name}: --node-flags applies to the nodes it starts (not with --urls or --fleet)",
+              file=sys.stderr)
+        return EXIT_UNAVAILABLE
     out_dir = Path(args.out)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # while starting processes: unwind and stop them
     cluster: DrillCluster | None = None
@@ -311,7 +318,7 @@ def main(argv: list[str]) -> int:
                 return EXIT_UNAVAILABLE
             control = cluster.control_a  # reachable from the clients' namespace whichever host a drill cuts
         else:
-            cluster = DrillCluster.start_local(scenario.layout)
+            cluster = DrillCluster.start_local(scenario.layout, shlex.split(args.node_flags))
         if scenario.needs_control and control is None:
             control = control_for(cluster)
             control.start()  # assigned first: an interrupt while it starts still stops it

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis.asyncio
 
 from chaos.eventually import eventually
+from common.redis_connect import RedisTarget
 from router.membership import RedisRingSource, parse_node, parse_nodes, ring_key, static_ring
 from router.ring import Member, Ring
 
@@ -113,7 +113,7 @@ class RedisSwallowingACancellation:
 
 async def test_close_returns_even_if_a_redis_call_swallows_the_cancellation(monkeypatch):
     fake = RedisSwallowingACancellation()
-    monkeypatch.setattr(redis.asyncio.Redis, "from_url", staticmethod(lambda *args, **kwargs: fake))
+    monkeypatch.setattr(RedisTarget, "client", lambda self, **kwargs: fake)
     source = RedisRingSource("redis://127.0.0.1:1/0", "s:", POLL_S, 0.5)
     await source.start()
     await eventually(fake.hanging.is_set, what="a poll hanging in GET")
