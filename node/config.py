@@ -174,7 +174,6 @@ class NodeConfig:
     restart_backoff_base_s: float = setting(0.5, "first delay before restarting a crashed worker; doubles per crash")
     restart_backoff_cap_s: float = setting(30.0, "longest delay before restarting a crashed worker")
     restart_reset_after_s: float = setting(30.0, "a worker alive this long has its crash backoff reset")
-    ready_timeout_s: float = setting(20.0, "how long the supervisor waits for a new worker to answer /readyz")
 
     def validate(self) -> None:
         positive = [
@@ -183,7 +182,7 @@ class NodeConfig:
             "flood_close_after_rejections", "max_connections", "max_connections_per_ip",
             "max_outbound_bytes", "heartbeat_interval_s", "heartbeat_timeout_s", "bus_timeout_s",
             "bus_reconnect_base_s", "bus_max_connections", "bus_reconnect_cap_s", "room_state_ttl_s", "shutdown_timeout_s",
-            "restart_backoff_base_s", "restart_backoff_cap_s", "ready_timeout_s", "listen_backlog",
+            "restart_backoff_base_s", "restart_backoff_cap_s", "listen_backlog",
             "max_history_page", "max_join_buffer_messages", "heartbeat_max_rooms_reported", "steer_max_rate_per_s",
             "accept_rate_per_s", "accept_burst", "handshake_timeout_s", "max_http_header_bytes",
             "ip_refused_upgrade_rate_per_s", "ip_refused_upgrade_burst", "ip_refused_upgrade_max_ips",
