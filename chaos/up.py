@@ -16,6 +16,9 @@ import threading
 
 from chaos.cluster import ControlProcess, NodeProcess, RedisServer, RouterProcess
 
+# The demo page joins whatever room its user types: every room gets presence and presence_diff events.
+DEMO_PRESENCE_RULE = "*"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -29,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis", default=None, help="use this Redis URL instead of starting a redis-server")
     parser.add_argument("--router-port", type=int, default=8800, help="port of the route service (default: 8800)")
     parser.add_argument("--control-port", type=int, default=8600, help="port of the control plane API (default: 8600)")
+    parser.add_argument("--presence-rule", action="append", default=None, metavar="PREFIX*",
+                        help="rooms with presence and presence_diff events, repeatable (default: "
+                             f"{DEMO_PRESENCE_RULE!r}, every room; the demo's members panel uses them)")
     parser.add_argument("--admin-token", default=os.environ.get("RINGCAST_ADMIN_TOKEN"),
                         help="control plane admin token (env RINGCAST_ADMIN_TOKEN; default: a random one, printed)")
     return parser
@@ -54,12 +60,17 @@ def main(argv: list[str]) -> int:
             print(f"redis     {redis_url} (pid {redis.proc.pid})", flush=True)
         # The static ring of these workers places rooms until a control plane publishes one.
         nodes = ",".join(f"{args.host}:{args.port + i}" for i in range(args.workers))
+        presence_rules = args.presence_rule or [DEMO_PRESENCE_RULE]
+        presence_args = [arg for rule in presence_rules
+                         for arg in ("--presence-rule", rule, "--presence-events-rule", rule)]
         node = NodeProcess(
-            port=args.port, workers=args.workers, host=args.host, args=["--redis", redis_url, "--nodes", nodes]
+            port=args.port, workers=args.workers, host=args.host,
+            args=["--redis", redis_url, "--nodes", nodes, *presence_args],
         ).start()
         router = RouterProcess(port=args.router_port, host=args.host, args=["--redis", redis_url, "--nodes", nodes]).start()
         print(f"router    {router.url('/route?room=general')}", flush=True)
-        print(f"demo      {router.url('/demo/')}  (the chat page; open it in two tabs)", flush=True)
+        print(f"demo      {router.url('/demo/')}  (the chat page; open it in two tabs; members by presence in rooms "
+              f"{' '.join(presence_rules)})", flush=True)
         token = args.admin_token or secrets.token_urlsafe(16)
         control = ControlProcess(port=args.control_port, host=args.host, redis_url=redis_url, admin_token=token).start()
         print(f"control   {control.url}/v1/nodes  (ringcast ctl --url {control.url} nodes)", flush=True)

@@ -11,12 +11,12 @@ same way) are SDK `Client`s (docs/sdk.md) that fetch their token from the
 backend with `get_token`, join a room, publish, read the room's presence and
 history, and print what they receive.
 
-Start a cluster with auth, an API key and presence on `chat:*` rooms, then
-run this file against its route service (docs/sdk.md, "A complete app"):
+Start a cluster with auth and an API key (`ringcast up` turns presence on
+for every room), then run this file against its route service (docs/sdk.md,
+"A complete app"):
 
     export RINGCAST_JWT_SECRETS=app=$(openssl rand -hex 32)
     export RINGCAST_API_KEYS=backend=$(openssl rand -hex 32)
-    export RINGCAST_NODE_PRESENCE_RULE='chat:*'
     ringcast up &
     .venv/bin/python examples/chat_app.py --router http://127.0.0.1:8800
 
@@ -96,6 +96,9 @@ async def receive(client: Client, user: str, expected: set[str]) -> list[str]:
     seen: list[str] = []
     async with asyncio.timeout(MESSAGE_WAIT_S):
         async for message in client:
+            if message["type"] != "message":  # presence_diff events come through here too (with events on)
+                print(f"{user} saw {message['type']}: joined {message.get('joined')} left {message.get('left')}")
+                continue
             text = message.get("text")
             print(f"{user} got #{message['seq']} from {message['from']}: {text}", flush=True)
             seen.append(text)

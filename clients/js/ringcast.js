@@ -8,6 +8,9 @@
  * - asking the route service where the connection's home room (the smallest
  *   room name) lives (`GET /route`), connecting to that worker, joining,
  *   leaving, publishing and reading history;
+ * - publishing with an idempotency key, retried after PUBLISH_UNCONFIRMED, BUS_UNAVAILABLE or a lost
+ *   connection (bounded tries; the worker publishes a key once per room);
+ * - presence: `presence` / `presence_stats` requests, and `presence_diff` events of joined rooms;
  * - reconnecting on its own after any loss, with capped exponential backoff
  *   and full jitter (the formula of router/backoff.py);
  * - resuming every room from its last `{seq, epoch}` (`join` with `since`),
@@ -37,6 +40,11 @@ export const SUBPROTOCOL_MSGPACK = "ringcast.msgpack";
 export const TOKEN_EXPIRED_CLOSE_CODE = 4001; // docs/protocol.md: the worker closes a connection whose token expired
 export const BUS_UNAVAILABLE = "BUS_UNAVAILABLE";
 export const TOO_MANY_MISSED = "too_many_missed"; // a resume's `joined` reason: the oldest page comes first, more is kept
+export const PRESENCE_DISABLED = "PRESENCE_DISABLED"; // no --presence-rule covers the room: the server tracks no members there
+export const PUBLISH_ATTEMPTS = 3; // tries of a publish with an idempotency key (retried after the codes below or ConnectionLost)
+export const RETRYABLE_PUBLISH_CODES = Object.freeze(["PUBLISH_UNCONFIRMED", BUS_UNAVAILABLE]);
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,64}$/; // docs/protocol.md: 1..64 printable ASCII characters, no space
+const GENERATED_KEY_BYTES = 16; // a key made for `retry: true` (32 hex characters)
 const MAX_EPOCHS_REMEMBERED = 4; // per room: older epochs recognised as "already left" (out of order), not as a new stream
 const MAX_UNREACHABLE_HOSTS = 64; // hosts remembered as silent (oldest forgotten first), whatever the hints say
 const SHORT_TOKEN_REFRESH_SHARE = 0.5; // a token living less than 2 * refreshBeforeMs is refreshed at half its remaining life
@@ -171,6 +179,12 @@ function hostOf(url) {
 
 const isInt = (value) => Number.isInteger(value);
 
+/** A fresh idempotency key: GENERATED_KEY_BYTES random bytes as hex. */
+function randomKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(GENERATED_KEY_BYTES));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 // --- the sans-I/O core ----------------------------------------------------------------------------------------
 
 class RoomState {
@@ -191,7 +205,7 @@ class RoomState {
 /**
  * One connection's client state machine (rooms and positions outlive the sockets); the port of
  * router/client_core.py. Events are plain objects with a `kind`: connected, message, duplicate,
- * outOfOrder, gap, joined, resumed, reply, requestFailed, notice, reconnect.
+ * outOfOrder, gap, joined, resumed, reply, requestFailed, notice, reconnect, presenceDiff.
  */
 export class ClientCore {
   /**
@@ -324,6 +338,15 @@ export class ClientCore {
     return this._request("history", room, frame);
   }
 
+  /**
+   * Who is in `room` (`presence`), or how many (`presence_stats`); no join needed, the token's `rooms` scope applies.
+   * @param {string} room @param {boolean} [stats]
+   */
+  presence(room, stats = false) {
+    const kind = stats ? "presence_stats" : "presence";
+    return this._request(kind, room, { type: kind, room });
+  }
+
   ping() {
     return this._request("ping", null, { type: "ping" });
   }
@@ -351,6 +374,10 @@ export class ClientCore {
       return [{ kind: "reconnect", reason: `reconnect:${frame.reason ?? ""}`, url, delayMs, closeNow: false, frame }];
     }
     if (kind === "moved") return this._onMoved(frame);
+    if (kind === "presence_diff") {
+      const room = frame.room;
+      return typeof room === "string" && this.rooms.has(room) ? [{ kind: "presenceDiff", room, frame }] : [{ kind: "notice", frame }];
+    }
     const request = isInt(frame.id) ? this._take(frame.id) : null;
     return request ? [{ kind: "reply", request, frame }] : [{ kind: "notice", frame }];
   }
@@ -567,7 +594,8 @@ export class ClientCore {
  *   subprotocol ringcast.msgpack; absent: JSON text frames (ringcast.json)
  * @property {BackoffPolicy} [backoff] the reconnect schedule (DEFAULT_BACKOFF)
  * @property {boolean} [resume] re-join with `since`, drop duplicates, report gaps (true)
- * @property {number} [requestTimeoutMs] longest join/publish/leave/history wait, a connection included (10000)
+ * @property {number} [requestTimeoutMs] longest join/publish/leave/history/presence wait, a connection included,
+ *   and all of a publish's tries (10000)
  * @property {number} [connectTimeoutMs] longest a route lookup, or a socket's open + `welcome`, may take (5000)
  * @property {number|null} [pingIntervalMs] `ping` period while connected; no frame for 1.5 times it: the
  *   worker is taken for gone (20000; null disables)
@@ -585,8 +613,10 @@ export class ClientCore {
  * One resilient connection to a ringcast cluster for a page. Events (`addEventListener`, `event.detail`):
  * `state` (StateChange), `message` (a `message` frame, each once, in seq order per room), `joined` (every
  * `joined` frame), `unrecovered` (a `joined` with recovered: false at the place of the gap), `resumed`
- * ({room, missed, recovered, reason, since, frame}), `moved` (every `moved` frame), `error` ({code, message,
- * frame}: an error frame no caller awaits, e.g. a re-join refused).
+ * ({room, missed, recovered, reason, since, frame}), `moved` (every `moved` frame), `presenceDiff` (a
+ * `presence_diff` frame of a joined room: who joined and left it; live news that may be lost, so read
+ * `presence()` after each `joined` and when a diff is `truncated`), `error` ({code, message, frame}: an error
+ * frame no caller awaits, e.g. a re-join refused).
  */
 export class RingcastClient extends EventTarget {
   /** @param {string} routerUrl base URL of a route service or of any worker @param {ClientOptions} [options] */
@@ -680,13 +710,60 @@ export class RingcastClient extends EventTarget {
   }
 
   /**
-   * Publish to a joined room; resolves with the `ack` ({seq, epoch}).
+   * Publish to a joined room; resolves with the `ack` ({seq, epoch}, and `duplicate: true` when an earlier
+   * try with the same idempotency key was published: then seq/epoch are that try's).
+   *
+   * With an `idempotencyKey` (sent as the frame's `idempotencyKey`: 1..64 printable ASCII, no space), a publish
+   * that failed with PUBLISH_UNCONFIRMED, BUS_UNAVAILABLE or ConnectionLost is sent again (after a reconnect if
+   * need be), up to `attempts` tries within requestTimeoutMs in all, with the reconnect backoff between tries:
+   * the server publishes a key at most once per room within its idempotency window. Without a key nothing is
+   * retried (at most once). `retry: true` makes a key for this call when none is given.
    * @param {string} room @param {string|{text?: string, data?: *, payload?: *}} body a string is `text`
+   * @param {{idempotencyKey?: (string|null), retry?: boolean, attempts?: number}} [options]
    */
-  async publish(room, body) {
+  async publish(room, body, { idempotencyKey = null, retry = false, attempts = PUBLISH_ATTEMPTS } = {}) {
     this._checkOpen();
     const fields = typeof body === "string" ? { text: body } : body;
-    return this._whenConnected(`publish to ${room}`, () => this._core.publish(room, fields));
+    if (idempotencyKey === null && retry) idempotencyKey = randomKey();
+    if (idempotencyKey !== null && !(typeof idempotencyKey === "string" && IDEMPOTENCY_KEY.test(idempotencyKey))) {
+      throw new ClientError("idempotencyKey must be 1 to 64 printable ASCII characters, no space");
+    }
+    const tries = idempotencyKey !== null ? Math.max(1, attempts) : 1;
+    const deadline = Date.now() + this.options.requestTimeoutMs;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this._whenConnected(`publish to ${room}`, () => {
+          const request = this._core.publish(room, fields);
+          if (idempotencyKey !== null) request.frame.idempotencyKey = idempotencyKey; // queued, sent by _awaitReply
+          return request;
+        }, deadline);
+      } catch (error) {
+        const retryable = error instanceof ConnectionLost
+          || (error instanceof ServerError && RETRYABLE_PUBLISH_CODES.includes(error.code));
+        if (!retryable || attempt + 1 >= tries || this._closed || Date.now() >= deadline) throw error;
+      }
+      await this._sleep(Math.min(backoffDelayMs(attempt, this.options.backoff, this.options.rand), deadline - Date.now()));
+    }
+  }
+
+  /**
+   * Who is in `room` now, across the cluster: the `presence` reply {room, members: [{user, conn, info, worker}],
+   * count, complete}. No join needed. Rejects with ServerError PRESENCE_DISABLED when no --presence-rule covers
+   * the room, FORBIDDEN outside the token's `rooms`.
+   * @param {string} room
+   */
+  async presence(room) {
+    this._checkOpen();
+    return this._whenConnected(`presence of ${room}`, () => this._core.presence(room));
+  }
+
+  /**
+   * How many are in `room`: the `presence_stats` reply {room, connections, users, complete}; errors as presence().
+   * @param {string} room
+   */
+  async presenceStats(room) {
+    this._checkOpen();
+    return this._whenConnected(`presence_stats of ${room}`, () => this._core.presence(room, true));
   }
 
   /**
@@ -903,6 +980,9 @@ export class RingcastClient extends EventTarget {
         if (ev.unrecovered) this._emit("unrecovered", ev.frame);
         break;
       }
+      case "presenceDiff":
+        this._emit("presenceDiff", ev.frame);
+        break;
       case "resumed":
         this._emit("resumed", { room: ev.room, missed: ev.missed, recovered: ev.recovered, reason: ev.reason, since: ev.since, frame: ev.frame });
         break;
@@ -984,8 +1064,7 @@ export class RingcastClient extends EventTarget {
     for (const frame of frames) ws.send(this.options.msgpack ? this.options.msgpack.encode(frame) : JSON.stringify(frame));
   }
 
-  async _whenConnected(what, makeRequest) {
-    const deadline = Date.now() + this.options.requestTimeoutMs;
+  async _whenConnected(what, makeRequest, deadline = Date.now() + this.options.requestTimeoutMs) {
     while (!this._core.connected) {
       if (this._authError) throw this._authError;
       if (this._closed) throw new ClientClosed("client closed");

@@ -27,6 +27,7 @@ def msg(room: str, seq: int, epoch: str = "e1") -> dict:
 
 
 # Each step: ["join", room] | ["open", url] | ["recv", frame] | ["lost"] | ["route", epoch] | ["unreachable", url]
+#   | ["presence", room, stats]
 SCRIPTS: dict[str, list[list[Any]]] = {
     "resume, duplicates and a repaired gap": [
         ["join", "b"], ["join", "a"], ["open", W0], ["recv", {"type": "welcome", "workerId": "w0"}],
@@ -78,12 +79,30 @@ SCRIPTS: dict[str, list[list[Any]]] = {
         ["recv", {"type": "error", "code": "RATE_LIMIT_EXCEEDED", "message": "z"}],
         ["recv", {"type": "moved", "room": "m", "url": W2, "epoch": 7}],  # a newer ring names it again
     ],
+    "presence requests and presence_diff events": [
+        ["join", "c"], ["open", W0], ["recv", {"type": "welcome"}],
+        ["recv", {"type": "joined", "room": "c", "seq": 0, "epoch": "", "id": 1}],
+        ["presence", "c", False], ["presence", "c", True], ["presence", "elsewhere", False],
+        ["recv", {"type": "presence", "room": "c", "id": 2, "count": 1, "complete": True,
+                  "members": [{"user": "u1", "conn": "k1", "info": None, "worker": "w0"}]}],
+        ["recv", {"type": "presence_stats", "room": "c", "id": 3, "connections": 1, "users": 1, "complete": True}],
+        ["recv", {"type": "error", "code": "PRESENCE_DISABLED", "message": "x", "id": 4}],
+        ["recv", {"type": "presence_diff", "room": "c", "joined": [{"user": "u2", "conn": "k2", "info": None,
+                  "worker": "w0"}], "left": [], "joinedCount": 1, "leftCount": 0, "truncated": False}],
+        ["recv", {"type": "presence_diff", "room": "c", "joined": [], "left": [], "joinedCount": 200,
+                  "leftCount": 3, "truncated": True}],
+        ["recv", {"type": "presence_diff", "room": "not-joined", "joined": [], "left": []}],  # not ours: a notice
+        ["recv", {"type": "presence_diff", "joined": []}],  # no room
+        ["recv", {"type": "presence", "room": "c", "id": 2}],  # its request was answered already
+        ["lost"], ["open", W0], ["recv", {"type": "welcome"}],
+        ["recv", {"type": "joined", "room": "c", "seq": 0, "epoch": "", "id": 5}], ["presence", "c", False],
+    ],
 }
 
 KINDS = {  # Python event class -> the JS core's `kind`
     "Connected": "connected", "Message": "message", "Duplicate": "duplicate", "OutOfOrder": "outOfOrder",
     "Gap": "gap", "Joined": "joined", "Reply": "reply", "RequestFailed": "requestFailed", "Notice": "notice",
-    "Reconnect": "reconnect",
+    "Reconnect": "reconnect", "PresenceDiff": "presenceDiff",
 }
 
 
@@ -99,6 +118,10 @@ def describe_python(event: Any) -> dict:
         out.update(unrecovered=event.unrecovered, fetchingMore=event.fetching_more)
     if kind == "message":
         out.update(declaredJump=event.declared_jump)
+    if kind == "presenceDiff":
+        out.update(room=event.room, frame=event.frame)
+    if kind == "reply":
+        out.update(request=[event.request.kind, event.request.room], frame=event.frame)
     return out
 
 
@@ -119,6 +142,8 @@ def run_python(script: list[list[Any]]) -> list[dict]:
             core.route_answer(args[0])
         elif op == "unreachable":
             core.host_unreachable(args[0])
+        elif op == "presence":
+            core.presence(args[0], stats=args[1])
         positions = {room: core.position(room) for room in sorted(core.rooms)}
         steps.append({
             "events": [describe_python(e) for e in events], "send": core.frames_to_send(),
@@ -141,6 +166,7 @@ RUN_JS = """async ([script]) => {
     else if (op === "lost") core.connectionLost();
     else if (op === "route") core.routeAnswer(args[0]);
     else if (op === "unreachable") core.hostUnreachable(args[0]);
+    else if (op === "presence") core.presence(args[0], args[1]);
     const described = [];
     for (const e of events) {
       if (e.kind === "resumed") { resumed.push({ room: e.room, missed: e.missed, recovered: e.recovered }); continue; }
@@ -149,6 +175,8 @@ RUN_JS = """async ([script]) => {
       if (e.kind === "requestFailed") Object.assign(out, { code: e.code, roomDropped: e.roomDropped });
       if (e.kind === "joined") Object.assign(out, { unrecovered: e.unrecovered, fetchingMore: e.fetchingMore });
       if (e.kind === "message") Object.assign(out, { declaredJump: e.declaredJump });
+      if (e.kind === "presenceDiff") Object.assign(out, { room: e.room, frame: e.frame });
+      if (e.kind === "reply") Object.assign(out, { request: [e.request.kind, e.request.room], frame: e.frame });
       described.push(out);
     }
     const positions = {};
