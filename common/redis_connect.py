@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from common.settings import SettingsError
+from common.settings import SettingsError, setting
 
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
@@ -55,6 +55,23 @@ _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")  # up to the last @ be
 def redact_url(url: str) -> str:
     """The URL with any password replaced by `***`: the only form fit for a log or an error."""
     return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class RedisConnectionSettings:
+    """How every service reaches its Redis besides the URL: password and TLS files, shared settings.
+
+    The node, router and control configurations inherit these fields (each declares its own `redis`
+    URL with its own help); `RedisTarget.from_settings` reads them.
+    """
+
+    redis_password_file: str = setting("", "file whose first line is the Redis password (wins over RINGCAST_REDIS_PASSWORD and a password in the URL; keep it out of URLs and argv)", shared=True)
+    redis_password: str = setting("", "Redis password; environment or TOML only, never a flag", shared=True, secret=True)
+    redis_sentinel_password_file: str = setting("", "with redis+sentinel://, file whose first line is the sentinels' own password; empty: sentinels without AUTH", shared=True)
+    redis_tls_ca_file: str = setting("", "with rediss://, CA bundle (PEM) Redis' certificate must chain to; empty: the system's CAs", shared=True)
+    redis_tls_cert_file: str = setting("", "with rediss://, client certificate (PEM) for Redis' tls-auth-clients; empty: none", shared=True)
+    redis_tls_key_file: str = setting("", "with rediss://, private key (PEM) of redis_tls_cert_file; empty: in the certificate file", shared=True)
+    redis_tls_check_hostname: bool = setting(True, "with rediss://, Redis' certificate must name the host or IP of the URL (or the one Sentinel gives)", shared=True)
 
 
 @dataclass(frozen=True, slots=True)

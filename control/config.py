@@ -10,25 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.redis_connect import RedisTarget
+from common.redis_connect import RedisConnectionSettings, RedisTarget
 from common.settings import SettingsError, setting
 
 ADMIN_TOKEN_ENV = "RINGCAST_ADMIN_TOKEN"
 
 
 @dataclass(frozen=True)
-class ControlConfig:
+class ControlConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, ... (common.redis_connect)
     # --- where it runs ----------------------------------------------------
     host: str = setting("127.0.0.1", "address the operator API binds to")
     port: int = setting(8600, "port of the operator API")
     redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL shared with the workers (membership, ring, commands)", shared=True)
-    redis_password_file: str = setting("", "file whose first line is the Redis password (wins over RINGCAST_REDIS_PASSWORD and a password in the URL; keep it out of URLs and argv)", shared=True)
-    redis_password: str = setting("", "Redis password; environment or TOML only, never a flag", shared=True, secret=True)
-    redis_sentinel_password_file: str = setting("", "with redis+sentinel://, file whose first line is the sentinels' own password; empty: sentinels without AUTH", shared=True)
-    redis_tls_ca_file: str = setting("", "with rediss://, CA bundle (PEM) Redis' certificate must chain to; empty: the system's CAs", shared=True)
-    redis_tls_cert_file: str = setting("", "with rediss://, client certificate (PEM) for Redis' tls-auth-clients; empty: none", shared=True)
-    redis_tls_key_file: str = setting("", "with rediss://, private key (PEM) of redis_tls_cert_file; empty: in the certificate file", shared=True)
-    redis_tls_check_hostname: bool = setting(True, "with rediss://, Redis' certificate must name the host or IP of the URL (or the one Sentinel gives)", shared=True)
     key_prefix: str = setting("ringcast:", "prefix of every Redis key (same as the workers' --key-prefix)", shared=True)
     admin_token: str = setting("", "bearer token required by mutations; empty refuses every mutation", env_alias=ADMIN_TOKEN_ENV)
     replica_id: str = setting("", "this replica's name in the leader lease; empty means host:port")

@@ -31,7 +31,7 @@ from node.client_address import parse_trusted_proxies
 from node.api_keys import parse_api_keys
 from node.auth import JwksSettings, JwksSource, TokenVerifier, parse_secrets
 from node.history import HistoryPolicy, HistoryRules
-from common.redis_connect import RedisTarget
+from common.redis_connect import RedisConnectionSettings, RedisTarget
 from common.settings import SettingsError, setting
 from router.membership import parse_nodes
 from router.ring import Member
@@ -42,7 +42,7 @@ DEFAULT_PUBLIC_URL = "ws://{host}:{port}/ws"
 
 
 @dataclass(frozen=True)
-class NodeConfig:
+class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, ... (common.redis_connect)
     # --- process layout -------------------------------------------------
     host: str = setting("127.0.0.1", "address every worker binds to")
     port: int = setting(8700, "port of worker 0; worker i listens on port + i")
@@ -60,13 +60,6 @@ class NodeConfig:
         choices=("redis", "memory", "global"),
     )
     redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL of the bus: redis://, rediss:// (TLS), redis+sentinel://H1:26379,H2:26379/MASTER/DB (see docs/operations.md); put the password in redis_password_file", shared=True)
-    redis_password_file: str = setting("", "file whose first line is the Redis password (wins over RINGCAST_REDIS_PASSWORD and a password in the URL; keep it out of URLs and argv)", shared=True)
-    redis_password: str = setting("", "Redis password; environment or TOML only, never a flag", shared=True, secret=True)
-    redis_sentinel_password_file: str = setting("", "with redis+sentinel://, file whose first line is the sentinels' own password; empty: sentinels without AUTH", shared=True)
-    redis_tls_ca_file: str = setting("", "with rediss://, CA bundle (PEM) Redis' certificate must chain to; empty: the system's CAs", shared=True)
-    redis_tls_cert_file: str = setting("", "with rediss://, client certificate (PEM) for Redis' tls-auth-clients; empty: none", shared=True)
-    redis_tls_key_file: str = setting("", "with rediss://, private key (PEM) of redis_tls_cert_file; empty: in the certificate file", shared=True)
-    redis_tls_check_hostname: bool = setting(True, "with rediss://, Redis' certificate must name the host or IP of the URL (or the one Sentinel gives)", shared=True)
     channel_prefix: str = setting("ringcast:room:", "prefix of every room's Redis pub/sub channel", shared=True)
     key_prefix: str = setting("ringcast:", "prefix of every other Redis key ringcast writes", shared=True)
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"), shared=True)

@@ -11,23 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from common.redis_connect import RedisTarget
+from common.redis_connect import RedisConnectionSettings, RedisTarget
 from common.settings import SettingsError, setting
 from router.membership import NODES_SYNTAX, parse_nodes
 
 
 @dataclass(frozen=True)
-class RouterConfig:
+class RouterConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, ... (common.redis_connect)
     host: str = setting("127.0.0.1", "address the route service binds to")
     port: int = setting(8800, "port of the route service")
     redis: str = setting("", "Redis URL where the control plane publishes the ring; empty: use --nodes only", shared=True)
-    redis_password_file: str = setting("", "file whose first line is the Redis password (wins over RINGCAST_REDIS_PASSWORD and a password in the URL; keep it out of URLs and argv)", shared=True)
-    redis_password: str = setting("", "Redis password; environment or TOML only, never a flag", shared=True, secret=True)
-    redis_sentinel_password_file: str = setting("", "with redis+sentinel://, file whose first line is the sentinels' own password; empty: sentinels without AUTH", shared=True)
-    redis_tls_ca_file: str = setting("", "with rediss://, CA bundle (PEM) Redis' certificate must chain to; empty: the system's CAs", shared=True)
-    redis_tls_cert_file: str = setting("", "with rediss://, client certificate (PEM) for Redis' tls-auth-clients; empty: none", shared=True)
-    redis_tls_key_file: str = setting("", "with rediss://, private key (PEM) of redis_tls_cert_file; empty: in the certificate file", shared=True)
-    redis_tls_check_hostname: bool = setting(True, "with rediss://, Redis' certificate must name the host or IP of the URL (or the one Sentinel gives)", shared=True)
     nodes: list[str] = setting([], f"static members, {NODES_SYNTAX}, repeatable or comma-separated; with --redis, used until a ring is published")
     key_prefix: str = setting("ringcast:", "prefix of Redis keys; the ring is read from {key_prefix}ring", shared=True)
     ring_poll_interval_s: float = setting(0.5, "how often the published ring is read from Redis")
