@@ -71,3 +71,13 @@ def start_control(redis_server):
     yield start
     for control in started:
         control.stop()
+
+
+@pytest.fixture
+def started():
+    """A list a test appends the processes it starts by hand to (anything with `stop()`); each is
+    stopped (by PID), last started first, after the test, whatever happened."""
+    processes: list = []
+    yield processes
+    for process in reversed(processes):
+        process.stop()

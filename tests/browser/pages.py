@@ -5,9 +5,10 @@ Every wait is Playwright's own bounded `expect` on what the page shows (DOM text
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlencode
 
-from playwright.async_api import Browser, Locator, Page, expect
+from playwright.async_api import Browser, Locator, Page, Route, expect
 
 from chaos.cluster import RouterProcess
 
@@ -54,3 +55,16 @@ class DemoPage:
     async def say(self, text: str) -> None:
         await self.page.fill("#text", text)
         await self.page.click("#send")
+
+    async def hold_route_lookups(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """Hold the page's `/route` lookups (Playwright keeps the request open, the page waits as for a slow
+        router) until the returned `release` is set; `held` is set once a lookup is waiting."""
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(route: Route) -> None:
+            held.set()
+            await release.wait()
+            await route.continue_()
+
+        await self.page.route("**/route?*", hold)
+        return held, release

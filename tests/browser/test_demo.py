@@ -10,11 +10,10 @@ tests/browser/artifacts/.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 
-from playwright.async_api import Route, expect
+from playwright.async_api import expect
 
 from chaos.cluster import http_json
 from chaos.eventually import eventually
@@ -48,15 +47,7 @@ async def test_two_pages_chat_and_a_page_whose_worker_is_killed_shows_every_miss
 
     # Alice's route lookups are held until the messages below are published: she is away while they
     # are, whatever her backoff draws (Playwright holds the request; the page waits as for a slow router).
-    lookup_held = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold(route: Route) -> None:
-        lookup_held.set()
-        await release.wait()
-        await route.continue_()
-
-    await alice.page.route("**/route?*", hold)
+    lookup_held, release = await alice.hold_route_lookups()
     os.kill(node.worker_pid(0), signal.SIGKILL)  # no goodbye: the supervisor restarts it
     await eventually(lookup_held.is_set, what="alice's page to ask the router again", timeout_s=30)
     await expect(alice.state).to_have_attribute("data-state", "connecting")

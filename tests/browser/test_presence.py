@@ -11,9 +11,8 @@ module with the same key: the room gets the message once and the retry's ack say
 
 from __future__ import annotations
 
-import asyncio
 
-from playwright.async_api import Route, expect
+from playwright.async_api import expect
 
 from chaos.eventually import eventually
 from tests.browser.pages import RECONNECT_TIMEOUT_MS, DemoPage
@@ -111,15 +110,7 @@ async def test_a_page_back_from_a_lost_connection_lists_who_joined_while_it_was_
     alice = await DemoPage.open(browser, router, "alice", ROOM)
     await expect(members(alice)).to_have_text(["alice (you)"])
     # Alice's route lookups are held while carol joins: the presence_diff of that join never reaches her.
-    lookup_held = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold(route: Route) -> None:
-        lookup_held.set()
-        await release.wait()
-        await route.continue_()
-
-    await alice.page.route("**/route?*", hold)
+    lookup_held, release = await alice.hold_route_lookups()
     await alice.page.evaluate("() => window.ringcastDemo.client._ws.close()")
     await eventually(lookup_held.is_set, what="alice's page to ask the router again", timeout_s=30)
     carol = await WsClient.connect(node.ws_url(0))

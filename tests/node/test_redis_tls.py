@@ -31,14 +31,6 @@ def tls_material(tmp_path_factory):
 
 
 @pytest.fixture
-def started():
-    processes: list = []
-    yield processes
-    for process in reversed(processes):
-        process.stop()
-
-
-@pytest.fixture
 def tls_redis(tls_material):
     server = RedisServer(port=free_port(), password=PASSWORD, tls=tls_material.files).start()
     try:

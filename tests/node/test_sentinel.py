@@ -53,14 +53,6 @@ def sentinel_group():
         group.stop()
 
 
-@pytest.fixture
-def started():
-    processes: list = []
-    yield processes
-    for process in reversed(processes):
-        process.stop()
-
-
 async def publish_until_stopped(client: WsClient, acked: list[tuple[str, int]], stop: asyncio.Event) -> None:
     """Publish one message at a time, each acknowledged before the next; retry through the failover."""
     n = 0
