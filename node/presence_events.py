@@ -3,13 +3,19 @@
 Owns two things:
 
 - `DiffCoalescer` (sans-I/O, no clock): the joins and leaves a worker saw
-  locally since the last `drain()`, reduced per room to the net change: a
-  connection that joined and left within one window (a reconnect storm's
-  churn) is in neither list, one that left and came back is in neither.
-  `drain()` hands out one `Diff` per room that changed and forgets them.
-  Applying the diffs in order to the membership at the first change gives
-  the membership at the last drain (tests/node/test_presence_events.py
-  checks that property).
+  locally since the last `drain()`, reduced per room and connection to where
+  the connection ended up: present (in `joined`) or absent (in `left`),
+  never both. Churn within one window is not cancelled out: the presence
+  store is written at once, so a member may have read `presence` between a
+  join and a leave of the same window (it lists the connection) and must
+  still hear of the leave; a connection that joined and left is in `left`,
+  one that left and came back is in `joined`. Diffs are therefore applied
+  as set updates (a `left` of someone not listed, a `joined` of someone
+  listed: nothing to do). `drain()` hands out one `Diff` per room that
+  changed and forgets them. A member that reads the membership at any point
+  and applies every diff drained after that point ends with the membership
+  at the last drain (tests/node/test_presence_events.py checks that
+  property).
 - `PresenceEvents` (the driver): every `presence_events_interval_ms` it
   drains the coalescer, sends each diff to the worker's local members of the
   room and publishes it on the room's presence channel
@@ -54,40 +60,38 @@ class Diff:
 
 
 class DiffCoalescer:
-    """The net membership change per room since the last drain (one worker's local joins and leaves)."""
+    """Where each connection with a join or leave since the last drain ended up, per room (one worker's own)."""
 
     def __init__(self) -> None:
-        # room -> conn id -> (present at the window's start, member now or None when absent now)
-        self._changes: dict[str, dict[str, tuple[bool, Member | None, Member]]] = {}
+        # room -> conn id -> (member now, or None when absent now; the member as last seen present)
+        self._changes: dict[str, dict[str, tuple[Member | None, Member]]] = {}
 
     def __len__(self) -> int:
         """Rooms with a pending change."""
         return len(self._changes)
 
     def joined(self, room: str, member: Member) -> None:
-        changes = self._changes.setdefault(room, {})
-        previous = changes.get(member["conn"])
-        was_present = previous[0] if previous is not None else False
-        changes[member["conn"]] = (was_present, member, member)
+        self._changes.setdefault(room, {})[member["conn"]] = (member, member)
 
     def left(self, room: str, member: Member) -> None:
         changes = self._changes.setdefault(room, {})
         previous = changes.get(member["conn"])
-        was_present = previous[0] if previous is not None else True
-        changes[member["conn"]] = (was_present, None, previous[2] if previous is not None else member)
+        changes[member["conn"]] = (None, previous[1] if previous is not None else member)
 
     def drain(self) -> list[Diff]:
-        """The net change of every room touched since the last drain, rooms without one left out; then forget."""
+        """Every room touched since the last drain: its connections now present in `joined`, now absent in `left`.
+
+        A join and a leave within one window do not cancel out: someone may
+        have read the store (`presence`) in between (see the module docstring)."""
         diffs = []
         for room, changes in self._changes.items():
             diff = Diff(room)
-            for was_present, now, last_seen in changes.values():
-                if now is not None and not was_present:
+            for now, last_seen in changes.values():
+                if now is not None:
                     diff.joined.append(now)
-                elif now is None and was_present:
+                else:
                     diff.left.append(last_seen)
-            if diff.joined or diff.left:
-                diffs.append(diff)
+            diffs.append(diff)
         self._changes = {}
         return diffs
 

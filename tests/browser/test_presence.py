@@ -124,5 +124,7 @@ async def test_a_page_back_from_a_lost_connection_lists_who_joined_while_it_was_
         await expect(members(alice).filter(has_text="guest ")).to_have_count(1)
     finally:
         await carol.close()
+    # Carol's leave may fall in the window of her join: the diff still lists her as left (node.presence_events).
+    await expect(members(alice)).to_have_count(1, timeout=10_000)  # under the demo's 30 s re-read
     await expect(alice.errors).to_have_count(0)
     assert alice.page_errors == []
