@@ -8,6 +8,11 @@ stopped by PID afterwards), spawning the load processes
 memory and CPU (psutil on worker PIDs, or each worker's `/metrics`), and the
 result: loss, duplicates, gaps and reordering computed from what every member received,
 the tutorial's columns, JSON and Markdown reports (chaos/load/report.py).
+`--server seed` drives the tutorial's Node.js server instead (started with
+`--start-cluster` by chaos/bench/seed.py; the load speaks its dialect, see
+chaos/load/wire.py), and `ringcast bench compare ...` hands over to
+chaos/bench/compare.py (both servers in alternation, ratios). Redis's own CPU
+in the measured window comes from `INFO cpu`.
 Every run is bounded: the ramp, the publishing time and the settling each
 have a deadline. It must not speak WebSocket itself (chaos/load/wire.py does).
 """
@@ -17,7 +22,11 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
+import os
+import signal
+import socket
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -26,6 +35,7 @@ from urllib.parse import urlparse
 
 from chaos.load.report import markdown, write_reports
 from chaos.load.stats import Tally, mean_ms, merge_histograms, percentile_ms
+from chaos.load.wire import DIALECTS, RINGCAST, SEED
 from chaos.load.worker import SETTLE_MAX_S, ArrivalPlan, ConnectionPlan, ProcessPlan, Target, run
 
 # Flags a benchmark node needs, and why: the defaults protect a production
@@ -39,7 +49,8 @@ BENCH_NODE_FLAGS = [
 ]
 CONNECTIONS_PER_PROCESS = 15_000  # under the 20,000 descriptors one process may hold
 CONNECTIONS_PER_SOURCE_IP = 20_000  # under the ~28,000 ephemeral ports per (source, destination) pair
-IDLE_SETTLE_S = 2.0  # after the ramp, before the "connected" memory sample
+IDLE_SETTLE_S = 2.0  # after the ramp, before the "connected" memory sample (and before anyone publishes)
+REDIS_INFO_TIMEOUT_S = 5.0  # one `INFO cpu` round trip to the bench's redis-server
 
 
 @dataclass(frozen=True)
@@ -57,25 +68,61 @@ class WorkerUrl:
         return f"http://{self.host}:{self.port}/metrics"
 
 
-class ServerSampler:
-    """Resident memory and CPU seconds of each worker: psutil on PIDs if known, else `/metrics`."""
+def redis_cpu_seconds(host: str, port: int) -> float:
+    """redis-server's own CPU seconds so far (`INFO cpu`: used_cpu_sys + used_cpu_user)."""
+    with socket.create_connection((host, port), timeout=REDIS_INFO_TIMEOUT_S) as sock:
+        sock.sendall(b"INFO cpu\r\n")
+        data = b""
+        while b"\r\n" not in data or len(data) < data.index(b"\r\n") + 2 + int(data[1:data.index(b"\r\n")]):
+            chunk = sock.recv(65536)  # a bulk string: $LEN\r\n then LEN bytes
+            if not chunk:
+                break
+            data += chunk
+    values = dict(line.split(":", 1) for line in data.decode().splitlines() if ":" in line)
+    return float(values["used_cpu_sys"]) + float(values["used_cpu_user"])
 
-    def __init__(self, urls: list[WorkerUrl], pids: list[int]) -> None:
+
+class ServerSampler:
+    """Resident memory and CPU seconds of each server process: psutil on PIDs if known, else `/metrics`.
+
+    `children`: also every descendant of those PIDs, listed at each sample
+    (the tutorial's server forks Node cluster workers). `redis`: (host, port)
+    of the redis-server whose CPU `redis_cpu_s` reads, or None.
+    """
+
+    def __init__(self, urls: list[WorkerUrl], pids: list[int], children: bool = False,
+                 redis: tuple[str, int] | None = None) -> None:
         self.urls = urls
         self.pids = pids
+        self.children = children
+        self.redis = redis
 
     def sample(self) -> list[tuple[float, float]]:
-        """[(rss_bytes, cpu_seconds)] per worker."""
+        """[(rss_bytes, cpu_seconds)] per process."""
         if self.pids:
             import psutil
 
             out = []
             for pid in self.pids:
-                proc = psutil.Process(pid)
-                times = proc.cpu_times()
-                out.append((float(proc.memory_info().rss), times.user + times.system))
+                procs = [psutil.Process(pid)]
+                if self.children:
+                    procs += procs[0].children(recursive=True)
+                for proc in procs:
+                    try:
+                        times = proc.cpu_times()
+                        out.append((float(proc.memory_info().rss), times.user + times.system))
+                    except psutil.NoSuchProcess:  # a child gone since the listing
+                        continue
             return out
         return [self._scrape(url) for url in self.urls]
+
+    def redis_cpu_s(self) -> float | None:
+        if self.redis is None:
+            return None
+        try:
+            return redis_cpu_seconds(*self.redis)
+        except (OSError, KeyError, ValueError):
+            return None
 
     @staticmethod
     def _scrape(url: WorkerUrl) -> tuple[float, float]:
@@ -93,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ringcast bench",
         description="Load generator: N verifying WebSocket members in R rooms, P publishers (fixed population), "
-                    "or the tutorial's arrival phases (--phase). Prints a live progress line; writes JSON + Markdown.")
+                    "or the tutorial's arrival phases (--phase). Prints a live progress line; writes JSON + Markdown. "
+                    "`ringcast bench compare --help`: ringcast and the tutorial's server side by side, with ratios.")
     where = parser.add_argument_group("target")
     where.add_argument("--url", action="append", default=[], help="a worker's ws:// URL, repeatable")
     where.add_argument("--host", default="127.0.0.1", help="node host (with --port/--workers)")
@@ -105,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start a redis-server and `ringcast node --workers N` with benchmark limits; stop them after")
     where.add_argument("--node-arg", action="append", default=[],
                        help="extra flag for the started node, repeatable (e.g. --node-arg=--history-size=0)")
+    where.add_argument("--server", choices=DIALECTS, default=RINGCAST,
+                       help="what is measured: ringcast's node, or the tutorial's Node.js server (seed: the same "
+                            "join/message frames without seq; deliveries counted by a marker in the text)")
+    where.add_argument("--seed-dir", default="",
+                       help="the tutorial's server (default ../shared/seed_server next to the repository); with "
+                            "--server seed --start-cluster it is started as `start.sh PORT REDIS_PORT WORKERS PIDFILE`")
+    where.add_argument("--redis-port", type=int, default=0,
+                       help="a redis-server on 127.0.0.1 whose CPU to sample (default: the started one, else none)")
     pop = parser.add_argument_group("fixed population")
     pop.add_argument("--connections", type=int, default=1000, help="members in total (publishers included)")
     pop.add_argument("--rooms", type=int, default=10)
@@ -136,49 +192,115 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_cleanly_on_signals() -> dict:
+    """SIGTERM, and SIGINT even when the shell started us with it ignored (`cmd &`), unwind through the
+    `finally` blocks, so every server a run started is stopped by PID instead of being left behind.
+    Returns the handlers it replaced (main() puts them back, so a caller such as pytest keeps its own)."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return previous
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cluster = None
+    argv = sys.argv[1:] if argv is None else argv
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = stop_cleanly_on_signals()
     try:
-        if args.start_cluster:
-            cluster = _start_cluster(args)
-            urls = [WorkerUrl.parse(cluster[1].ws_url(i)) for i in range(args.workers)]
-            pids = [cluster[1].worker_pid(i) for i in range(args.workers)]
-            node_flags = BENCH_NODE_FLAGS + args.node_arg
-        else:
-            urls = [WorkerUrl.parse(u) for u in args.url] or [
-                WorkerUrl(args.host, args.port + i, "/ws") for i in range(args.workers)]
-            pids = args.pid
-            node_flags = []
-        result = Coordinator(args, urls, ServerSampler(urls, pids)).run()
-        result["node_flags"] = node_flags
-        result["command"] = "ringcast bench " + " ".join(sys.argv[2:] if argv is None else argv)
-        print(markdown(result))
-        if args.out:
-            paths = write_reports(result, args.out)
-            print("reports: " + ", ".join(paths))
-        return 0 if result["connect_failures"] == 0 else 1
+        return _main(argv)
     finally:
-        if cluster is not None:
-            cluster[1].stop()
-            cluster[0].stop()
+        for signum, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, cannot be put back from here
+                signal.signal(signum, handler)
 
 
-def _start_cluster(args):
-    from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "compare":
+        from chaos.bench import compare
 
-    redis = RedisServer(free_port()).start()
+        return compare.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        result = run_bench(args)
+    except RuntimeError as exc:  # SeedUnavailable included: say what is missing, no traceback
+        print(f"ringcast bench: {exc}", file=sys.stderr)
+        return 2
+    result["command"] = "ringcast bench " + " ".join(argv)
+    print(markdown(result))
+    if args.out:
+        paths = write_reports(result, args.out)
+        print("reports: " + ", ".join(paths))
+    return 0 if result["connect_failures"] == 0 else 1
+
+
+def run_bench(args: argparse.Namespace, on_window_start=None) -> dict:
+    """One run: start what `--start-cluster` asks for, drive the load, stop what was started; the result.
+
+    `on_window_start(pids)`, if given, is called with the server PIDs when the
+    measured window opens (chaos/bench/compare.py attaches py-spy there).
+    """
+    started: list = []  # stopped in reverse order, by PID
+    try:
+        redis_port = args.redis_port or None
+        children = False
+        if args.server == SEED:
+            from chaos.bench.seed import check_seed_dir
+
+            seed_dir = check_seed_dir(args.seed_dir)  # refuse before starting anything
+        if args.start_cluster:
+            from chaos.cluster import RedisServer, free_port
+
+            redis = RedisServer(free_port()).start()
+            started.append(redis)
+            redis_port = redis.port
+            if args.server == SEED:
+                from chaos.bench.seed import SeedServer
+
+                seed = SeedServer(seed_dir, redis.port, workers=args.workers)
+                started.append(seed)
+                seed.start()
+                urls = [WorkerUrl.parse(seed.url)]
+                pids, children, flags = [seed.pid], True, [f"start.sh PORT {redis.port} {args.workers} PIDFILE"]
+                print(f"started redis-server on {redis.port} and the tutorial's server on port {seed.port} "
+                      f"({args.workers} process(es), {seed_dir})", file=sys.stderr)
+            else:
+                node = _start_node(redis, args)
+                started.append(node)
+                urls = [WorkerUrl.parse(node.ws_url(i)) for i in range(args.workers)]
+                pids, flags = [node.worker_pid(i) for i in range(args.workers)], BENCH_NODE_FLAGS + args.node_arg
+        else:
+            default_path = "/ws" if args.server == RINGCAST else "/"
+            urls = [WorkerUrl.parse(u) for u in args.url] or [
+                WorkerUrl(args.host, args.port + i, default_path) for i in range(args.workers)]
+            pids, flags = args.pid, []
+            children = args.server == SEED
+        sampler = ServerSampler(urls, pids, children=children,
+                                redis=("127.0.0.1", redis_port) if redis_port else None)
+        coordinator = Coordinator(args, urls, sampler)
+        coordinator.on_window_start = on_window_start
+        result = coordinator.run()
+        result["server"] = args.server
+        result["node_flags"] = flags
+        return result
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def _start_node(redis, args):
+    from chaos.cluster import NodeProcess, free_port_range
+
     node = NodeProcess(free_port_range(args.workers), args.workers,
                        ["--redis", redis.url, *BENCH_NODE_FLAGS, *args.node_arg])
     try:
         node.start()
     except BaseException:
         node.stop()
-        redis.stop()
         raise
     print(f"started redis-server on {redis.port} and ringcast node on ports {node.ports} "
-          f"with {' '.join(BENCH_NODE_FLAGS + args.node_arg)}")
-    return redis, node
+          f"with {' '.join(BENCH_NODE_FLAGS + args.node_arg)}", file=sys.stderr)
+    return node
 
 
 class Coordinator:
@@ -195,6 +317,8 @@ class Coordinator:
         self.interval_latency: dict[int, int] = {}
         self.last_progress: tuple[float | None, int] = (None, 0)
         self.peak_connected = 0  # most members joined at once (arrival mode has no fixed population)
+        self.dialect = getattr(args, "server", RINGCAST)
+        self.on_window_start = None  # called with the server PIDs when the measured window opens
 
     # --- plan --------------------------------------------------------------
     def plans(self) -> list[ProcessPlan]:
@@ -209,7 +333,7 @@ class Coordinator:
                        for r in range(args.rooms) for u in [self.urls[r % len(self.urls)]]]
             arrival = ArrivalPlan(phases, targets, self.source_ips, 1.0, args.think_min, args.think_max,
                                   args.messages_per_user, max(1, args.max_users // self.procs), args.sample_every)
-            return [ProcessPlan(i, arrival=arrival, **ramp) for i in range(self.procs)]
+            return [ProcessPlan(i, arrival=arrival, dialect=self.dialect, **ramp) for i in range(self.procs)]
         per_process: list[list[ConnectionPlan]] = [[] for _ in range(self.procs)]
         workers = len(self.urls)
         for i in range(args.connections):
@@ -222,7 +346,7 @@ class Coordinator:
                 url.host, url.port, url.path, f"bench-{room_index}", self.source_ips[i % len(self.source_ips)],
                 sampled=publishes or i % args.sample_every == 0, publishes=publishes, number=i))
         return [ProcessPlan(i, connections=c, publish_rate_per_s=args.rate,
-                            publish_tick_s=args.publish_tick_ms / 1000, **ramp)
+                            publish_tick_s=args.publish_tick_ms / 1000, dialect=self.dialect, **ramp)
                 for i, c in enumerate(per_process)]
 
     # --- run ---------------------------------------------------------------
@@ -270,6 +394,8 @@ class Coordinator:
             pipe.send(("go", window_start, window_end, now + int(run_s * 1e9)))
         cpu_start = cpu_end = None
         client_cpu_start = client_cpu_end = None
+        redis_cpu = [None, None]
+        load_average = os.getloadavg()
         results: dict[int, tuple] = {}
         positions: dict[int, dict[str, int]] = {}  # fixed population: each process's rooms, once its own are back
         dead: set[int] = set()
@@ -283,12 +409,23 @@ class Coordinator:
             now = time.monotonic_ns()
             if cpu_start is None and now >= window_start:
                 cpu_start, client_cpu_start = self.sampler.sample(), _client_cpu(processes)
+                redis_cpu[0] = self.sampler.redis_cpu_s()
+                if self.on_window_start is not None:
+                    self.on_window_start(self.sampler.pids)
             if cpu_end is None and now >= window_end:
                 cpu_end, client_cpu_end = self.sampler.sample(), _client_cpu(processes)
+                redis_cpu[1] = self.sampler.redis_cpu_s()
+                load_average = os.getloadavg()
         rss_end = self.sampler.sample()
         self._line("", final=True)
-        return self._result(results, ready, ramp_s, measure_s, rss_before, rss_connected, rss_end,
-                            cpu_start, cpu_end, client_cpu_start, client_cpu_end)
+        result = self._result(results, ready, ramp_s, measure_s, rss_before, rss_connected, rss_end,
+                              cpu_start, cpu_end, client_cpu_start, client_cpu_end, positions)
+        redis_cpu_s = redis_cpu[1] - redis_cpu[0] if None not in redis_cpu else None
+        result["redis_cpu_percent"] = round(100 * redis_cpu_s / measure_s, 1) if redis_cpu_s is not None else None
+        result["redis_cpu_us_per_publish"] = (round(1e6 * redis_cpu_s / result["published_in_window"], 2)
+                                              if redis_cpu_s is not None and result["published_in_window"] else None)
+        result["loadavg_1m_at_end"] = round(load_average[0], 2)
+        return result
 
     def _collect(self, pipes, kind: str, timeout_s: float) -> dict[int, tuple]:
         got: dict[int, tuple] = {}
@@ -321,13 +458,18 @@ class Coordinator:
             elif message[0] == "progress":
                 self._on_progress(message)
 
-    @staticmethod
-    def _send_final_positions(pipes, positions: dict[int, dict[str, int]], done: set[int]) -> None:
-        """Each room's final seq (the highest any process saw once its own publishes were back), to every process."""
+    def final_positions(self, positions: dict[int, dict[str, int]]) -> dict[str, int]:
+        """Each room's final position: ringcast, the highest seq any process saw once its own publishes were
+        back; the tutorial's server (no seq), the sum of what every process's publishers sent to the room."""
         final: dict[str, int] = {}
         for rooms in positions.values():
-            for room, seq in rooms.items():
-                final[room] = max(final.get(room, 0), seq)
+            for room, value in rooms.items():
+                final[room] = final.get(room, 0) + value if self.dialect == SEED else max(final.get(room, 0), value)
+        return final
+
+    def _send_final_positions(self, pipes, positions: dict[int, dict[str, int]], done: set[int]) -> None:
+        """Each room's final position (`final_positions`), to every process still settling."""
+        final = self.final_positions(positions)
         for index, pipe in enumerate(pipes):
             if index not in done:
                 try:
@@ -365,7 +507,7 @@ class Coordinator:
 
     # --- result ------------------------------------------------------------
     def _result(self, results, ready, ramp_s, measure_s, rss_before, rss_connected, rss_end,
-                cpu_start, cpu_end, client_cpu_start, client_cpu_end) -> dict:
+                cpu_start, cpu_end, client_cpu_start, client_cpu_end, positions=None) -> dict:
         args = self.args
         tally = Tally()
         members = []
@@ -377,8 +519,10 @@ class Coordinator:
         final_seq: dict[str, int] = {}
         for room, joined, _, sampled, last in members:
             join_seq[room] = min(join_seq.get(room, joined), joined)
-            if sampled:
+            if sampled and self.dialect == RINGCAST:
                 final_seq[room] = max(final_seq.get(room, joined), last, joined)
+        if self.dialect == SEED:  # no seq: members must get everything published to their room (all joined at 0)
+            final_seq = self.final_positions(positions or {})
         expected = lost = surplus = 0
         short_examples = []
         for room, joined, received, sampled, last in members:
@@ -416,6 +560,8 @@ class Coordinator:
             "measured_s": measure_s,
             "published": tally.published,
             "published_per_s": round(tally.published_in_window / measure_s, 1) if measure_s > 0 else None,
+            "published_in_window": tally.published_in_window,
+            "delivered_in_window": tally.frames_in_window,
             "delivered": tally.frames_total,
             "delivered_per_s": round(delivered_per_s, 1),
             "latency_samples": sum(window.values()),
@@ -427,7 +573,7 @@ class Coordinator:
             "lost": lost,
             "surplus": surplus,
             "miscounted_members": short_examples,
-            "unsequenced_publishes": None if self.arrival else tally.published - sequenced,
+            "unsequenced_publishes": None if self.arrival or self.dialect == SEED else tally.published - sequenced,
             "duplicates": tally.duplicates,
             "gaps": tally.gaps,
             "reordered": tally.reordered,
@@ -443,6 +589,8 @@ class Coordinator:
             "server_cpu_percent": round(100 * server_cpu_s / measure_s, 1) if server_cpu_s is not None else None,
             "server_cpu_us_per_delivery": (round(1e6 * server_cpu_s / tally.frames_in_window, 2)
                                            if server_cpu_s and tally.frames_in_window else None),
+            "server_deliveries_per_cpu_s": (round(tally.frames_in_window / server_cpu_s)
+                                            if server_cpu_s and tally.frames_in_window else None),
             "client_cpu_percent": round(100 * client_cpu_s / measure_s, 1) if client_cpu_s is not None else None,
         }
 

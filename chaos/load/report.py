@@ -24,7 +24,8 @@ def _fmt(value) -> str:
 def markdown(result: dict) -> str:
     rss_end = sum(result["server_rss_end_mib"])
     lines = [
-        f"# ringcast bench{': ' + result['label'] if result['label'] else ''}",
+        f"# ringcast bench{': ' + result['label'] if result['label'] else ''}"
+        + (" (the tutorial's server)" if result.get("server") == "seed" else ""),
         "",
         f"`{result['command']}`",
         "",
@@ -51,7 +52,10 @@ def markdown(result: dict) -> str:
         f"- latency p50 {_fmt(result['latency_p50_ms'])} ms, max {_fmt(result['latency_max_ms'])} ms over "
         f"{_fmt(result['latency_samples'])} samples (every frame of 1 connection in {result['sample_every']} "
         "and of every publisher is decoded; all frames are counted).",
-        f"- server CPU {_fmt(result['server_cpu_us_per_delivery'])} us per delivered message; "
+        f"- server CPU {_fmt(result['server_cpu_us_per_delivery'])} us per delivered message "
+        f"({_fmt(result.get('server_deliveries_per_cpu_s'))} deliveries per CPU-second); "
+        f"Redis CPU {_fmt(result.get('redis_cpu_percent'))} %, {_fmt(result.get('redis_cpu_us_per_publish'))} us "
+        "per published message; "
         f"load generator CPU {_fmt(result['client_cpu_percent'])} % ({result['load_processes']} processes, "
         f"{result['source_ips']} source address(es)).",
         f"- worker RSS MiB before connecting {result['server_rss_before_mib']}, connected "

@@ -9,7 +9,12 @@ decoded only on *sampled* connections (and publishers), which check the
 room's sequence numbers (a repeat is a duplicate, a jump a gap, a skipped
 seq that arrives after all is reordered) and the latency from the timestamp
 the publisher embedded (`data.t`, CLOCK_MONOTONIC nanoseconds, which is one
-clock for every process of the machine). It must not decide
+clock for every process of the machine).
+A second dialect speaks the tutorial's server (../shared/seed_server, the
+measuring stick of issue 12): the same `join`/`message` frames but no
+`joined` answer and no `seq`, so a publish carries a marker in its text,
+"<publisher>:<n>:<send-ns>", and sampled members check order per publisher
+(`n`) instead of per room (`seq`). It must not decide
 how many sockets to open or when to publish (chaos/load/worker.py does).
 """
 
@@ -28,6 +33,8 @@ MESSAGE_PREFIX = b'{"type":"message"'  # how the server's encoder starts every m
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_HANDSHAKE_BYTES = 16 * 1024
 MAX_SKIPPED_TRACKED = 10_000  # per sampled member: skipped seqs remembered to tell a late one from a duplicate
+RINGCAST, SEED = "ringcast", "seed"  # the wire dialects: ringcast's protocol, the tutorial's server
+DIALECTS = (RINGCAST, SEED)
 
 
 class UpgradeFailed(Exception):
@@ -60,6 +67,51 @@ def message_frame(room: str, sent_ns: int, number: int, publisher: int) -> bytes
     return masked_frame(OP_TEXT, payload)
 
 
+def encode_marker(publisher: int, number: int, sent_ns: int) -> str:
+    """The text of a publish to the tutorial's server: who sent it, its count, its send time (monotonic ns)."""
+    return f"{publisher}:{number}:{sent_ns}"
+
+
+def parse_marker(text: object) -> tuple[int, int, int] | None:
+    """(publisher, number, sent_ns) from `encode_marker`'s text; None for any other text."""
+    if not isinstance(text, str):
+        return None
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.isascii() and p.isdecimal() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def seed_message_frame(room: str, sent_ns: int, number: int, publisher: int) -> bytes:
+    """A publish to the tutorial's server (no `data`, no seq back): the marker travels as its `text`."""
+    payload = b'{"type":"message","room":"%s","text":"%s"}' % (
+        room.encode(), encode_marker(publisher, number, sent_ns).encode())
+    return masked_frame(OP_TEXT, payload)
+
+
+def track_order(tally: Tally, skipped: set[int], last: int, number: int) -> int:
+    """Count `number` against the highest seen so far (`last`) in one ordered stream; the new highest.
+
+    A repeat is a duplicate, a jump a gap (the numbers it went past are
+    remembered in `skipped`, bounded), a skipped number that comes after all
+    is reordered. The stream is a room's `seq` (ringcast) or one publisher's
+    `n` (the tutorial's server).
+    """
+    if number in skipped:
+        skipped.discard(number)
+        tally.reordered += 1
+        return last
+    if number <= last:
+        tally.duplicates += 1
+        return last
+    if number > last + 1:
+        tally.gaps += 1
+        tally.gap_messages += number - last - 1
+        if len(skipped) < MAX_SKIPPED_TRACKED:
+            skipped.update(range(last + 1, min(number, last + 1 + MAX_SKIPPED_TRACKED)))
+    return number
+
+
 class Window:
     """The measurement window shared by every socket of a process (monotonic ns; 0 = not yet known)."""
 
@@ -73,8 +125,10 @@ class Window:
 class MemberSocket(asyncio.Protocol):
     """One connection that joins one room and counts (and, if sampled, verifies) what it receives."""
 
-    def __init__(self, host: str, port: int, path: str, room: str, sampled: bool, tally: Tally, window: Window) -> None:
+    def __init__(self, host: str, port: int, path: str, room: str, sampled: bool, tally: Tally, window: Window,
+                 late_join: bool = False) -> None:
         self.host, self.port, self.path, self.room = host, port, path, room
+        self.late_join = late_join  # joins while the room is live (arrival mode): not every stream starts at 0
         self.sampled = sampled
         self.tally = tally
         self.window = window
@@ -148,7 +202,7 @@ class MemberSocket(asyncio.Protocol):
                 self._fail(UpgradeFailed(status, head.splitlines()[0] if head else "no answer"))
                 return
             self.upgraded = True
-            self.transport.write(masked_frame(OP_TEXT, b'{"type":"join","room":"%s"}' % self.room.encode()))
+            self._upgraded()
             buf = buf[end + 4:]
         now = time.monotonic_ns()
         window = self.window
@@ -195,6 +249,10 @@ class MemberSocket(asyncio.Protocol):
             if in_window:
                 tally.frames_in_window += count
 
+    def _upgraded(self) -> None:
+        """The upgrade is through: ask to join (ringcast answers `joined`, which completes `self.joined`)."""
+        self.transport.write(masked_frame(OP_TEXT, b'{"type":"join","room":"%s"}' % self.room.encode()))
+
     def _verify(self, body: bytes, now_ns: int, in_window: bool) -> None:
         frame = orjson.loads(body)
         tally = self.tally
@@ -208,18 +266,9 @@ class MemberSocket(asyncio.Protocol):
         else:
             self.epoch = epoch  # a room with no message yet joins with epoch "": the first message names it
             last = self.last_seq if self.last_seq >= 0 else self.join_seq
-            if seq in self.skipped:
-                self.skipped.discard(seq)
-                tally.reordered += 1
-            elif seq <= last:
-                tally.duplicates += 1
-            else:
-                if seq > last + 1:
-                    tally.gaps += 1
-                    tally.gap_messages += seq - last - 1
-                    if len(self.skipped) < MAX_SKIPPED_TRACKED:
-                        self.skipped.update(range(last + 1, min(seq, last + 1 + MAX_SKIPPED_TRACKED)))
-                self.last_seq = seq
+            newest = track_order(tally, self.skipped, last, seq)
+            if newest != last:
+                self.last_seq = newest
         data = frame.get("data")
         if isinstance(data, dict) and self.publisher_id is not None and data.get("p") == self.publisher_id:
             self.own_received += 1
@@ -251,3 +300,57 @@ class MemberSocket(asyncio.Protocol):
             self.joined.set_exception(exc)
         if self.transport is not None:
             self.transport.close()
+
+
+class SeedMemberSocket(MemberSocket):
+    """A member of a room on the tutorial's server: no `joined` answer, no seq; order and latency by marker.
+
+    The server never confirms a join, so the member counts as joined once its
+    `join` is written (the server reads a socket's frames in order, and the
+    coordinator waits IDLE_SETTLE_S after the ramp before anyone publishes).
+    `join_seq` stays 0: what a member must receive is everything published to
+    its room, counted by the publishers (chaos/load/worker.py).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_by_publisher: dict[int, int] = {}  # sampled: highest `n` seen from each publisher
+        self.skipped_by_publisher: dict[int, set[int]] = {}
+
+    def _upgraded(self) -> None:
+        super()._upgraded()
+        self.join_seq = 0
+        self.tally.connected += 1
+        self.joined.set_result(0)
+
+    def _verify(self, body: bytes, now_ns: int, in_window: bool) -> None:
+        tally = self.tally
+        tally.sampled_frames += 1
+        marker = parse_marker(orjson.loads(body).get("text"))
+        if marker is None:  # not one of the bench's publishes: the room is shared with someone else
+            tally.errors["unmarked"] = tally.errors.get("unmarked", 0) + 1
+            tally.error_examples.setdefault("unmarked", body[:200].decode(errors="replace"))
+            return
+        publisher, number, sent_ns = marker
+        # a member that joined a live room starts each publisher's stream at what it first sees from it
+        last = self.last_by_publisher.get(publisher, number - 1 if self.late_join else -1)
+        skipped = self.skipped_by_publisher.setdefault(publisher, set())
+        self.last_by_publisher[publisher] = track_order(tally, skipped, last, number)
+        if publisher == self.publisher_id:
+            self.own_received += 1
+        latency = now_ns - sent_ns
+        add_latency(tally.latency_all, latency)
+        if in_window:
+            add_latency(tally.latency_window, latency)
+
+    def _control_frame(self, frame: dict) -> None:
+        # the tutorial's server answers only a frame it cannot parse: {"error": "INVALID_MESSAGE_FORMAT"}
+        if "error" in frame:
+            code = str(frame["error"])
+            self.refused += 1
+            self.tally.errors[code] = self.tally.errors.get(code, 0) + 1
+            self.tally.error_examples.setdefault(code, str(frame)[:200])
+
+
+SOCKETS: dict[str, type[MemberSocket]] = {RINGCAST: MemberSocket, SEED: SeedMemberSocket}
+PUBLISH_FRAMES = {RINGCAST: message_frame, SEED: seed_message_frame}

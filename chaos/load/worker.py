@@ -8,8 +8,10 @@ position, or until quiet in arrival mode), and sending its tally back over a
 pipe.
 Two modes: a fixed population (`ConnectionPlan`s, some of which publish) and
 arrival phases like the tutorial's Artillery test (virtual users arrive at a
-rate, join a room, then loop: send, think). Every loop here is bounded in
-count and in time. It must not start servers or judge results.
+rate, join a room, then loop: send, think). Either speaks ringcast's
+protocol or the tutorial's server's (`ProcessPlan.dialect`, chaos/load/wire.py).
+Every loop here is bounded in count and in time. It must not start servers or
+judge results.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from multiprocessing.connection import Connection
 
 from chaos.eventually import Timeout, eventually
 from chaos.load.stats import Tally
-from chaos.load.wire import MemberSocket, UpgradeFailed, Window, message_frame
+from chaos.load.wire import PUBLISH_FRAMES, RINGCAST, SEED, SOCKETS, MemberSocket, UpgradeFailed, Window
 from router.backoff import BackoffPolicy
 
 PROGRESS_INTERVAL_S = 1.0
 # A refused upgrade (503 accept rate, 429 per-IP) or a full backlog: retry 0.1-0.2 s, doubling to 2-4 s.
 CONNECT_RETRY = BackoffPolicy(base_s=0.2, factor=2.0, cap_s=4.0, jitter=0.5)
+USER_NUMBERS_PER_PROCESS = 10_000_000  # arrival mode: process i numbers its users from i x this (unique ids)
 DEFAULT_PUBLISH_TICK_S = 0.01  # publishers are served in ticks: cheaper than one timer per publisher
 SETTLE_QUIET_S = 1.0  # arrival mode: after publishing stops, wait until nothing arrived for this long...
 SETTLE_MAX_S = 45.0  # ...but never longer than this (an overloaded run drains seconds of backlog); also the bound
@@ -82,6 +85,7 @@ class ProcessPlan:
     connect_timeout_s: float = 15.0
     connect_attempts: int = 10
     ramp_timeout_s: float = 120.0
+    dialect: str = RINGCAST  # the server's protocol: RINGCAST or SEED (the tutorial's server)
 
 
 def raise_fd_limit() -> int:
@@ -112,6 +116,8 @@ class LoadProcess:
         self.sockets: list[MemberSocket] = []
         self.commands: asyncio.Queue = asyncio.Queue()
         self._reported_latency: dict[int, int] = {}
+        self.socket_class = SOCKETS[plan.dialect]
+        self.publish_frame = PUBLISH_FRAMES[plan.dialect]
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -192,7 +198,7 @@ class LoadProcess:
         # each publisher starts at a random phase of its period, so sends spread over the tick
         offsets_s = [random.random() / rate_per_s for _ in publishers]
         sent = [0] * len(publishers)
-        tally, window = self.tally, self.window
+        tally, window, frame = self.tally, self.window, self.publish_frame
         while True:
             now = time.monotonic_ns()
             if now >= end_ns:
@@ -204,7 +210,7 @@ class LoadProcess:
                 if owed <= 0 or sock.closed:
                     continue
                 room, me = sock.room, sock.publisher_id
-                sock.publish(b"".join(message_frame(room, now, sent[i] + k, me) for k in range(owed)), owed)
+                sock.publish(b"".join(frame(room, now, sent[i] + k, me) for k in range(owed)), owed)
                 sent[i] = due
                 tally.published += owed
                 if window.start_ns <= now < window.end_ns:
@@ -231,9 +237,13 @@ class LoadProcess:
         except Timeout:
             pass  # a publish lost on its way: the members' counts will show it
         positions: dict[str, int] = {}
-        for sock in self.sockets:
-            if sock.sampled and sock.last_seq >= 0:
-                positions[sock.room] = max(positions.get(sock.room, 0), sock.last_seq)
+        if self.plan.dialect == SEED:  # no seq: a room's position is what its publishers sent (summed by the coordinator)
+            for sock in publishers:
+                positions[sock.room] = positions.get(sock.room, 0) + sock.sent
+        else:  # the highest seq seen (the coordinator takes the highest over processes)
+            for sock in self.sockets:
+                if sock.sampled and sock.last_seq >= 0:
+                    positions[sock.room] = max(positions.get(sock.room, 0), sock.last_seq)
         self.pipe.send(("positions", self.plan.index, positions))
         command = await self._command(SETTLE_MAX_S + 60)
         if command[0] != "expect":
@@ -262,11 +272,11 @@ class LoadProcess:
         members = [(s.room, s.join_seq, s.received, s.sampled, s.last_seq) for s in self.sockets]
         self.pipe.send(("result", self.plan.index, self.tally.as_dict(), members))
 
-    async def _open(self, host: str, port: int, path: str, room: str, source_ip: str, sampled: bool
-                    ) -> MemberSocket | None:
+    async def _open(self, host: str, port: int, path: str, room: str, source_ip: str, sampled: bool,
+                    late_join: bool = False) -> MemberSocket | None:
         loop = asyncio.get_running_loop()
         for attempt in range(self.plan.connect_attempts):
-            sock = MemberSocket(host, port, path, room, sampled, self.tally, self.window)
+            sock = self.socket_class(host, port, path, room, sampled, self.tally, self.window, late_join)
             try:
                 await asyncio.wait_for(
                     loop.create_connection(lambda: sock, host, port, local_addr=(source_ip, 0)),
@@ -289,7 +299,7 @@ class LoadProcess:
         _, window_start_ns, window_end_ns, end_ns = command
         self.window.start_ns, self.window.end_ns = window_start_ns, window_end_ns
         users: set[asyncio.Task] = set()
-        number = 0
+        number = self.plan.index * USER_NUMBERS_PER_PROCESS  # the user's id in its messages: unique in the run
         for duration_s, rate_per_s in plan.phases:
             phase_end = time.monotonic() + duration_s
             interval_s = 1.0 / rate_per_s if rate_per_s > 0 else duration_s
@@ -315,7 +325,7 @@ class LoadProcess:
     async def _virtual_user(self, plan: ArrivalPlan, target: Target, number: int, end_ns: int) -> None:
         source_ip = plan.source_ips[number % len(plan.source_ips)]
         sock = await self._open(target.host, target.port, target.path, target.room, source_ip,
-                                number % plan.sample_every == 0)
+                                number % plan.sample_every == 0, late_join=True)
         if sock is None:
             return
         self.sockets.append(sock)
@@ -325,7 +335,7 @@ class LoadProcess:
             now = time.monotonic_ns()
             if now >= end_ns or sock.closed:
                 break
-            sock.publish(message_frame(target.room, now, k, number), 1)
+            sock.publish(self.publish_frame(target.room, now, k, number), 1)
             tally.published += 1
             if window.start_ns <= now < window.end_ns:
                 tally.published_in_window += 1
