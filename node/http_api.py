@@ -36,14 +36,14 @@ import orjson
 from aiohttp import web
 
 from common.rooms import InvalidRoomName, check_room_name
-from node import api_keys, envelope, protocol
+from node import api_keys, protocol
 from node.api_keys import ApiKeyRefused, ApiKeys
 from node.bus import LATEST, Bus, BusUnavailable, HistoryPage, Position, PublishUnconfirmed, valid_idempotency_key
 from node.config import NodeConfig
 from node.hub import Hub
 from node.metrics import NodeMetrics
 from node.presence import PresenceDisabled
-from node.session import FRAME_FIELDS_BOUND_BYTES, JSON_GROWTH_BOUND, delivered_bytes
+from node.session import UndeliverableMessage, pack_message
 
 log = logging.getLogger("ringcast.http_api")
 
@@ -244,21 +244,10 @@ class HttpApi:
 
     def _pack(self, room: str, sender: str, data_key: str, data: Any) -> bytes:
         """The bus body of one message, within max_message_bytes on the bus and as delivered (node.session's rule)."""
-        limit = self.config.max_message_bytes
         try:
-            ts_ms = int(time.time() * 1000)
-            packed = envelope.pack(envelope.Envelope(ts_ms, sender, data_key, data))
-            delivered = 0
-            if len(packed) * JSON_GROWTH_BOUND + FRAME_FIELDS_BOUND_BYTES + len(room) > limit:
-                delivered = delivered_bytes(room, ts_ms, sender, data_key, data)
-        except (TypeError, ValueError, OverflowError):
-            raise ApiError(protocol.ErrorCode.INVALID_MESSAGE_FORMAT.value,
-                           "data holds a value that cannot be delivered") from None
-        if max(len(packed), delivered) > limit:
-            raise ApiError(protocol.ErrorCode.MESSAGE_TOO_LARGE.value,
-                           f"message is {len(packed)} bytes on the bus and up to {delivered} bytes as delivered; "
-                           f"the limit is {limit}")
-        return packed
+            return pack_message(room, sender, data_key, data, self.config.max_message_bytes)
+        except UndeliverableMessage as exc:
+            raise ApiError(exc.code.value, str(exc)) from None
 
     async def _publish(self, room: str, packed: bytes, key: str | None) -> Position:
         started = time.perf_counter()

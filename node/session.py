@@ -73,6 +73,37 @@ def delivered_bytes(room: str, ts_ms: int, sender: str, data_key: str, data: obj
     return max(len(protocol.encode(largest, protocol.JSON)), len(protocol.encode(largest, protocol.MSGPACK)))
 
 
+class UndeliverableMessage(Exception):
+    """A published message no member could be given: its `code` is INVALID_MESSAGE_FORMAT or MESSAGE_TOO_LARGE."""
+
+    def __init__(self, code: protocol.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def pack_message(room: str, sender: str, data_key: str, data: object, max_message_bytes: int) -> bytes:
+    """The bus body of one published message (node.envelope), within max_message_bytes on the bus and as
+    delivered in either codec; raises UndeliverableMessage. Shared by WebSocket and HTTP publishes."""
+    try:
+        ts_ms = int(time.time() * 1000)
+        body = envelope.pack(envelope.Envelope(ts_ms, sender, data_key, data))
+        delivered = 0
+        if len(body) * JSON_GROWTH_BOUND + FRAME_FIELDS_BOUND_BYTES + len(room) > max_message_bytes:
+            # Only then can a delivered frame exceed the limit: measure it (small messages skip the encodes).
+            delivered = delivered_bytes(room, ts_ms, sender, data_key, data)
+    except (TypeError, ValueError, OverflowError):
+        raise UndeliverableMessage(
+            protocol.ErrorCode.INVALID_MESSAGE_FORMAT, "data holds a value that cannot be delivered"
+        ) from None
+    if max(len(body), delivered) > max_message_bytes:
+        raise UndeliverableMessage(
+            protocol.ErrorCode.MESSAGE_TOO_LARGE,
+            f"message is {len(body)} bytes on the bus and up to {delivered} bytes as delivered; "
+            f"the limit is {max_message_bytes}",
+        )
+    return body
+
+
 def bus_error(exc: BusUnavailable, request_id: protocol.RequestId | None) -> protocol.ProtocolError:
     """The error a client gets for a bus failure while serving its request."""
     code = next(code for kind, code in BUS_ERROR_CODES if isinstance(exc, kind))
@@ -394,25 +425,11 @@ class Sessions:
             )
         if room not in conn.rooms:
             raise protocol.ProtocolError(protocol.ErrorCode.NOT_JOINED, f"join {room} before publishing to it", frame.request_id)
+        sender = conn.identity.user if conn.identity is not None else conn.id  # members see the token's `sub`
         try:
-            sender = conn.identity.user if conn.identity is not None else conn.id  # members see the token's `sub`
-            ts_ms = int(time.time() * 1000)
-            body = envelope.pack(envelope.Envelope(ts_ms, sender, frame.data_key, frame.data))
-            delivered = 0
-            if len(body) * JSON_GROWTH_BOUND + FRAME_FIELDS_BOUND_BYTES + len(room) > self.config.max_message_bytes:
-                # Only then can a delivered frame exceed the limit: measure it (small messages skip the encodes).
-                delivered = delivered_bytes(room, ts_ms, sender, frame.data_key, frame.data)
-        except (TypeError, ValueError, OverflowError):
-            raise protocol.ProtocolError(
-                protocol.ErrorCode.INVALID_MESSAGE_FORMAT, "data holds a value that cannot be delivered", frame.request_id
-            ) from None
-        if max(len(body), delivered) > self.config.max_message_bytes:
-            raise protocol.ProtocolError(
-                protocol.ErrorCode.MESSAGE_TOO_LARGE,
-                f"message is {len(body)} bytes on the bus and up to {delivered} bytes as delivered; "
-                f"the limit is {self.config.max_message_bytes}",
-                frame.request_id,
-            )
+            body = pack_message(room, sender, frame.data_key, frame.data, self.config.max_message_bytes)
+        except UndeliverableMessage as exc:
+            raise protocol.ProtocolError(exc.code, str(exc), frame.request_id) from None
         started = time.perf_counter()
         try:
             position = await self.bus.publish(room, body, frame.idempotency_key)
