@@ -8,7 +8,7 @@ up: install
 	.venv/bin/ringcast up
 
 test: install
-	.venv/bin/python -m pytest -q --durations=25
+	.venv/bin/python -m pytest -q -n 2 --dist loadgroup --durations=25
 
 lock:
 	./scripts/lock.sh

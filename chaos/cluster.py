@@ -21,33 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos.eventually import eventually_blocking
+from chaos.ports import free_port, free_port_range  # noqa: F401 - re-exported: tests import them from here
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def free_port_range(count: int, host: str = "127.0.0.1") -> int:
-    """A first port such that first..first+count-1 are all free right now."""
-    for _ in range(200):
-        first = free_port(host)
-        if first + count > 65535:
-            continue
-        ok = True
-        for port in range(first, first + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind((host, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return first
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:

@@ -3,6 +3,12 @@
 Tests that touch the bus use `redis_server`; tests that need workers call
 `start_node(...)`, which starts a supervisor on free loopback ports, waits
 until every worker answers /readyz, and stops it (by PID) after the test.
+
+`make test` runs the suite in two pytest-xdist processes (`-n 2 --dist
+loadgroup`): ports come from each process's own slice (chaos/ports.py), and
+the tests that load the whole machine for a while (network-namespace fleets,
+drills under load, benchmarks) are one group, run one after another by one
+process, never two of them at once.
 """
 
 from __future__ import annotations
@@ -81,3 +87,19 @@ def started():
     yield processes
     for process in reversed(processes):
         process.stop()
+
+
+MACHINE_LOADING_TESTS = (  # run one at a time (one xdist group); each drives load across several processes
+    "tests/fleet/",
+    "tests/chaos/test_drills.py",
+    "tests/chaos/test_bench.py",
+    "tests/chaos/test_bench_compare.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        if path.startswith(MACHINE_LOADING_TESTS):
+            item.add_marker(pytest.mark.xdist_group("machine-loading"))

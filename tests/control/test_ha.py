@@ -68,7 +68,7 @@ async def test_a_replica_stopped_with_sigterm_releases_the_lease(start_control):
 async def test_messages_keep_flowing_while_the_control_plane_is_down_and_it_comes_back_without_churn(
     start_node, start_control
 ):
-    node = start_node(2)
+    start_node(2)
     control = start_control()
     ring = await wait_ring(control, lambda r: len(r) == 2, "both workers in the ring")
     owner = ring.route("ha-room")
