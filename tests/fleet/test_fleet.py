@@ -153,8 +153,10 @@ def test_a_fleet_drill_interrupted_while_a_host_is_cut_off_removes_its_fleet_and
             link = subprocess.run(["ip", "-j", "link", "show", f"{tag}v3"], capture_output=True, text=True)
             return link.returncode == 0 and "DOWN" in json.loads(link.stdout)[0]["operstate"]
 
+        # The fleet first: while the drill builds it, host3's link exists and is DOWN before it is set up.
+        eventually_blocking(lambda: len(drill.children(recursive=True)) >= 6, timeout_s=90, interval_s=0.1,
+                            what="the drill's redis, 2 control replicas, 3 nodes and workers to run")
         eventually_blocking(cut_off, what="the drill to cut host3 off", timeout_s=90, interval_s=0.1)
         started = drill.children(recursive=True)
-        assert len(started) >= 6, [p.cmdline() for p in started]  # redis, 2 control replicas, 3 nodes and workers
         interrupt(proc, started, timeout_s=90)
     assert leftovers(tag) == []
