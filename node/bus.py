@@ -12,6 +12,9 @@ single-process embedded mode, `bus_redis` for a cluster over one Redis):
   position, in the same atomic step; a later one returns that position with
   `duplicate=True` and publishes nothing. So a caller may retry a publish
   that ended `PublishUnconfirmed` with the same key. Keys are per room.
+- `publish_nowait(...)` starts a publish without waiting for it: a caller
+  may have several in flight, and those it started one after another take
+  positions in that order.
 - `subscribe(room)` returns once messages published afterwards will reach
   this worker; `unsubscribe(room)` stops them. A bus carries only the rooms
   subscribed here (no global channel) and restores them after a reconnect.
@@ -31,6 +34,7 @@ never on Redis directly for room traffic.
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass
 from typing import Callable
 
@@ -120,6 +124,16 @@ class Bus(abc.ABC):
         room within the bus's idempotency window: publish nothing and return the
         first publish's position with `duplicate=True`.
         """
+
+    def publish_nowait(self, room: str, body: bytes, idempotency_key: str | None = None) -> asyncio.Future:
+        """Start `publish` at once and return its future (same result, same errors, same bound in time).
+
+        Publishes started one after another by one caller are assigned positions in
+        that order (a failed one takes none). Raises ValueError for an invalid key.
+        """
+        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
+            raise ValueError("an idempotency key is 1..64 printable ASCII characters")
+        return asyncio.ensure_future(self.publish(room, body, idempotency_key))
 
     @abc.abstractmethod
     async def read_history(self, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:

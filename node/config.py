@@ -74,6 +74,7 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
     # --- rate limits ----------------------------------------------------
     message_rate_per_s: float = setting(100.0, "sustained client frames per second per connection (token bucket refill)")
     message_burst: int = setting(200, "token bucket size: frames a connection may send at once")
+    max_publishes_in_flight: int = setting(32, "publishes one connection may have sent to the bus and not yet acked; the next frame is read once the oldest is answered (acks and errors keep the frames' order)")
     flood_close_after_rejections: int = setting(100, "consecutive rate-limited frames after which the connection closes with 1008")
 
     # --- connection limits ----------------------------------------------
@@ -81,8 +82,11 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
     max_connections_per_ip: int = setting(1_000, "connections from one IP per worker; past it the upgrade gets HTTP 429")
     max_outbound_bytes: int = setting(512 * 1024, "per-connection bytes queued for a slow reader; past it close 1013 (slow consumer)")
     write_coalesce_ms: float = setting(0.0, "hold outgoing frames this long so several share one write (fewer syscalls on fan-out, that much more latency); 0: end of the loop turn")
+    write_hold_max_ms: float = setting(20.0, "adaptive coalescing: longest a BUSY worker holds outgoing frames so several messages share one write per socket (after a flush that took c ms, frames queued within 2c ms wait for the rest of that time); an idle worker writes at the end of the loop turn; 0: never hold")
     socket_send_buffer_bytes: int = setting(128 * 1024, "SO_SNDBUF per client socket (kernel doubles it); 0 keeps the kernel's autotuning")
     listen_backlog: int = setting(4096, "TCP accept backlog of each worker's listening socket")
+    gc_threshold: int = setting(100_000, "net allocations of container objects between two youngest-generation runs of the cyclic garbage collector in a worker (gc.set_threshold(N, 50, 1000)); fewer collections, cyclic garbage lives longer; 0 keeps CPython's default (700, 10, 10)")
+    gc_freeze: bool = setting(True, "move the objects alive when a worker starts (modules, settings, the app) out of the collector's reach (gc.freeze()), so collections no longer walk them")
 
     # --- security (node.auth, node.admission; docs/security.md) ------------
     auth: str = setting("auto", "connection tokens: required, off, or auto (required once a --jwt-secret is set; off warns loudly)", choices=("auto", "required", "off"))
@@ -119,7 +123,7 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
     heartbeat_timeout_s: float = setting(10.0, "seconds a client has to answer a ping before it is terminated")
 
     # --- bus resilience -------------------------------------------------
-    bus_max_connections: int = setting(16, "command connections per worker to Redis (publishes, history reads); excess requests wait")
+    bus_max_connections: int = setting(16, "command connections per worker to Redis (history reads, presence); publishes have one connection of their own; excess requests wait")
     bus_timeout_s: float = setting(2.0, "longest a publish or a subscribe waits for Redis before BUS_UNAVAILABLE")
     bus_reconnect_base_s: float = setting(0.1, "first delay before reconnecting to Redis; doubles per failure")
     bus_reconnect_cap_s: float = setting(5.0, "longest delay between Redis reconnect attempts")
@@ -171,7 +175,7 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
     def validate(self) -> None:
         positive = [
             "port", "workers", "max_frame_bytes", "max_message_bytes", "max_room_name_chars",
-            "max_rooms_per_connection", "max_json_depth", "message_rate_per_s", "message_burst",
+            "max_rooms_per_connection", "max_json_depth", "message_rate_per_s", "message_burst", "max_publishes_in_flight",
             "flood_close_after_rejections", "max_connections", "max_connections_per_ip",
             "max_outbound_bytes", "heartbeat_interval_s", "heartbeat_timeout_s", "bus_timeout_s",
             "bus_reconnect_base_s", "bus_max_connections", "bus_reconnect_cap_s", "room_state_ttl_s", "shutdown_timeout_s",
@@ -193,6 +197,10 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
             RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
         if not 0 <= self.write_coalesce_ms <= 1000:
             raise SettingsError("write_coalesce_ms must be between 0 and 1000")
+        if not 0 <= self.write_hold_max_ms <= 1000:
+            raise SettingsError("write_hold_max_ms must be between 0 and 1000")
+        if not 0 <= self.gc_threshold <= 10_000_000:
+            raise SettingsError("gc_threshold must be between 0 (CPython's default) and 10000000")
         if self.shutdown_window_s < 0 or self.reconnect_jitter_ms < 0 or self.socket_send_buffer_bytes < 0:
             raise SettingsError("shutdown_window_s and reconnect_jitter_ms must be >= 0")
         if self.port + self.workers - 1 > 65535:

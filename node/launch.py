@@ -8,7 +8,8 @@ closes. Nothing of it is in argv (readable by every local user through
 /proc/<pid>/cmdline and `ps`) nor in the environment (readable by the same
 user and root through /proc/<pid>/environ). It also owns the choice of the
 bus implementation from the settings (`memory`, `redis`, `global`), logging
-setup, and running the `node.worker.Worker` on uvloop until it stops.
+setup, the process's garbage-collector settings (`apply_gc_settings`), and
+running the `node.worker.Worker` on uvloop until it stops.
 
 It must not serve traffic or hold state of its own: everything after the
 start is the worker's.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import sys
 import typing
@@ -71,9 +73,27 @@ def read_handover(stream: typing.BinaryIO) -> tuple[NodeConfig, int]:
     return NodeConfig(**document["config"]), int(document.get("restarts", 0))
 
 
+def apply_gc_settings(config: NodeConfig) -> None:
+    """The worker's cyclic garbage collector, as `--gc-threshold` and `--gc-freeze` say (before the event loop starts).
+
+    A threshold N > 0 collects the youngest generation after N net allocations
+    of container objects (CPython: 700), the middle one after 50 of those
+    collections and the oldest after 1000 of the middle one's (CPython: 10, 10);
+    0 leaves CPython's thresholds. Freezing collects once, then moves every
+    object still alive (modules, settings, the application) to a generation no
+    collection walks.
+    """
+    if config.gc_threshold > 0:
+        gc.set_threshold(config.gc_threshold, 50, 1000)
+    if config.gc_freeze:
+        gc.collect()
+        gc.freeze()
+
+
 def run_worker(config: NodeConfig, restarts: int = 0) -> None:
     setup_logging(config.log_level, component="worker", worker=config.shard_id)
     worker = Worker(config, make_bus(config), restarts)
+    apply_gc_settings(config)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

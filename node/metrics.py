@@ -8,6 +8,8 @@ Hot paths increment by batch (one `inc(n)` per fan-out, not per member).
 
 from __future__ import annotations
 
+import gc
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import ProcessCollector
 
@@ -105,6 +107,18 @@ class NodeMetrics:
         self.restarts = Gauge(
             "ringcast_worker_restarts", "Times the supervisor has restarted this worker slot", registry=r
         )
+        self.gc_threshold = Gauge(
+            "ringcast_gc_threshold",
+            "Net allocations between two youngest-generation garbage collections (gc.get_threshold()[0]; --gc-threshold)",
+            registry=r,
+        )
+        self.gc_threshold.set_function(lambda: gc.get_threshold()[0])
+        self.gc_frozen_objects = Gauge(
+            "ringcast_gc_frozen_objects",
+            "Objects the garbage collector no longer walks (gc.get_freeze_count(); --gc-freeze)",
+            registry=r,
+        )
+        self.gc_frozen_objects.set_function(gc.get_freeze_count)
         self._export_known_labels()
         self.info = Gauge("ringcast_worker_info", "Worker identity", ["worker"], registry=r)
         self.info.labels(**labels).set(1)

@@ -1,11 +1,29 @@
-"""Write coalescing: every frame queued for a socket in one loop turn leaves in one write.
+"""Write coalescing: frames queued for a socket leave in one write, held a little longer while the worker is busy.
 
 Owns the worker-wide list of connections with frames waiting and the single
-end-of-turn flush. Kernel time dominates fan-out, so one `write` per socket
-per turn (instead of one per frame) is the difference between a few thousand
-and a few hundred thousand deliveries per second. It also owns the
-slow-consumer bound: after a flush, a socket whose user-space buffer holds
-more than `max_outbound_bytes` is reported to `on_overflow`.
+flush that writes them. Kernel time dominates fan-out, so one `write` per
+socket per flush (instead of one per frame) is the difference between a few
+thousand and a few hundred thousand deliveries per second.
+
+When the flush happens (adaptive coalescing):
+
+- idle worker: at the end of the loop turn in which the first frame was
+  queued, so a quiet worker adds no latency;
+- busy worker: a flush that cost `c` seconds is followed by at least
+  `BUSY_HOLD_FACTOR * c` seconds in which frames are only queued, never
+  more than `max_hold_s` after the first of them. While frames keep coming,
+  writing takes at most 1 / (1 + BUSY_HOLD_FACTOR) of the loop's time, and
+  a single steady publisher's messages to a big room share one write per
+  member instead of one each. The worker is "busy" exactly when a frame is
+  queued before that quiet time since the last flush has passed; the
+  hold is the rest of it.
+- `coalesce_delay_s` > 0 (the fixed window, `--write-coalesce-ms`) replaces
+  the rule: every frame waits that long.
+
+It also owns the slow-consumer bound: after a flush, a socket whose
+user-space buffer holds more than `max_outbound_bytes` is reported to
+`on_overflow`. `flush_one` writes one connection's queue at once (before a
+close frame, which must come after it).
 
 It must not encode anything: it moves finished frame bytes.
 """
@@ -13,7 +31,12 @@ It must not encode anything: it moves finished frame bytes.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 from typing import Callable, Protocol
+
+# A flush that took c seconds is followed by BUSY_HOLD_FACTOR * c seconds of queueing (bounded by max_hold_s)
+# when frames arrive in that time: writing then takes at most a third of a busy loop.
+BUSY_HOLD_FACTOR = 2.0
 
 
 class Writable(Protocol):
@@ -26,19 +49,22 @@ class Writable(Protocol):
 
 class Outbox:
     def __init__(
-        self, max_outbound_bytes: int, on_overflow: Callable[[Writable, int], None], coalesce_delay_s: float = 0.0
+        self, max_outbound_bytes: int, on_overflow: Callable[[Writable, int], None], coalesce_delay_s: float = 0.0,
+        max_hold_s: float = 0.0,
     ) -> None:
+        """`max_hold_s`: the longest a busy worker holds a frame for others (0: never, flush every turn);
+        `coalesce_delay_s` > 0 holds every frame that long instead."""
         self.max_outbound_bytes = max_outbound_bytes
-        # 0: flush at the end of the current loop turn. > 0: hold frames that long, so
-        # messages arriving one per turn (a single steady publisher) still share writes.
         self.coalesce_delay_s = coalesce_delay_s
+        self.max_hold_s = max_hold_s
         self.on_overflow = on_overflow
         self._dirty: list[Writable] = []
         self._scheduled = False
+        self._quiet_until = 0.0  # perf_counter() before which a new frame is held (the busy rule)
         self._loop = asyncio.get_running_loop()
 
     def push(self, conn: Writable, frame: bytes) -> None:
-        """Queue one finished frame for `conn`; it leaves at the end of this loop turn (or the delay)."""
+        """Queue one finished frame for `conn`; it leaves at the next flush (see the module docstring)."""
         if conn.closed:
             return
         if not conn.pending:
@@ -48,6 +74,10 @@ class Outbox:
             self._scheduled = True
             if self.coalesce_delay_s:
                 self._loop.call_later(self.coalesce_delay_s, self.flush)
+                return
+            hold = self._quiet_until - perf_counter()
+            if hold > 0.0:
+                self._loop.call_later(min(hold, self.max_hold_s), self.flush)
             else:
                 self._loop.call_soon(self.flush)
 
@@ -62,6 +92,7 @@ class Outbox:
         conn.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def flush(self) -> None:
+        started = perf_counter()
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         limit = self.max_outbound_bytes
@@ -77,3 +108,6 @@ class Outbox:
             buffered = transport.get_write_buffer_size()
             if buffered > limit:
                 self.on_overflow(conn, buffered)
+        if self.max_hold_s:
+            ended = perf_counter()
+            self._quiet_until = ended + BUSY_HOLD_FACTOR * (ended - started)

@@ -20,8 +20,11 @@ and `presence_stats` answers).
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import time
+import typing
 
 from node import envelope, protocol
 from node.auth import MAX_TOKEN_CHARS, AuthError, TokenVerifier
@@ -146,6 +149,15 @@ class Sessions:
                 max_frame_bytes=config.max_frame_bytes,
             )
         )
+        # Each frame type's `messages_received` counter, looked up once.
+        self._received = {
+            kind: metrics.messages_received.labels(kind.__name__.lower()) for kind in typing.get_args(protocol.ClientFrame)
+        }
+        # Connections with publishes not yet answered: conn.id -> deque, in frame order, of
+        # (bus future, (room, request id), perf_counter at hand-over) for a publish, and
+        # (None, encoded error, 0.0) for a publish refused while earlier ones were in flight.
+        # An entry exists only while something is in flight.
+        self._in_flight: dict[str, collections.deque] = {}
         self.limits = {  # told to every client in its welcome
             "maxFrameBytes": config.max_frame_bytes,
             "maxMessageBytes": config.max_message_bytes,
@@ -168,21 +180,45 @@ class Sessions:
             for room in conn.rooms:
                 self.presence.left(conn, room)
         self.hub.leave_all(conn)
+        self._in_flight.pop(conn.id, None)  # their answers are dropped: the socket is gone
         if conn.identity is None:
             self.room_quota.forget(conn.id)  # a token's user keeps its quota across connections
 
     # --- one frame --------------------------------------------------------------------
 
     async def handle(self, conn: Connection, data: str | bytes) -> None:
-        """Decode one client frame and run it; every failure becomes an `error` frame."""
+        """Decode one client frame and run it; every failure becomes an `error` frame.
+
+        A publish returns once it is handed to the bus: up to max_publishes_in_flight of a
+        connection's publishes wait for Redis at once, and their acks and errors go out in
+        the order of the frames. Any other frame first waits for the connection's
+        publishes to be answered, so every reply keeps its frame's order.
+        """
         request_id: protocol.RequestId | None = None
         try:
             frame = self.decoder.decode(data, conn.codec)
             request_id = frame.request_id  # a client waiting for its reply gets one even when we fail
-            self.metrics.messages_received.labels(type(frame).__name__.lower()).inc()
+            self._received[type(frame)].inc()
             if isinstance(frame, protocol.Publish):
-                await self._publish(conn, frame)
-            elif isinstance(frame, protocol.Join):
+                earlier = self._in_flight.get(conn.id)
+                try:
+                    self._publish(conn, frame)
+                except protocol.ProtocolError as exc:
+                    if earlier is None:
+                        raise
+                    # Answered after the publishes before it.
+                    self.metrics.messages_received.labels("invalid").inc()
+                    self.metrics.errors.labels(exc.code.value).inc()
+                    earlier.append((None, conn.frame(protocol.error(exc.code, exc.message, exc.request_id)), 0.0))
+                while (
+                    (in_flight := self._in_flight.get(conn.id))
+                    and len(in_flight) >= self.config.max_publishes_in_flight and not conn.closed
+                ):
+                    await asyncio.wait((in_flight[0][0],))
+                return
+            if conn.id in self._in_flight:
+                await self._settle(conn)
+            if isinstance(frame, protocol.Join):
                 await self._join(conn, frame)
             elif isinstance(frame, protocol.Leave):
                 self._leave(conn, frame)
@@ -409,7 +445,11 @@ class Sessions:
         self.hub.leave(conn, frame.room)
         self.outbox.push(conn, conn.frame(protocol.left(frame.room, frame.request_id)))
 
-    async def _publish(self, conn: Connection, frame: protocol.Publish) -> None:
+    def _publish(self, conn: Connection, frame: protocol.Publish) -> None:
+        """Check a publish and hand it to the bus; its ack (or error) is pushed by `_answer`, in frame order.
+
+        Raises ProtocolError for a publish refused before the bus.
+        """
         room = frame.room
         if room is None:
             if len(conn.rooms) != 1:
@@ -432,13 +472,58 @@ class Sessions:
             raise protocol.ProtocolError(exc.code, str(exc), frame.request_id) from None
         started = time.perf_counter()
         try:
-            position = await self.bus.publish(room, body, frame.idempotency_key)
-        except BusUnavailable as exc:
+            future = self.bus.publish_nowait(room, body, frame.idempotency_key)
+        except BusUnavailable as exc:  # the bus is closed
             raise bus_error(exc, frame.request_id) from None
-        self.metrics.bus_publish.observe(time.perf_counter() - started)
-        if not position.duplicate:  # a retry of a key already used published nothing
-            self.metrics.messages_published.inc()
-        if frame.request_id is not None and not conn.closed:
-            self.outbox.push(conn, conn.frame(
-                protocol.ack(room, position.seq, position.epoch, frame.request_id, position.duplicate)
-            ))
+        in_flight = self._in_flight.get(conn.id)
+        if in_flight is None:
+            in_flight = self._in_flight[conn.id] = collections.deque()
+        in_flight.append((future, (room, frame.request_id), started))
+        future.add_done_callback(lambda done: self._answer(conn, done))
+
+    def _answer(self, conn: Connection, done: asyncio.Future) -> None:
+        """Push the replies of the connection's oldest publishes that are answered, in frame order."""
+        in_flight = self._in_flight.get(conn.id)
+        if in_flight is None:  # the connection ended: nobody to answer
+            if not done.cancelled():
+                done.exception()  # retrieved, so asyncio does not log it as never retrieved
+            return
+        while in_flight:
+            future, reply, started = in_flight[0]
+            if future is not None:
+                if not future.done():
+                    return
+                reply = self._publish_reply(conn, future, reply, started)
+            in_flight.popleft()
+            if reply is not None and not conn.closed:
+                self.outbox.push(conn, reply)
+        del self._in_flight[conn.id]
+
+    def _publish_reply(
+        self, conn: Connection, future: asyncio.Future, what: tuple[str, protocol.RequestId | None], started: float
+    ) -> bytes | None:
+        """The encoded ack or error of one answered publish (None: no request id, nothing to ack)."""
+        room, request_id = what
+        if future.cancelled():
+            return None
+        exc = future.exception()
+        if exc is None:
+            position = future.result()
+            self.metrics.bus_publish.observe(time.perf_counter() - started)
+            if not position.duplicate:  # a retry of a key already used published nothing
+                self.metrics.messages_published.inc()
+            if request_id is None:
+                return None
+            return conn.frame(protocol.ack(room, position.seq, position.epoch, request_id, position.duplicate))
+        if isinstance(exc, BusUnavailable):
+            error = bus_error(exc, request_id)
+        else:
+            log.error("bug while publishing on connection %s: %r", conn.id, exc)
+            error = protocol.ProtocolError(protocol.ErrorCode.INTERNAL_ERROR, "internal error; logged", request_id)
+        self.metrics.errors.labels(error.code.value).inc()
+        return conn.frame(protocol.error(error.code, error.message, error.request_id))
+
+    async def _settle(self, conn: Connection) -> None:
+        """Wait until every publish of the connection is answered (and its reply pushed)."""
+        while (in_flight := self._in_flight.get(conn.id)) and not conn.closed:
+            await asyncio.wait((in_flight[0][0],))

@@ -121,7 +121,8 @@ class Worker:
 
     async def _on_startup(self, app: web.Application) -> None:
         self.outbox = Outbox(
-            self.config.max_outbound_bytes, self._on_slow_consumer, self.config.write_coalesce_ms / 1000
+            self.config.max_outbound_bytes, self._on_slow_consumer, self.config.write_coalesce_ms / 1000,
+            self.config.write_hold_max_ms / 1000,
         )
         self.presence = Presence(self.config, self.worker_id, self.outbox)
         self.presence.start()

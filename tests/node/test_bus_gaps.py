@@ -23,8 +23,9 @@ async def publish_off_channel(redis_url: str, room: str, text: str) -> None:
     client = redis_async.Redis.from_url(redis_url)
     try:
         body = envelope.pack(envelope.Envelope(1_700_000_000_000, "test", "text", text))
+        # One publish (ARGV[1]) of 2 keys: channel, body, state TTL, history size and TTL, idempotency window.
         await client.eval(PUBLISH_SCRIPT, 2, KEYS.state_key(room), KEYS.history_key(room),
-                          "ringcast:test:nowhere", body, 300, 100, 300)
+                          1, 2, "ringcast:test:nowhere", body, 300, 100, 300, 300)
     finally:
         await client.aclose()
 

@@ -88,6 +88,6 @@ def test_malformed_history_entries_are_refused(entry_id, fields, reason):
 def test_the_scripts_are_built_from_the_format():
     """The Lua that writes the format comes from bus_wire, so the format is written down once."""
     assert bus_wire.lua_payload("seq", "epoch", "ARGV[2]") == "seq .. ' ' .. epoch .. ' ' .. ARGV[2]"
-    assert f"redis.call('PUBLISH', ARGV[1], {bus_wire.lua_payload('seq', 'epoch', 'ARGV[2]')})" in PUBLISH_SCRIPT
-    assert f"{bus_wire.lua_history_entry_id('seq')}, '{bus_wire.HISTORY_BODY_FIELD}', ARGV[2]" in PUBLISH_SCRIPT
+    assert f"redis.call('PUBLISH', channel, {bus_wire.lua_payload('seq', 'epoch', 'body')})" in PUBLISH_SCRIPT
+    assert f"{bus_wire.lua_history_entry_id('seq')}, '{bus_wire.HISTORY_BODY_FIELD}', body" in PUBLISH_SCRIPT
     assert bus_wire.lua_history_entry_id("(since + 1)") in READ_HISTORY_SCRIPT
