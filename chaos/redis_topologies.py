@@ -1,11 +1,13 @@
-"""Redis beyond one plain server, for tests and drills: TLS certificates and a Sentinel group.
+"""Redis beyond one plain server, for tests and drills: TLS certificates, a Sentinel group, a Redis Cluster.
 
 Owns making a throw-away certificate authority with the `openssl` command
 (`make_tls_files`: a CA, a server certificate for 127.0.0.1, a client
 certificate, and for refusal tests a server certificate for another name and
 an unrelated CA), and starting a Sentinel topology on free loopback ports
 (`SentinelGroup`: a master, one replica, three `redis-sentinel` processes,
-configuration files in a temp dir), stopped by PID.
+configuration files in a temp dir), and a Redis Cluster (`RedisClusterGroup`:
+N masters with M replicas each, made by `redis-cli --cluster create`), all
+stopped by PID.
 
 It must not start ringcast processes (chaos/cluster.py does) nor decide
 anything about delivery: it only brings Redis up, down, and over.
@@ -169,4 +171,122 @@ class SentinelGroup:
         for server in (self.replica, self.master):
             if server is not None:
                 server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+CLUSTER_NODE_TIMEOUT_MS = 1000  # a master silent this long is failing; its replica then takes over
+
+
+@dataclass
+class RedisClusterGroup:
+    """A local Redis Cluster: `masters` masters (3 or more, or 1 alone), each with `replicas` replicas, on free loopback ports.
+
+    Each node is a RedisServer with its own temp dir (its nodes.conf is there)
+    and PID; the cluster is made with `redis-cli --cluster create` and waited on
+    until every node says `cluster_state:ok` and knows every other node.
+    """
+
+    masters: int = 3
+    replicas: int = 0
+    tls: RedisTlsFiles | None = None  # TLS only, between the nodes too (tls-cluster, tls-replication)
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ringcast-rcluster-"))
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The seed URL (`redis+cluster://`) naming every master started."""
+        return ("rediss" if self.tls else "redis") + "+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:self.masters])
+
+    def start(self) -> "RedisClusterGroup":
+        if shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-cli not found: run scripts/bootstrap.sh (installs the Debian package)")
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        count = self.masters * (1 + self.replicas)
+        for _ in range(count):
+            self.nodes.append(RedisServer(
+                port=free_port(), workdir=tempfile.mkdtemp(dir=self.workdir), tls=self.tls,
+                extra_args=[*(["--tls-cluster", "yes"] if self.tls else []), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                            "--cluster-port", str(free_port()),  # the node-to-node bus: a free port of its own, not port + 10000
+                            "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+                            "--cluster-replica-validity-factor", "0"],
+            ).start())
+        if self.masters == 1 and self.replicas == 0:  # below redis-cli's three masters: one node owns every slot
+            self.nodes[0].command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+        else:
+            # redis-cli makes the first `masters` nodes masters and gives each the next ones as replicas.
+            tls = [] if self.tls is None else ["--tls", "--cacert", self.tls.ca_file, "--cert", self.tls.client_cert_file,
+                                               "--key", self.tls.client_key_file]
+            subprocess.run(["redis-cli", *tls, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                            "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+        eventually_blocking(self._ready, timeout_s=30, what="every cluster node to say cluster_state:ok")
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            info = node.command("CLUSTER", "INFO")
+            if b"cluster_state:ok" not in info or f"cluster_known_nodes:{len(self.nodes)}".encode() not in info:
+                return False
+            if b"role:slave" in node.command("INFO", "replication") and \
+                    b"master_link_status:up" not in node.command("INFO", "replication"):
+                return False
+        return True
+
+    def live_nodes(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.proc is not None and node.proc.poll() is None]
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        """The live node every live node's CLUSTER NODES names as the master of `slot` now."""
+        owners = set()
+        for node in self.live_nodes():
+            for line in node.command("CLUSTER", "NODES").decode().splitlines():
+                fields = line.split()
+                if "master" not in fields[2].split(",") or "fail" in fields[2].split(","):
+                    continue
+                for item in fields[8:]:
+                    first, _, last = item.partition("-")
+                    if first.isdigit() and int(first) <= slot <= int(last or first):
+                        owners.add(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        by_port = {node.port: node for node in self.live_nodes()}
+        if len(owners) != 1 or next(iter(owners)) not in by_port:
+            raise LookupError(f"the live nodes do not agree on a live master of slot {slot}: {owners}")
+        return by_port[next(iter(owners))]
+
+    def move_slot(self, slot: int, source: RedisServer, target: RedisServer) -> None:
+        """Move `slot` from master `source` to master `target` with its keys, as `redis-cli --cluster reshard` does."""
+        source_id = source.command("CLUSTER", "MYID").strip().decode()
+        target_id = target.command("CLUSTER", "MYID").strip().decode()
+        target.command("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        source.command("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        for _ in range(10_000):  # bounded: 100 keys per round
+            keys = source.command("CLUSTER", "GETKEYSINSLOT", str(slot), "100").decode().split()
+            if not keys:
+                break
+            source.command("MIGRATE", target.host, str(target.port), "", "0", "5000", "KEYS", *keys)
+        masters = [node for node in self.live_nodes() if node.command("ROLE").split(b"\n", 1)[0].strip() == b"master"]
+        for node in [target, source, *(m for m in masters if m is not source and m is not target)]:
+            node.command("CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
+    def keyslot(self, key: str) -> int:
+        return int(self.live_nodes()[0].command("CLUSTER", "KEYSLOT", key).strip())
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A live replica of `master` (by the replica's own INFO)."""
+        for node in self.live_nodes():
+            if node is master:
+                continue
+            info = node.command("INFO", "replication")
+            if b"role:slave" in info and f"master_port:{master.port}\r\n".encode() in info:
+                return node
+        raise LookupError(f"no live replica of port {master.port}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -5,8 +5,11 @@ heartbeat reporters read or write, and the words they exchange (worker
 states, event kinds). It is the contract between `node.heartbeat`, `router/`
 and `control/`, nothing more: no I/O, no logic. docs/control.md describes each key.
 
-All keys live in one Redis (the control plane's state is small); with a
-Redis Cluster they would need a hash tag, which this layout does not add.
+All keys live in one Redis (the control plane's state is small). On a Redis
+Cluster (a `redis+cluster://` URL) every name carries the hash tag `{ctl}`
+right after the prefix (`ringcast:{ctl}ring`, ...): all keys are on one slot,
+so each multi-key script (fenced writes, the heartbeat) runs on one shard.
+On a single Redis or Sentinel the names are the prefix and the name, untagged.
 """
 
 from __future__ import annotations
@@ -22,11 +25,22 @@ ALIVE = "alive"
 DEAD = "dead"
 
 
-class Keys:
-    """Every key under one prefix (the workers' and control plane's --key-prefix)."""
+CLUSTER_TAG = "{ctl}"  # the hash tag of every key on a Redis Cluster: one slot for the whole control state
 
-    def __init__(self, prefix: str = "ringcast:") -> None:
+
+class Keys:
+    """Every key under one prefix (the workers' and control plane's --key-prefix).
+
+    `cluster`: the names carry CLUSTER_TAG after the prefix (a Redis Cluster).
+    Every name starts with the same `prefix + CLUSTER_TAG`, so Redis takes the
+    same hash tag from each whatever braces the prefix holds (a prefix with an
+    empty `{}` in it would leave the names untagged).
+    """
+
+    def __init__(self, prefix: str = "ringcast:", *, cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster
+        prefix = self.base = f"{prefix}{CLUSTER_TAG}" if cluster else prefix
         self.ring = f"{prefix}ring"  # STRING: Ring.to_json() of the current ring; written only by the leader
         self.heartbeats = f"{prefix}nodes:heartbeat"  # HASH id -> JSON of the worker's latest heartbeat
         self.seen = f"{prefix}nodes:seen"  # HASH id -> Redis server time (ms) of the latest heartbeat
@@ -41,8 +55,8 @@ class Keys:
 
     def command(self, node_id: str) -> str:
         """STRING JSON: the control plane's desired state for one worker (only that worker reads it)."""
-        return f"{self.prefix}node:{node_id}:command"
+        return f"{self.base}node:{node_id}:command"
 
     def rooms(self, node_id: str) -> str:
         """HASH room -> local member count, rewritten by the worker with each heartbeat (bounded, expiring)."""
-        return f"{self.prefix}node:{node_id}:rooms"
+        return f"{self.base}node:{node_id}:rooms"

@@ -40,6 +40,9 @@ end
 return 1
 """
 
+# Redis' clock on the node that holds KEYS[1] (the one whose clock `_ANNOUNCE` stamped the entries with).
+_TIME_AT_KEY = "return redis.call('TIME')"
+
 
 class Presence:
     """One process' entry in one presence hash."""
@@ -65,7 +68,7 @@ class Presence:
 async def present(redis: aioredis.Redis, key: str) -> list[dict]:
     """The unexpired entries `{"id","url","expiresAtMs"}` of a presence hash, sorted by id."""
     pipe = redis.pipeline(transaction=False)
-    pipe.time()
+    pipe.eval(_TIME_AT_KEY, 1, key)  # not TIME: a Redis Cluster pipeline refuses it (and would ask any node)
     pipe.hgetall(key)
     now, raw = await pipe.execute()
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000

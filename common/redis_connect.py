@@ -4,7 +4,9 @@ Owns the one place a Redis connection is described and built:
 
 - Parsing the URL forms (`parse_url`): `redis://` (plain), `rediss://`
   (TLS), `redis+sentinel://` and `rediss+sentinel://` (find the master
-  through Sentinel; TLS to the sentinels and the data nodes alike), each
+  through Sentinel; TLS to the sentinels and the data nodes alike),
+  `redis+cluster://` and `rediss+cluster://` (a Redis Cluster: seed nodes,
+  comma-separated; the rest is discovered), each
   `[[user]:password@]`-capable. A malformed URL is a `SettingsError` saying
   what is wrong, never a stack trace at the first command.
 - Secrets (`RedisTarget.from_settings`): the password comes from
@@ -16,7 +18,8 @@ Owns the one place a Redis connection is described and built:
 - Building clients (`RedisTarget.client`): a redis-py asyncio client whose
   connections follow a Sentinel failover (`master_for` pools ask the
   sentinels for the master at every new connection, and drop a demoted one),
-  with the TLS options and password applied.
+  with the TLS options and password applied; on a cluster URL a redis-py
+  `RedisCluster` (commands routed by slot, following MOVED and failovers).
 - Locating the master for a raw connection (`RedisTarget.endpoint`): the
   host, port, ssl context and credentials node/redis_subscriber.py opens its
   own socket with, asked of the sentinels at every (re)connect.
@@ -38,15 +41,18 @@ from common.settings import SettingsError, setting
 
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
-SCHEMES = {  # scheme -> (tls, sentinel)
-    "redis": (False, False),
-    "rediss": (True, False),
-    "redis+sentinel": (False, True),
-    "rediss+sentinel": (True, True),
+SCHEMES = {  # scheme -> (tls, sentinel, cluster)
+    "redis": (False, False, False),
+    "rediss": (True, False, False),
+    "redis+sentinel": (False, True, False),
+    "rediss+sentinel": (True, True, False),
+    "redis+cluster": (False, False, True),
+    "rediss+cluster": (True, False, True),
 }
 URL_FORMS = (
     "redis://[[user]:password@]host[:port][/db], rediss://... (TLS), "
-    "redis+sentinel://[[user]:password@]host[:port],host[:port],.../service[/db], rediss+sentinel://... (TLS)"
+    "redis+sentinel://[[user]:password@]host[:port],host[:port],.../service[/db], rediss+sentinel://... (TLS), "
+    "redis+cluster://[[user]:password@]host[:port],host[:port],... (Redis Cluster seed nodes), rediss+cluster://... (TLS)"
 )
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")  # up to the last @ before the host: a password may hold an @
@@ -116,7 +122,7 @@ class Endpoint:
 class RedisTarget:
     """One deployment's Redis, parsed: a server, or a Sentinel-monitored master; with TLS and credentials."""
 
-    hosts: tuple[tuple[str, int], ...]  # the server, or every sentinel
+    hosts: tuple[tuple[str, int], ...]  # the server, every sentinel, or the cluster's seed nodes
     db: int = 0
     service: str = ""  # the Sentinel master name; empty: `hosts` is the server itself
     username: str | None = None
@@ -124,6 +130,7 @@ class RedisTarget:
     sentinel_password: str | None = field(default=None, repr=False)  # AUTH to the sentinels; None: none
     tls: RedisTls | None = None  # None: plain TCP
     redacted: str = ""  # the URL as given, password hidden: for logs
+    cluster: bool = False  # a Redis Cluster: `hosts` are seed nodes, db is 0
 
     @property
     def sentinel(self) -> bool:
@@ -181,7 +188,7 @@ class RedisTarget:
             except (ssl.SSLError, OSError) as exc:
                 raise SettingsError(f"Redis TLS files: {exc}") from None
         return RedisTarget(target.hosts, target.db, target.service, target.username, password,
-                           sentinel_password, tls, target.redacted)
+                           sentinel_password, tls, target.redacted, target.cluster)
 
     def client(self, *, timeout_s: float, max_connections: int | None = None, blocking: bool = False,
                retry: bool = True):
@@ -200,6 +207,8 @@ class RedisTarget:
         }
         if self.tls is not None:
             kwargs.update(self.tls.redis_py_kwargs())
+        if self.cluster:
+            return self._cluster_client(kwargs, max_connections, retry)
         if max_connections is not None:
             kwargs["max_connections"] = max_connections
         if blocking:
@@ -213,6 +222,27 @@ class RedisTarget:
             pool = (BlockingConnectionPool if blocking else ConnectionPool)(host=host, port=port, **kwargs)
         extra = {} if retry else {"retry": None}
         return redis_async.Redis(connection_pool=pool, **extra)
+
+    def _cluster_client(self, kwargs: dict[str, Any], max_connections: int | None, retry: bool):
+        """A redis-py RedisCluster from the seed nodes; `max_connections` is per cluster node.
+
+        Its connection pools always wait for a free connection (up to the
+        socket timeout); with `retry=False` a command is still redirected on
+        MOVED/ASK and retried once after the slot map is refreshed, as
+        redis-py does for a lost node, but never more.
+        """
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        kwargs = dict(kwargs)
+        kwargs.pop("db")
+        if self.tls is not None:
+            kwargs["ssl"] = True
+        if max_connections is not None:
+            kwargs["max_connections"] = max_connections
+        extra = {} if retry else {"retry": Retry(NoBackoff(), 1)}
+        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in self.hosts], **kwargs, **extra)
 
     def sentinel_manager(self, timeout_s: float):
         """A redis-py `Sentinel` for these sentinels (asks them; holds no master connection)."""
@@ -228,22 +258,29 @@ class RedisTarget:
         """Where raw connections (node/redis_subscriber.py) go: asked anew at every (re)connect."""
         return EndpointLocator(self, timeout_s)
 
+    def node_locator(self, host: str, port: int, timeout_s: float) -> "EndpointLocator":
+        """A raw connection to one given node (a Redis Cluster master), with this target's TLS and credentials."""
+        return EndpointLocator(self, timeout_s, at=(host, port))
+
 
 class EndpointLocator:
-    """The current master's endpoint for a raw connection: the server itself, or asked of the sentinels."""
+    """The current master's endpoint for a raw connection: the server itself, a given node, or asked of the sentinels."""
 
-    def __init__(self, target: RedisTarget, timeout_s: float) -> None:
+    def __init__(self, target: RedisTarget, timeout_s: float, at: tuple[str, int] | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        self.at = at  # a fixed node (a cluster master); None: the URL's server, or Sentinel's master
         self._context = target.tls.context() if target.tls is not None else None
-        self._sentinel = target.sentinel_manager(timeout_s) if target.sentinel else None
+        self._sentinel = target.sentinel_manager(timeout_s) if target.sentinel and at is None else None
 
     def __str__(self) -> str:
-        return self.target.redacted
+        return f"{self.at[0]}:{self.at[1]}" if self.at else self.target.redacted
 
     async def endpoint(self) -> Endpoint:
         """Raises ConnectionError (redis-py's MasterNotFoundError) when no sentinel names a healthy master."""
-        if self._sentinel is None:
+        if self.at is not None:
+            host, port = self.at
+        elif self._sentinel is None:
             host, port = self.target.hosts[0]
         else:
             host, port = await self._sentinel.discover_master(self.target.service)
@@ -277,7 +314,7 @@ def parse_url(url: str) -> RedisTarget:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in SCHEMES:
         raise SettingsError(f"unsupported Redis URL {redacted!r}: use {URL_FORMS}")
-    tls, sentinel = SCHEMES[scheme.lower()]
+    tls, sentinel, cluster = SCHEMES[scheme.lower()]
     if "?" in rest or "#" in rest:
         raise SettingsError(f"Redis URL {redacted!r}: query options are not read; use the redis_* settings")
     netloc, _, path = rest.partition("/")
@@ -293,8 +330,8 @@ def parse_url(url: str) -> RedisTarget:
         if sentinel:
             raise SettingsError(f"Redis URL {redacted!r}: name at least one sentinel host:port")
         hosts = (("127.0.0.1", DEFAULT_PORT),)
-    if len(hosts) > 1 and not sentinel:
-        raise SettingsError(f"Redis URL {redacted!r}: several hosts need redis+sentinel:// (Sentinel)")
+    if len(hosts) > 1 and not (sentinel or cluster):
+        raise SettingsError(f"Redis URL {redacted!r}: several hosts need redis+sentinel:// (Sentinel) or redis+cluster://")
     segments = [segment for segment in path.split("/") if segment] if path else []
     service = ""
     if sentinel:
@@ -308,8 +345,10 @@ def parse_url(url: str) -> RedisTarget:
         if not segments[0].isdigit():
             raise SettingsError(f"Redis URL {redacted!r}: the database must be a number, got {segments[0]!r}")
         db = int(segments[0])
+    if cluster and db != 0:
+        raise SettingsError(f"Redis URL {redacted!r}: a Redis Cluster has only database 0")
     tls_options = RedisTls() if tls else None
-    return RedisTarget(hosts, db, service, username, password, None, tls_options, redacted)
+    return RedisTarget(hosts, db, service, username, password, None, tls_options, redacted, cluster)
 
 
 def _parse_host(item: str, default_port: int, redacted: str) -> tuple[str, int]:

@@ -34,8 +34,9 @@ log = logging.getLogger("ringcast.control")
 class ControlService:
     def __init__(self, config: ControlConfig) -> None:
         self.config = config
-        self.keys = Keys(config.key_prefix)
-        self.redis = RedisTarget.from_settings(config).client(timeout_s=config.redis_timeout_s)
+        target = RedisTarget.from_settings(config)  # on redis+cluster://, a RedisCluster client and tagged keys
+        self.keys = Keys(config.key_prefix, cluster=target.cluster)
+        self.redis = target.client(timeout_s=config.redis_timeout_s)
         self.metrics = ControlMetrics(config.name)
         self.lease = LeaderLease(self.redis, self.keys.leader, config.name, config.url, config.lease_s)
         self.store = ControlStore(self.redis, self.keys, config.max_events)  # fenced by the controller, per term

@@ -75,6 +75,11 @@ return 1
 """
 
 
+# Redis' clock read on the node that holds KEYS[1]: on a Redis Cluster a bare TIME goes to any node,
+# while the heartbeats' seen times are stamped by the node that owns the control keys' slot.
+_TIME_AT_KEY = "return redis.call('TIME')"
+
+
 class NotLeader(RuntimeError):
     """The lease was lost between the decision and the write: the write was refused, nothing was written."""
 
@@ -132,7 +137,10 @@ class ControlStore:
 
     async def snapshot(self) -> Snapshot:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        if self.keys.cluster:
+            pipe.eval(_TIME_AT_KEY, 1, self.keys.seen)
+        else:
+            pipe.time()
         pipe.hgetall(self.keys.members)
         pipe.hgetall(self.keys.heartbeats)
         pipe.hgetall(self.keys.seen)

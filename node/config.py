@@ -55,9 +55,10 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
     node_workers: int = setting(0, "workers on a single worker's node (set per worker by the supervisor; the lone-node ring lists them); 0 means --workers")
     bus: str = setting(
         "redis",
-        "message bus: redis (cluster), memory (one process, no Redis), or global (comparison baseline: every worker"
+        "message bus: redis (cluster), redis-cluster (a Redis Cluster, sharded pub/sub; --redis redis+cluster://SEED:PORT,...),"
+        " memory (one process, no Redis), or global (comparison baseline: every worker"
         " receives every message (the tutorial's design); never for production)",
-        choices=("redis", "memory", "global"),
+        choices=("redis", "redis-cluster", "memory", "global"),
     )
     redis: str = setting("redis://127.0.0.1:6379/0", "Redis URL of the bus: redis://, rediss:// (TLS), redis+sentinel://H1:26379,H2:26379/MASTER/DB (see docs/operations.md); put the password in redis_password_file", shared=True)
     channel_prefix: str = setting("ringcast:room:", "prefix of every room's Redis pub/sub channel", shared=True)
@@ -194,7 +195,11 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
         if self.control_heartbeat_interval_s < 0:
             raise SettingsError("control_heartbeat_interval_s must be >= 0 (0 disables heartbeats)")
         if self.bus != "memory":
-            RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
+            target = RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
+            if target.cluster != (self.bus == "redis-cluster"):
+                raise SettingsError("--bus redis-cluster goes with a redis+cluster:// (or rediss+cluster://) URL, and only it")
+            if target.cluster and (self.presence_rule or self.presence_events_rule):
+                raise SettingsError("presence (--presence-rule, --presence-events-rule) is not available with --bus redis-cluster yet")
         if not 0 <= self.write_coalesce_ms <= 1000:
             raise SettingsError("write_coalesce_ms must be between 0 and 1000")
         if not 0 <= self.write_hold_max_ms <= 1000:

@@ -69,11 +69,12 @@ class HeartbeatReporter:
     def __init__(self, worker: "Worker") -> None:
         config = worker.config
         self.worker = worker
-        self.keys = Keys(config.key_prefix)
+        target = RedisTarget.from_settings(config)  # on redis+cluster://, a RedisCluster client and tagged keys
+        self.keys = Keys(config.key_prefix, cluster=target.cluster)
         self.interval_s = config.control_heartbeat_interval_s
         self.url = config.url  # the public URL clients are given (--public-url)
         self.address = config.address  # the internal HOST:PORT the control plane and Prometheus reach
-        self.redis = RedisTarget.from_settings(config).client(timeout_s=config.bus_timeout_s)
+        self.redis = target.client(timeout_s=config.bus_timeout_s)
         self.beat_script = self.redis.register_script(_BEAT_SCRIPT)
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first reading only starts the measurement

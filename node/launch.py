@@ -27,6 +27,7 @@ import typing
 from common.logs import setup_logging
 from common.redis_connect import RedisTarget
 from node.bus import Bus
+from node.bus_cluster import RedisClusterBus
 from node.bus_global import GlobalBroadcastBus
 from node.bus_memory import MemoryBus
 from node.bus_redis import RedisBus, RedisBusSettings
@@ -38,11 +39,11 @@ MAX_HANDOVER_BYTES = 1 << 20  # the hand-over document is a few KB; anything lar
 
 
 def make_bus(config: NodeConfig) -> Bus:
-    """The bus `config.bus` names: in-process (`memory`), Redis (`redis`) or Redis with one global channel (`global`)."""
+    """The bus `config.bus` names: in-process (`memory`), Redis (`redis`), a Redis Cluster (`redis-cluster`), or Redis with one global channel (`global`)."""
     rules = config.history_rules()
     if config.bus == "memory":
         return MemoryBus(rules.policy_for, config.idempotency_window_s, config.max_idempotency_keys)
-    bus_class = GlobalBroadcastBus if config.bus == "global" else RedisBus
+    bus_class = {"global": GlobalBroadcastBus, "redis-cluster": RedisClusterBus}.get(config.bus, RedisBus)
     return bus_class(
         RedisBusSettings(
             url=RedisTarget.from_settings(config),

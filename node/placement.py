@@ -39,7 +39,7 @@ class Placement:
         self.hint_enabled = config.placement_hint == HINT
         self.max_room_name_chars = config.max_room_name_chars
         # The bus's Redis with its TLS, password and Sentinel settings (common.redis_connect).
-        redis_url = RedisTarget.from_settings(config) if config.bus == "redis" else ""
+        redis_url = RedisTarget.from_settings(config) if config.bus in ("redis", "redis-cluster") else ""
         self.source: RingSource | None = make_ring_source(
             redis_url, config.nodes, config.key_prefix, config.ring_poll_interval_s, config.bus_timeout_s,
             default=Ring(config.sibling_members(), 0),

@@ -14,7 +14,8 @@ Owns a dedicated subscriber connection to one Redis and how it fails:
   channel is confirmed: a PING sent after the re-SUBSCRIBEs is answered after
   them (Redis answers in order). `on_state(False)` is called when a live
   connection is lost. `connected` is true from the moment the re-SUBSCRIBEs
-  are sent until the connection is lost.
+  are sent until the connection is lost. `resync()` sends that PING on a
+  live connection, for a caller that just (re)subscribed channels there.
 - Liveness: a PING every `timeout_s / 2`; a connection that leaves a PING
   unanswered and sends nothing for `timeout_s` (Redis paused, partitioned) is
   lost. A lost connection is retried after `backoff` (router/backoff.py)
@@ -25,10 +26,19 @@ Owns a dedicated subscriber connection to one Redis and how it fails:
   reconnect) and carries the TLS context (`rediss://`). AUTH with the
   endpoint's user and password.
 
-It must not know rooms, sequence numbers, the payload format or the hub: it
-is channels and bytes (node/bus_redis.py maps rooms to channels, and
-node/bus_wire.py parses payloads). It sends nothing but SUBSCRIBE,
-UNSUBSCRIBE, PING and AUTH: commands go through another connection.
+- Classic or sharded pub/sub (`commands`): CLASSIC sends SUBSCRIBE and
+  reads `message`; SHARDED (Redis 7 Cluster) sends SSUBSCRIBE, one channel
+  per command (channels of one command must share a slot, and slots are not
+  this module's), and reads `smessage`. A channel the server unsubscribes by
+  itself while it is still wanted (Redis sends `sunsubscribe` when the
+  channel's slot leaves the node) is reported to `on_unsubscribed(channel)`
+  and stays wanted.
+
+It must not know rooms, slots, sequence numbers, the payload format or the
+hub: it is channels and bytes (node/bus_redis.py maps rooms to channels,
+node/bus_cluster.py channels to shards, and node/bus_wire.py parses
+payloads). It sends nothing but (S)SUBSCRIBE, (S)UNSUBSCRIBE, PING and
+AUTH: commands go through another connection.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ RESYNC_PING = b"ringcast-resync"  # payload of the PING that marks the end of a 
 MAX_CHANNELS_PER_SUBSCRIBE = 1000  # re-subscribes after a reconnect are sent in commands of this many channels
 
 MessageFn = Callable[[bytes, bytes], None]  # (channel, payload)
+UnsubscribedFn = Callable[[bytes], None]  # a wanted channel the server unsubscribed
 StateFn = Callable[[bool], None]  # True: connected and every wanted channel confirmed; False: lost
 
 
@@ -91,6 +102,23 @@ class RedisAddress:
         return f"{self.host}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class PubSubCommands:
+    """The commands and reply kinds of one pub/sub flavour."""
+
+    subscribe: bytes
+    unsubscribe: bytes
+    message: bytes  # reply kind of a published message
+    subscribed: bytes  # reply kind confirming a subscription
+    unsubscribed: bytes  # reply kind of an unsubscription (asked, or by the server)
+    channels_per_command: int  # channels in one re-subscribe command after a reconnect
+
+
+CLASSIC = PubSubCommands(b"SUBSCRIBE", b"UNSUBSCRIBE", b"message", b"subscribe", b"unsubscribe",
+                         MAX_CHANNELS_PER_SUBSCRIBE)
+SHARDED = PubSubCommands(b"SSUBSCRIBE", b"SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe", 1)
+
+
 def encode_command(*args: str | bytes) -> bytes:
     """One RESP array command."""
     parts = [b"*%d\r\n" % len(args)]
@@ -121,6 +149,8 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             on_reply(reply)
+            if self.transport is not None and self.transport.is_closing():
+                return  # closed on an error reply: nothing after it is handed on
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.subscriber._on_connection_lost(self)
@@ -137,8 +167,13 @@ class RedisSubscriber:
         backoff: BackoffPolicy,  # delays between reconnect attempts
         on_message: MessageFn,
         on_state: StateFn = lambda connected: None,
+        commands: PubSubCommands = CLASSIC,
+        on_unsubscribed: UnsubscribedFn = lambda channel: None,
     ) -> None:
         self.address = address
+        self.commands = commands
+        self._on_unsubscribed = on_unsubscribed
+        self._unsubscribes_sent: collections.Counter[bytes] = collections.Counter()  # asked, reply not yet read
         self.timeout_s = timeout_s
         self.backoff = backoff
         self._on_message = on_message
@@ -193,7 +228,7 @@ class RedisSubscriber:
         self._wanted.add(channel)
         if self._live and self._protocol and self._protocol.transport:
             self._in_flight.setdefault(channel, collections.deque()).append([])
-            self._protocol.transport.write(encode_command("SUBSCRIBE", channel))
+            self._protocol.transport.write(encode_command(self.commands.subscribe, channel))
 
     def unsubscribe(self, channel: bytes) -> None:
         """Stop wanting `channel` (UNSUBSCRIBE now if connected); its connection waiters are released."""
@@ -202,7 +237,13 @@ class RedisSubscriber:
             if not future.done():
                 future.set_result(None)
         if self._live and self._protocol and self._protocol.transport:
-            self._protocol.transport.write(encode_command("UNSUBSCRIBE", channel))
+            self._unsubscribes_sent[channel] += 1
+            self._protocol.transport.write(encode_command(self.commands.unsubscribe, channel))
+
+    def resync(self) -> None:
+        """On a live connection, send the resync PING now: `on_state(True)` follows every (S)SUBSCRIBE sent before it."""
+        if self._live and self._protocol and self._protocol.transport:
+            self._protocol.transport.write(encode_command("PING", RESYNC_PING))
 
     def until_confirmed(self, channel: bytes) -> asyncio.Future[None]:
         """A future resolved once Redis confirmed the channel's latest SUBSCRIBE.
@@ -269,8 +310,10 @@ class RedisSubscriber:
                 if not future.done():
                     future.set_result(None)
         self._awaiting_connection = {}
-        for start in range(0, len(channels), MAX_CHANNELS_PER_SUBSCRIBE):
-            transport.write(encode_command("SUBSCRIBE", *channels[start:start + MAX_CHANNELS_PER_SUBSCRIBE]))
+        self._unsubscribes_sent.clear()
+        step = self.commands.channels_per_command
+        for start in range(0, len(channels), step):
+            transport.write(encode_command(self.commands.subscribe, *channels[start:start + step]))
         # Redis answers in order: this PONG comes after every SUBSCRIBE above is
         # confirmed, so only then is the state "resynced" (the hub's gap fill relies on it).
         transport.write(encode_command("PING", RESYNC_PING))
@@ -341,10 +384,23 @@ class RedisSubscriber:
             if not entries:
                 del self._in_flight[channel]
 
+    def _on_unsubscribe_reply(self, channel: bytes) -> None:
+        if self._unsubscribes_sent[channel] > 0:
+            self._unsubscribes_sent[channel] -= 1
+            if not self._unsubscribes_sent[channel]:
+                del self._unsubscribes_sent[channel]
+            return
+        if channel in self._wanted:  # the server dropped it (its slot moved): the owner of the channel decides
+            log.warning("bus subscriber: %s unsubscribed %r by itself", self._target, channel)
+            try:
+                self._on_unsubscribed(channel)
+            except Exception:
+                log.exception("bug in the unsubscribed callback for channel %r", channel)
+
     def _on_reply(self, reply: object) -> None:
         if isinstance(reply, list) and reply:
             kind = reply[0]
-            if kind == b"message":
+            if kind == self.commands.message:
                 if len(reply) != 3:
                     log.error("bus subscriber: dropping a message reply of %d elements", len(reply))
                     return
@@ -353,13 +409,14 @@ class RedisSubscriber:
                 except Exception:
                     log.exception("bug in the message callback for channel %r; message dropped", reply[1])
                 return
-            if kind == b"subscribe":
+            if kind == self.commands.subscribed:
                 self._on_confirmed(reply[1])
                 return
             if kind == b"pong":
                 self._on_pong(reply[1])
                 return
-            if kind == b"unsubscribe":
+            if kind == self.commands.unsubscribed:
+                self._on_unsubscribe_reply(reply[1])
                 return
         if reply == b"PONG" or reply == RESYNC_PING:
             # With no channel subscribed the connection is in normal mode, where Redis

@@ -138,7 +138,7 @@ class Worker:
         await self.placement.start()
         self._background.append(asyncio.create_task(self._sweep(), name="sweep"))
         self._background.append(asyncio.create_task(self._measure_loop_lag(), name="loop-lag"))
-        if self.config.bus == "redis" and self.config.control_heartbeat_interval_s > 0:
+        if self.config.bus in ("redis", "redis-cluster") and self.config.control_heartbeat_interval_s > 0:
             self.heartbeat = HeartbeatReporter(self)
             self._background.append(asyncio.create_task(self.heartbeat.run(), name="control-heartbeat"))
         log.info("worker %s ready on %s:%d (bus=%s)", self.worker_id, self.config.host, self.config.port, self.config.bus)

@@ -22,7 +22,7 @@ class RouterConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*
     port: int = setting(8800, "port of the route service")
     redis: str = setting("", "Redis URL where the control plane publishes the ring; empty: use --nodes only", shared=True)
     nodes: list[str] = setting([], f"static members, {NODES_SYNTAX}, repeatable or comma-separated; with --redis, used until a ring is published")
-    key_prefix: str = setting("ringcast:", "prefix of Redis keys; the ring is read from {key_prefix}ring", shared=True)
+    key_prefix: str = setting("ringcast:", "prefix of Redis keys; the ring is read from {key_prefix}ring ({key_prefix}{ctl}ring on a redis+cluster:// URL)", shared=True)
     ring_poll_interval_s: float = setting(0.5, "how often the published ring is read from Redis")
     redis_timeout_s: float = setting(1.0, "longest one read of the ring from Redis waits")
     advertise_url: str = setting("", "URL Prometheus reaches this router at, announced in Redis with --redis; empty means http://host:port")

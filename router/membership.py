@@ -4,7 +4,8 @@ Owns the `RingSource` seam through which routers and workers learn the
 current ring, and its two sources:
 
 - `StaticRingSource`: a fixed list of members (`--nodes`), epoch 0.
-- `RedisRingSource`: polls the Redis key `{key_prefix}ring`, where the control
+- `RedisRingSource`: polls the Redis key `{key_prefix}ring` (on a Redis
+  Cluster `{key_prefix}{ctl}ring`, see `common.keys`), where the control
   plane publishes `Ring.to_json()`, every `poll_interval_s`. It keeps the last
   good ring while Redis is unreachable or the value is garbage (the data plane
   keeps serving on the last ring), and falls back to a static ring while the
@@ -24,21 +25,21 @@ import logging
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
+from common.keys import Keys
 from common.redis_connect import RedisTarget, parse_url
 from common.tasks import stop_tasks
 from router.ring import Member, Ring
 
 log = logging.getLogger("ringcast.membership")
 
-RING_KEY_SUFFIX = "ring"
 NODES_SYNTAX = "[ID=]HOST:PORT[@WEIGHT] or [ID=]ws://HOST:PORT/PATH[@WEIGHT]"
 
 RingListener = Callable[[Ring, Ring], None]  # (old, new)
 
 
-def ring_key(key_prefix: str) -> str:
-    """The Redis key the control plane publishes the ring under."""
-    return f"{key_prefix}{RING_KEY_SUFFIX}"
+def ring_key(key_prefix: str, cluster: bool = False) -> str:
+    """The Redis key the control plane publishes the ring under (`common.keys.Keys.ring`)."""
+    return Keys(key_prefix, cluster=cluster).ring
 
 
 def parse_node(spec: str) -> Member:
@@ -147,7 +148,7 @@ class RedisRingSource(RingSource):
     ) -> None:
         super().__init__()
         self.redis = parse_url(redis) if isinstance(redis, str) else redis
-        self.key = ring_key(key_prefix)
+        self.key = ring_key(key_prefix, self.redis.cluster)
         self.poll_interval_s = poll_interval_s
         self.timeout_s = timeout_s
         self.fallback = fallback

@@ -80,8 +80,9 @@ class RouteService:
     async def _on_startup(self, app: web.Application) -> None:
         await self.source.start()
         if self.config.redis:
-            self._presence_redis = RedisTarget.from_settings(self.config).client(timeout_s=self.config.redis_timeout_s)
-            self._presence = Presence(self._presence_redis, Keys(self.config.key_prefix).routers, self.config.name,
+            target = RedisTarget.from_settings(self.config)  # on redis+cluster://, a RedisCluster client and tagged keys
+            self._presence_redis = target.client(timeout_s=self.config.redis_timeout_s)
+            self._presence = Presence(self._presence_redis, Keys(self.config.key_prefix, cluster=target.cluster).routers, self.config.name,
                                       self.config.url, self.config.presence_ttl_s)
             self._presence_task = asyncio.create_task(self._announce_forever(), name="router-presence")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 
 from chaos.cluster import ControlProcess, NodeProcess, RedisServer, RouterProcess, free_port, free_port_range
+from chaos.redis_topologies import RedisClusterGroup
 
 
 @pytest.fixture
@@ -25,6 +26,16 @@ def redis_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cluster3():
+    """A local Redis Cluster of 3 masters, no replicas (chaos/redis_topologies.py); stopped (by PID) after the test."""
+    group = RedisClusterGroup(masters=3, replicas=0).start()
+    try:
+        yield group
+    finally:
+        group.stop()
 
 
 @pytest.fixture

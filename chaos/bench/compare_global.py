@@ -2,7 +2,8 @@
 
 Owns one comparison: for each worker count it starts a fresh redis-server and
 `ringcast node` (the benchmark flags of chaos/bench/cli.py plus `--bus redis` or
-`--bus global`), drives the same fixed load through chaos/bench/cli.py's
+`--bus global`; with `--designs ... redis-cluster` also a fresh 3-master Redis
+Cluster and `--bus redis-cluster`, whose rooms are shard-routed), drives the same fixed load through chaos/bench/cli.py's
 Coordinator, then reads every worker's `/metrics` for the bus messages it
 received and the messages the node published (and redis-server's CPU over
 the whole run, via psutil), and prints one table
@@ -12,7 +13,7 @@ starts is stopped by PID. It must not generate load itself (chaos/bench/cli.py
 does) nor judge the numbers.
 
     .venv/bin/python -m chaos.bench.compare_global --workers 1 2 4 --connections 2000 --rooms 400 \\
-        --publishers 400 --rate 5 --duration 8 --warmup 2
+        --publishers 400 --rate 5 --duration 8 --warmup 2 [--designs redis global redis-cluster]
 """
 
 from __future__ import annotations
@@ -24,12 +25,25 @@ import os
 from chaos.bench.cli import BENCH_NODE_FLAGS, Coordinator, ServerSampler, WorkerUrl
 from chaos.bench.cli import build_parser as bench_parser
 from chaos.cluster import NodeProcess, RedisServer, free_port, free_port_range
+from chaos.redis_topologies import RedisClusterGroup
 
-DESIGNS = ("redis", "global")  # per-room channels (ring placement) and the baseline
+DESIGNS = ("redis", "global", "redis-cluster")  # per-room channels, the baseline, per-room sharded channels
+DEFAULT_DESIGNS = ("redis", "global")
+DESIGN_NAMES = {
+    "redis": "ring placement (--bus redis)",
+    "global": "global broadcast (--bus global)",
+    "redis-cluster": "ring placement on 3 shards (--bus redis-cluster)",
+}
+CLUSTER_MASTERS = 3
 
 
 def run_one(design: str, workers: int, load: list[str]) -> dict:
-    redis = RedisServer(free_port()).start()
+    if design == "redis-cluster":
+        redis = RedisClusterGroup(masters=CLUSTER_MASTERS).start()
+        redis_pids = [server.proc.pid for server in redis.nodes]
+    else:
+        redis = RedisServer(free_port()).start()
+        redis_pids = [redis.proc.pid]
     node = NodeProcess(free_port_range(workers), workers, ["--redis", redis.url, "--bus", design, *BENCH_NODE_FLAGS])
     try:
         node.start()
@@ -37,9 +51,9 @@ def run_one(design: str, workers: int, load: list[str]) -> dict:
         pids = [node.worker_pid(i) for i in range(workers)]
         load_before = os.getloadavg()[0]
         args = bench_parser().parse_args(["--workers", str(workers), "--spread", "rooms", *load])
-        redis_cpu_before = _cpu_seconds(redis.proc.pid)
+        redis_cpu_before = sum(_cpu_seconds(pid) for pid in redis_pids)
         result = Coordinator(args, urls, ServerSampler(urls, pids)).run()
-        redis_cpu_s = _cpu_seconds(redis.proc.pid) - redis_cpu_before  # the whole run: ramp, warmup, measure, settle
+        redis_cpu_s = sum(_cpu_seconds(pid) for pid in redis_pids) - redis_cpu_before  # the whole run: ramp, warmup, measure, settle
         bus_received = [int(node.metric(i, "ringcast_bus_messages_received_total")) for i in range(workers)]
         published = int(sum(node.metric(i, "ringcast_messages_published_total") for i in range(workers)))
     finally:
@@ -73,7 +87,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        name = "ring placement (--bus redis)" if row["design"] == "redis" else "global broadcast (--bus global)"
+        name = DESIGN_NAMES[row["design"]]
         lines.append(
             f"| {name} | {row['workers']} | {row['delivered_per_s']:,.0f} | {row['server_cpu_percent']} "
             f"| {row['server_cpu_us_per_delivery']} | {row['latency_p99_ms']} "
@@ -93,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DEFAULT_DESIGNS),
+                        help="buses to compare, in this order per worker count (redis-cluster: a fresh 3-master cluster)")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args(argv)
     load = ["--connections", str(args.connections), "--rooms", str(args.rooms), "--publishers", str(args.publishers),
             "--rate", str(args.rate), "--duration", str(args.duration), "--warmup", str(args.warmup)]
     rows = []
     for workers in args.workers:
-        for design in DESIGNS:
+        for design in args.designs:
             print(f"--- {design}, {workers} worker(s): ringcast bench {' '.join(load)} --spread rooms", flush=True)
             rows.append(run_one(design, workers, load))
             print(json.dumps(rows[-1]), flush=True)

@@ -27,6 +27,8 @@ def settings(url: str, **overrides) -> SimpleNamespace:
         ("redis+sentinel://h1:26379,h2:26380,h3/mymaster/0",
          (("h1", 26379), ("h2", 26380), ("h3", 26379)), 0, "mymaster", False, None, None),
         ("rediss+sentinel://:pw@h1,h2/cache", (("h1", 26379), ("h2", 26379)), 0, "cache", True, None, "pw"),
+        ("redis+cluster://h1:7000,h2:7001,h3", (("h1", 7000), ("h2", 7001), ("h3", 6379)), 0, "", False, None, None),
+        ("rediss+cluster://:pw@h1:7000/0", (("h1", 7000),), 0, "", True, None, "pw"),
     ],
 )
 def test_url_forms(url, hosts, db, service, tls, username, password):
@@ -48,11 +50,48 @@ def test_url_forms(url, hosts, db, service, tls, username, password):
         ("redis://h1:6379/zero", "database must be a number"),
         ("redis+sentinel://h1/mymaster/0/extra", "too many path segments"),
         ("rediss://h1:6379/0?ssl_cert_reqs=none", "query options are not read"),
+        ("redis+cluster://h1:7000,h2:7001/1", "only database 0"),
+        ("redis+cluster://h1:7000,,h2:7001", "empty host"),
     ],
 )
 def test_malformed_urls_are_refused_with_what_is_wrong(url, says):
     with pytest.raises(SettingsError, match=says):
         parse_url(url)
+
+
+def test_only_cluster_urls_are_cluster_targets():
+    assert parse_url("redis+cluster://h1:7000").cluster and parse_url("rediss+cluster://h1:7000").cluster
+    assert not any(parse_url(url).cluster for url in ("redis://h1", "rediss://h1", "redis+sentinel://h1/m"))
+
+
+def test_the_node_pairs_bus_redis_cluster_with_a_cluster_url_only(capsys):
+    from common import settings as loader
+    from node.config import NodeConfig
+
+    for args in (["--bus", "redis-cluster", "--redis", "redis://h1:7000/0"],
+                 ["--bus", "redis", "--redis", "redis+cluster://h1:7000"]):
+        with pytest.raises(SystemExit):
+            loader.load(NodeConfig, args, prog="node", description="", section="node", environ={})
+        assert "--bus redis-cluster goes with a redis+cluster://" in capsys.readouterr().err
+    config = loader.load(NodeConfig, ["--bus", "redis-cluster", "--redis", "redis+cluster://h1:7000,h2:7001"],
+                         prog="node", description="", section="node", environ={})
+    assert RedisTarget.from_settings(config).hosts == (("h1", 7000), ("h2", 7001))
+
+
+def test_router_and_control_take_a_cluster_url_and_tag_their_keys():
+    from common import settings as loader
+    from common.keys import Keys
+    from control.config import ControlConfig
+    from router.config import RouterConfig
+
+    for cls, section in ((RouterConfig, "router"), (ControlConfig, "control")):
+        config = loader.load(cls, ["--redis", "redis+cluster://h1:7000"], prog=section, description="",
+                             section=section, environ={})
+        assert RedisTarget.from_settings(config).cluster
+    tagged, plain = Keys(cluster=True), Keys()
+    assert (tagged.ring, tagged.command("w1"), tagged.rooms("w1")) == (
+        "ringcast:{ctl}ring", "ringcast:{ctl}node:w1:command", "ringcast:{ctl}node:w1:rooms")
+    assert (plain.ring, plain.command("w1")) == ("ringcast:ring", "ringcast:node:w1:command")  # unchanged
 
 
 def test_a_refused_url_never_shows_its_password():

@@ -1,0 +1,97 @@
+"""Failover tests' shared parts: members that record each message's (epoch, seq), a publisher that
+waits for each ack and retries through the outage, and the checks of what every member got.
+
+Used by the Sentinel and Redis Cluster failover tests (tests/node/test_sentinel.py,
+tests/node/test_redis_cluster.py): after a master is lost, within each epoch a member has a
+contiguous run from 1, the new epoch complete, of the old one a prefix of what was acknowledged,
+and a `joined {recovered: false, reason: epoch_changed}` telling it so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Callable
+
+from router.client_core import Message
+from tests.delivery.resuming import RETRY_CODES, ResumingReader
+from tests.wsclient import WsClient
+
+
+@dataclass
+class EpochReader(ResumingReader):
+    """A resuming member that also keeps each message's (epoch, seq), in arrival order."""
+
+    positions: list[tuple[str, int]] = field(default_factory=list)
+
+    def _record(self, event):
+        if isinstance(event, Message):
+            self.positions.append((event.frame["epoch"], event.frame["seq"]))
+        return super()._record(event)
+
+
+def by_epoch(positions: list[tuple[str, int]]) -> dict[str, list[int]]:
+    streams: dict[str, list[int]] = {}
+    for epoch, seq in positions:
+        streams.setdefault(epoch, []).append(seq)
+    return streams
+
+
+async def publish_until_stopped(
+    client: WsClient, room: str, acked: list[tuple[str, int]], stop: asyncio.Event,
+    on_ack: Callable[[dict], None] = lambda frame: None, interval_s: float = 0.01,
+) -> None:
+    """Publish one message at a time, each acknowledged before the next; retry through the outage."""
+    n = 0
+    while not stop.is_set():
+        await client.send({"type": "message", "room": room, "data": {"n": n}, "id": n})
+        frame = await client.expect_any(("ack", "error"), timeout_s=10)
+        if frame["type"] == "ack":
+            acked.append((frame["epoch"], frame["seq"]))
+            on_ack(frame)
+            n += 1
+            await asyncio.sleep(interval_s)
+        else:
+            assert frame["code"] in RETRY_CODES, frame
+            await asyncio.sleep(0.1)
+
+
+def the_new_epoch(acked: list[tuple[str, int]], old_epoch: str) -> str:
+    """The one epoch acknowledged after `old_epoch`, whose acknowledged stream runs from 1 with no hole."""
+    epochs = list(dict.fromkeys(epoch for epoch, _ in acked))
+    assert epochs[0] == old_epoch and len(epochs) == 2, epochs
+    new_stream = by_epoch(acked)[epochs[1]]
+    assert new_stream == list(range(1, len(new_stream) + 1))
+    return epochs[1]
+
+
+def every_member_has_the_new_epoch(members: list[EpochReader], acked: list[tuple[str, int]], new_epoch: str) -> bool:
+    last = by_epoch(acked)[new_epoch][-1:]
+    return all(by_epoch(m.positions).get(new_epoch, [])[-1:] == last for m in members)
+
+
+def assert_nothing_lost_silently(
+    members: list[EpochReader], acked: list[tuple[str, int]], old_epoch: str, new_epoch: str
+) -> None:
+    acked_streams = by_epoch(acked)
+    for member in members:
+        streams = by_epoch(member.positions)
+        assert set(streams) <= {old_epoch, new_epoch}, streams.keys()
+        # Inside one epoch nothing is skipped: a contiguous run from 1 (the core repairs any gap).
+        for epoch, seqs in streams.items():
+            assert seqs == list(range(1, len(seqs) + 1)), (epoch, seqs[:5], member.gaps)
+        # The new epoch: every acknowledged message, in order, once.
+        assert streams[new_epoch] == acked_streams[new_epoch]
+        # The old epoch: a prefix of what was acknowledged; anything after it is announced
+        # lost by the move to the new epoch (which arrived, and was after the old one).
+        old = streams.get(old_epoch, [])
+        assert old == acked_streams[old_epoch][:len(old)]
+        first_new = member.positions.index((new_epoch, streams[new_epoch][0]))
+        assert all(epoch == old_epoch for epoch, _ in member.positions[:first_new])
+        assert member.duplicates == 0 and member.out_of_order == 0
+        # Every member is told, in a `joined` it can act on, that the old stream ended.
+        told = [j for j in member.joins if j.get("epoch") == new_epoch and j.get("recovered") is False]
+        assert told and told[0].get("reason") == "epoch_changed", member.joins
+        for rejoin in member.rejoins:  # a resume across the failover says it could not recover
+            if rejoin.since["epoch"] == old_epoch and rejoin.joined["epoch"] == new_epoch:
+                assert rejoin.recovered is False and rejoin.joined.get("reason") == "epoch_changed", rejoin
