@@ -93,7 +93,10 @@ def test_a_fleet_removes_every_namespace_veth_and_bridge_it_made_and_what_ran_in
         made = set(leftovers(tag))
         assert {h.netns for h in netns.hosts} | {netns.bridge} | {h.veth_bridge for h in netns.hosts} <= made
         sleeper = netns.popen(netns.hosts[1], ["sleep", "60"])
-        assert netns.pids_in(netns.hosts[1]) == [sleeper.pid]  # `ip netns exec` execs: the PID is the program's
+        # `ip netns exec` enters the namespace and then execs, so the PID is the
+        # program's; Popen returns before the setns(), so wait for it (bounded).
+        eventually_blocking(lambda: netns.pids_in(netns.hosts[1]), equals=[sleeper.pid],
+                            what="the sleeper is the one process in host2's namespace", timeout_s=10)
     assert sleeper.poll() is not None
     assert leftovers(tag) == []
     assert not [link for link in _ip_json("link", "show") if link["ifname"].startswith(tag)]
