@@ -19,6 +19,8 @@ import json
 
 import redis.asyncio as aioredis
 
+from common.redis_connect import TIME_AT_KEY_SCRIPT
+
 # KEYS[1] the hash; ARGV[1] the entry's id, ARGV[2] its JSON after "expiresAtMs", ARGV[3] its TTL (ms).
 _ANNOUNCE = """
 local t = redis.call('TIME')
@@ -39,9 +41,6 @@ if left < ttl then
 end
 return 1
 """
-
-# Redis' clock on the node that holds KEYS[1] (the one whose clock `_ANNOUNCE` stamped the entries with).
-_TIME_AT_KEY = "return redis.call('TIME')"
 
 
 class Presence:
@@ -68,7 +67,7 @@ class Presence:
 async def present(redis: aioredis.Redis, key: str) -> list[dict]:
     """The unexpired entries `{"id","url","expiresAtMs"}` of a presence hash, sorted by id."""
     pipe = redis.pipeline(transaction=False)
-    pipe.eval(_TIME_AT_KEY, 1, key)  # not TIME: a Redis Cluster pipeline refuses it (and would ask any node)
+    pipe.eval(TIME_AT_KEY_SCRIPT, 1, key)  # the clock of the node `_ANNOUNCE` stamped the entries on
     pipe.hgetall(key)
     now, raw = await pipe.execute()
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000

@@ -23,6 +23,8 @@ Owns the one place a Redis connection is described and built:
 - Locating the master for a raw connection (`RedisTarget.endpoint`): the
   host, port, ssl context and credentials node/redis_subscriber.py opens its
   own socket with, asked of the sentinels at every (re)connect.
+- Reading Redis' clock where one key lives (`TIME_AT_KEY_SCRIPT`), the form
+  of TIME a cluster client can send.
 
 It must not know keys, channels, rooms or any service's settings class: it
 reads the shared `redis*` settings by name from whatever object carries
@@ -54,6 +56,11 @@ URL_FORMS = (
     "redis+sentinel://[[user]:password@]host[:port],host[:port],.../service[/db], rediss+sentinel://... (TLS), "
     "redis+cluster://[[user]:password@]host[:port],host[:port],... (Redis Cluster seed nodes), rediss+cluster://... (TLS)"
 )
+
+# Redis' clock read on the node that holds KEYS[1]: `EVAL TIME_AT_KEY_SCRIPT 1 <key>`. A Redis Cluster
+# pipeline refuses TIME (a keyless command, it would go to any node), while EVAL with one key runs on
+# that key's node: the clock that stamped the times stored under that key. Works unchanged on one server.
+TIME_AT_KEY_SCRIPT = "return redis.call('TIME')"
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")  # up to the last @ before the host: a password may hold an @
 

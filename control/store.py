@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from control.detector import MemberRecord
 from common.keys import Keys
 from common.presence import present
+from common.redis_connect import TIME_AT_KEY_SCRIPT
 from common.records import Command, Heartbeat, MalformedRecord
 from router.ring import Ring
 
@@ -73,11 +74,6 @@ redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('DEL', KEYS[5], KEYS[6])
 return 1
 """
-
-
-# Redis' clock read on the node that holds KEYS[1]: on a Redis Cluster a bare TIME goes to any node,
-# while the heartbeats' seen times are stamped by the node that owns the control keys' slot.
-_TIME_AT_KEY = "return redis.call('TIME')"
 
 
 class NotLeader(RuntimeError):
@@ -138,7 +134,7 @@ class ControlStore:
     async def snapshot(self) -> Snapshot:
         pipe = self.redis.pipeline(transaction=False)
         if self.keys.cluster:
-            pipe.eval(_TIME_AT_KEY, 1, self.keys.seen)
+            pipe.eval(TIME_AT_KEY_SCRIPT, 1, self.keys.seen)  # the clock that stamped the seen times
         else:
             pipe.time()
         pipe.hgetall(self.keys.members)

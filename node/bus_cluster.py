@@ -48,14 +48,13 @@ from redis.exceptions import NoScriptError, RedisError
 
 from common.redis_connect import RedisTarget, parse_url
 from node.bus import BusUnavailable, HistoryPage, Position, PublishUnconfirmed, valid_idempotency_key
-from node.bus_redis import PUBLISH_ARGS, RECONNECT_JITTER, RedisBus, RedisBusSettings
+from node.bus_redis import RECONNECT_JITTER, RedisBus, RedisBusSettings
 from node.redis_subscriber import SHARDED, MessageFn, RedisSubscriber, StateFn
 from router.backoff import BackoffPolicy
 
 log = logging.getLogger("ringcast.bus.cluster")
 
 MAX_PIPELINE_COMMANDS = 512  # publishes in one cluster pipeline; more wait for the next one
-assert PUBLISH_ARGS == 7, "node/bus_redis.py's publish script arguments changed: update _flush_queue"
 
 Address = tuple[str, int]
 
@@ -387,14 +386,9 @@ class RedisClusterBus(RedisBus):
 
     def _script_args(self, room: str, body: bytes, idempotency_key: str | None) -> list:
         """node/bus_redis.py's publish script for one publish (its keys are one slot's): numkeys,
-        KEYS, then ARGV = 1 and that publish's PUBLISH_ARGS values."""
-        policy = self.settings.policy_for(room)
-        keys = [self.state_key(room), self.history_key(room)]
-        if idempotency_key is not None:
-            keys.append(self.keys.idempotency_key(room, idempotency_key))
-        return [len(keys), *keys, 1, len(keys), self.channel(room), body,
-                max(self.settings.room_state_ttl_s, policy.ttl_s), policy.size, policy.ttl_s,
-                self.settings.idempotency_window_s]
+        KEYS, then ARGV: 1 (publishes in this script) and that publish's values."""
+        keys, args = self.publish_keys_and_args(room, body, idempotency_key)
+        return [len(keys), *keys, 1, *args]
 
     async def _run_scripts(self, calls: list[list], by_sha: bool) -> list:
         """One cluster pipeline of publish scripts (each master's in order); per call its reply or its error."""

@@ -53,7 +53,8 @@ subclass that publishes with another command (Redis Cluster's SPUBLISH) sets
 `publish_command`, from which the publish script is built, and
 `max_publishes_per_script` (1 keeps each script's keys in one slot); one
 that sends publishes through another client runs `publish_script` with the
-KEYS and ARGV documented above it; nothing else here is meant for them.
+KEYS and ARGV `publish_keys_and_args` builds (documented above the script);
+nothing else here is meant for them.
 
 It must not know about WebSocket connections or members: that is the hub's.
 """
@@ -228,7 +229,8 @@ end
 return {{seq, epoch, entries}}
 """
 
-ROOM_PARTS_REMEMBERED = 10_000  # rooms whose publish keys and arguments a bus keeps encoded (about 400 bytes each)
+ROOM_PARTS_REMEMBERED = 10_000  # rooms whose publish keys and arguments a bus keeps encoded (about 400 bytes each),
+# once for publishes without an idempotency key and once for those with one
 MAX_PUBLISHES_PER_SCRIPT = 64  # one script holds Redis for about 10 us per publish: at most ~1 ms per batch
 # Error replies after which the publish connection is replaced once its written publishes are answered:
 # a demoted master (Sentinel failover), a Redis loading its data, a script cache flushed.
@@ -270,6 +272,18 @@ class _PendingPublish:
 def _bulk(data: bytes) -> bytes:
     """One RESP bulk string."""
     return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _bulk_value(value: str | bytes | int) -> bytes:
+    """One script key or argument as a RESP bulk string (str as UTF-8, int in decimal, as redis-py sends them)."""
+    if isinstance(value, str):
+        value = value.encode()
+    elif not isinstance(value, bytes):
+        value = b"%d" % value
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+_BODY = object()  # stands for the body when a room's publish is encoded ahead of its publishes (_room_parts_of)
 
 
 class _PublishProtocol(asyncio.Protocol):
@@ -341,7 +355,9 @@ class RedisBus(Bus):
         self._db = target.db
         self.publish_script = publish_script(self.publish_command)
         self._publish_sha = hashlib.sha1(self.publish_script.encode()).hexdigest().encode()
-        self._room_parts: dict[str, tuple[bytes, bytes, bytes]] = {}  # see _room_parts_of
+        # Each room's publish encoded ahead (see _room_parts_of): without, and with an idempotency key.
+        self._room_parts: dict[str, tuple[int, bytes, bytes, bytes]] = {}
+        self._keyed_room_parts: dict[str, tuple[int, bytes, bytes, bytes]] = {}
         self._pending: collections.deque[_PendingPublish] = collections.deque()  # not written yet, in call order
         self._sent: collections.deque[list[_PendingPublish]] = collections.deque()  # written batches, unanswered, in order
         self._publisher: _PublishProtocol | None = None
@@ -455,31 +471,50 @@ class RedisBus(Bus):
             self._deadline_timer = loop.call_at(deadline, self._on_deadline)
         return future
 
+    def publish_keys_and_args(
+        self, room: str, body: bytes, idempotency_key: str | None
+    ) -> tuple[list[str], list[str | bytes | int]]:
+        """One publish's KEYS and its PUBLISH_ARGS values of ARGV, in the order the publish script reads
+        them (documented above it): the one place that order is written. An idempotency key adds one
+        key, the last. This bus encodes them once per room (`_room_parts_of`); node/bus_cluster.py hands
+        them to redis-py."""
+        policy = self.settings.policy_for(room)
+        keys = [self.state_key(room), self.history_key(room)]
+        if idempotency_key is not None:
+            keys.append(self.keys.idempotency_key(room, idempotency_key))
+        return keys, [len(keys), self.channel(room), body, max(self.settings.room_state_ttl_s, policy.ttl_s),
+                      policy.size, policy.ttl_s, self.settings.idempotency_window_s]
+
     def _publish_parts(self, room: str, body: bytes, idempotency_key: str | None) -> tuple[int, bytes, bytes]:
         """One publish's number of KEYS, its KEYS and its PUBLISH_ARGS ARGV values, as RESP bulk strings."""
-        parts = self._room_parts.get(room)
-        if parts is None:
-            parts = self._room_parts_of(room)
-        keys, channel, limits = parts
         if idempotency_key is None:
-            return 2, keys, b"$1\r\n2\r\n%b$%d\r\n%b\r\n%b" % (channel, len(body), body, limits)
+            parts = self._room_parts.get(room) or self._room_parts_of(room, self._room_parts, None)
+            key_count, keys, before, after = parts
+            return key_count, keys, b"%b$%d\r\n%b\r\n%b" % (before, len(body), body, after)
+        parts = self._keyed_room_parts.get(room) or self._room_parts_of(room, self._keyed_room_parts, "-")
+        key_count, keys, before, after = parts
         keys += _bulk(self.keys.idempotency_key(room, idempotency_key).encode())
-        return 3, keys, b"$1\r\n3\r\n%b$%d\r\n%b\r\n%b" % (channel, len(body), body, limits)
+        return key_count, keys, b"%b$%d\r\n%b\r\n%b" % (before, len(body), body, after)
 
-    def _room_parts_of(self, room: str) -> tuple[bytes, bytes, bytes]:
-        """A room's keys, channel, TTLs and history size as RESP, remembered (at most
-        ROOM_PARTS_REMEMBERED rooms: the memory is emptied when it is full)."""
-        policy = self.settings.policy_for(room)
-        state_ttl = max(self.settings.room_state_ttl_s, policy.ttl_s)
+    def _room_parts_of(
+        self, room: str, memory: dict[str, tuple[int, bytes, bytes, bytes]], idempotency_key: str | None
+    ) -> tuple[int, bytes, bytes, bytes]:
+        """A room's `publish_keys_and_args` for publishes without (`idempotency_key` None) or with an
+        idempotency key (any: only the key it adds matters), encoded as RESP: key count, KEYS (with a key:
+        but the last, added per publish), ARGV before the body, ARGV after it. Remembered in `memory` (at
+        most ROOM_PARTS_REMEMBERED rooms: it is emptied when it is full)."""
+        keys, args = self.publish_keys_and_args(room, _BODY, idempotency_key)  # type: ignore[arg-type]
+        key_count = len(keys)
+        if idempotency_key is not None:
+            del keys[-1]  # the publish's own idempotency key
+        at = args.index(_BODY)
         parts = (
-            _bulk(self.state_key(room).encode()) + _bulk(self.history_key(room).encode()),
-            _bulk(self.channel(room).encode()),
-            _bulk(b"%d" % state_ttl) + _bulk(b"%d" % policy.size) + _bulk(b"%d" % policy.ttl_s)
-            + _bulk(b"%d" % self.settings.idempotency_window_s),
+            key_count, b"".join(map(_bulk_value, keys)),
+            b"".join(map(_bulk_value, args[:at])), b"".join(map(_bulk_value, args[at + 1:])),
         )
-        if len(self._room_parts) >= ROOM_PARTS_REMEMBERED:
-            self._room_parts.clear()
-        self._room_parts[room] = parts
+        if len(memory) >= ROOM_PARTS_REMEMBERED:
+            memory.clear()
+        memory[room] = parts
         return parts
 
     def _script_command(self, batch: list[_PendingPublish]) -> bytes:

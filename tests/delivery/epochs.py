@@ -1,5 +1,6 @@
 """Failover tests' shared parts: members that record each message's (epoch, seq), a publisher that
-waits for each ack and retries through the outage, and the checks of what every member got.
+waits for each ack and retries through the outage, both started and stopped together
+(`failover_traffic`), and the checks of what every member got.
 
 Used by the Sentinel and Redis Cluster failover tests (tests/node/test_sentinel.py,
 tests/node/test_redis_cluster.py): after a master is lost, within each epoch a member has a
@@ -10,9 +11,11 @@ and a `joined {recovered: false, reason: epoch_changed}` telling it so.
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import AsyncIterator, Callable
 
+from chaos.cluster import NodeProcess
 from router.client_core import Message
 from tests.delivery.resuming import RETRY_CODES, ResumingReader
 from tests.wsclient import WsClient
@@ -54,6 +57,57 @@ async def publish_until_stopped(
         else:
             assert frame["code"] in RETRY_CODES, frame
             await asyncio.sleep(0.1)
+
+
+@dataclass
+class FailoverTraffic:
+    """A failover test's members and publisher (`failover_traffic`): what it reads and stops."""
+
+    members: list[EpochReader]
+    publisher: WsClient
+    acked: list[tuple[str, int]]  # (epoch, seq) of every acknowledged publish, in order
+    stop: asyncio.Event
+    publishing: asyncio.Task | None = None
+
+    async def stop_publishing(self, timeout_s: float = 15) -> None:
+        """Stop after the publish in flight; re-raises whatever failed the publisher."""
+        self.stop.set()
+        await asyncio.wait_for(self.publishing, timeout_s)
+
+
+@asynccontextmanager
+async def failover_traffic(node: NodeProcess, room: str, members: int = 4) -> AsyncIterator[FailoverTraffic]:
+    """`members` EpochReaders of `room` alternating between the node's workers 0 and 1 (each fails over to
+    the other), joined, and a publisher on worker 1 publishing until stopped (`publish_until_stopped`).
+
+    On exit the publisher is stopped and closed and the members' tasks are cancelled; the members keep
+    what they recorded, for the checks that follow.
+    """
+    readers = [EpochReader([node.ws_url(i % 2), node.ws_url(1 - i % 2)], room) for i in range(members)]
+    tasks = [asyncio.create_task(m.run(until_seq=10**9, deadline_s=120)) for m in readers]
+    traffic = FailoverTraffic(readers, await WsClient.connect(node.ws_url(1)), [], asyncio.Event())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(m.joined_once.wait() for m in readers)), 15)
+        await traffic.publisher.join(room)
+        traffic.publishing = asyncio.create_task(publish_until_stopped(traffic.publisher, room, traffic.acked,
+                                                                       traffic.stop))
+        yield traffic
+    except BaseException as exc:
+        publishing = traffic.publishing
+        if publishing is not None and publishing.done() and not publishing.cancelled():
+            failure = publishing.exception()
+            if failure is not None and failure is not exc:
+                exc.add_note(f"the publisher had failed: {failure!r}")
+        raise
+    finally:
+        traffic.stop.set()
+        if traffic.publishing is not None:
+            traffic.publishing.cancel()  # nothing if it already ended
+            await asyncio.gather(traffic.publishing, return_exceptions=True)
+        await traffic.publisher.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def the_new_epoch(acked: list[tuple[str, int]], old_epoch: str) -> str:

@@ -36,7 +36,7 @@ from node.bus_cluster import RedisClusterBus
 from node.bus_redis import RedisBusSettings
 from node.history import HistoryPolicy
 from tests.delivery.epochs import (
-    EpochReader, assert_nothing_lost_silently, by_epoch, every_member_has_the_new_epoch, publish_until_stopped,
+    assert_nothing_lost_silently, by_epoch, every_member_has_the_new_epoch, failover_traffic, publish_until_stopped,
     the_new_epoch,
 )
 from tests.delivery.resuming import ResumingReader
@@ -210,16 +210,8 @@ async def test_a_master_killed_while_messages_flow_its_replica_takes_over(cluste
     master = next(server for server in cluster3x2.nodes if server.port == master_port)
     replica = cluster3x2.replica_of(master)
     slot = key_slot(channel(room).encode())
-    members = [EpochReader([node.ws_url(i % 2), node.ws_url(1 - i % 2)], room) for i in range(4)]
-    readers = [asyncio.create_task(m.run(until_seq=10**9, deadline_s=120)) for m in members]
-    publisher = await WsClient.connect(node.ws_url(1))
-    acked: list[tuple[str, int]] = []
-    stop = asyncio.Event()
-
-    try:
-        await asyncio.wait_for(asyncio.gather(*(m.joined_once.wait() for m in members)), 15)
-        await publisher.join(room)
-        publishing = asyncio.create_task(publish_until_stopped(publisher, room, acked, stop))
+    async with failover_traffic(node, room) as traffic:
+        members, acked = traffic.members, traffic.acked
         await eventually(lambda: len(acked) >= 30, what="messages acknowledged by the first master")
         old_epoch = acked[0][0]
         await asyncio.to_thread(master.kill)  # SIGKILL while the publisher is mid-stream
@@ -227,8 +219,7 @@ async def test_a_master_killed_while_messages_flow_its_replica_takes_over(cluste
                          what="the replica promoted to master of the room's slot", timeout_s=30)
         await eventually(lambda: sum(1 for epoch, _ in acked if epoch != old_epoch) >= 20,
                          what="publishes acknowledged after the failover", timeout_s=30)
-        stop.set()
-        await asyncio.wait_for(publishing, 15)
+        await traffic.stop_publishing()
         new_epoch = the_new_epoch(acked, old_epoch)
         await eventually(lambda: every_member_has_the_new_epoch(members, acked, new_epoch),
                          what="every member to receive the new epoch's messages", timeout_s=30)
@@ -236,12 +227,6 @@ async def test_a_master_killed_while_messages_flow_its_replica_takes_over(cluste
         for index in (0, 1):
             await eventually(lambda: readiness(node, index) == (200, True), what=f"worker {index} ready again")
         assert shard_subscribers(replica, channel(room)) == 2
-    finally:
-        stop.set()
-        await publisher.close()
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
 
     assert_nothing_lost_silently(members, acked, old_epoch, new_epoch)
 
@@ -269,16 +254,8 @@ async def test_a_room_whose_slot_moves_to_another_master_follows_it(cluster3, st
     source = next(server for server in cluster3.nodes if server.port == source_port)
     target = next(server for server in cluster3.nodes if server.port == target_port)
     slot = key_slot(channel(room).encode())
-    members = [EpochReader([node.ws_url(i % 2), node.ws_url(1 - i % 2)], room) for i in range(4)]
-    readers = [asyncio.create_task(m.run(until_seq=10**9, deadline_s=120)) for m in members]
-    publisher = await WsClient.connect(node.ws_url(1))
-    acked: list[tuple[str, int]] = []
-    stop = asyncio.Event()
-
-    try:
-        await asyncio.wait_for(asyncio.gather(*(m.joined_once.wait() for m in members)), 15)
-        await publisher.join(room)
-        publishing = asyncio.create_task(publish_until_stopped(publisher, room, acked, stop))
+    async with failover_traffic(node, room) as traffic:
+        members, acked = traffic.members, traffic.acked
         await eventually(lambda: len(acked) >= 30, what="messages before the slot moves")
         assert shard_subscribers(source, channel(room)) == 2
         await asyncio.to_thread(cluster3.move_slot, slot, source, target)  # while the publisher is mid-stream
@@ -287,19 +264,12 @@ async def test_a_room_whose_slot_moves_to_another_master_follows_it(cluster3, st
         assert shard_subscribers(source, channel(room)) == 0
         count_then = len(acked)
         await eventually(lambda: len(acked) >= count_then + 20, what="publishes after the move", timeout_s=30)
-        stop.set()
-        await asyncio.wait_for(publishing, 15)
+        await traffic.stop_publishing()
         last = acked[-1]
         await eventually(lambda: all(m.positions[-1:] == [last] for m in members),
                          what="every member to reach the last message", timeout_s=30)
         for index in (0, 1):
             await eventually(lambda: readiness(node, index) == (200, True), what=f"worker {index} ready")
-    finally:
-        stop.set()
-        await publisher.close()
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
     acked_streams = by_epoch(acked)
     for member in members:
         streams = by_epoch(member.positions)

@@ -20,9 +20,8 @@ from chaos.cluster import ControlProcess, NodeProcess, RouterProcess, free_port,
 from chaos.eventually import eventually
 from chaos.redis_topologies import SentinelGroup
 from tests.delivery.epochs import (
-    EpochReader, assert_nothing_lost_silently, every_member_has_the_new_epoch, publish_until_stopped, the_new_epoch,
+    assert_nothing_lost_silently, every_member_has_the_new_epoch, failover_traffic, the_new_epoch,
 )
-from tests.wsclient import WsClient
 
 NODE_FLAGS = (
     "--bus", "redis", "--bus-timeout-s", "1", "--bus-reconnect-base-s", "0.1", "--bus-reconnect-cap-s", "0.5",
@@ -53,15 +52,8 @@ async def test_master_killed_while_messages_flow_failover_loses_nothing_silently
     started.append(control)
     control.start()
 
-    members = [EpochReader([node.ws_url(i % 2), node.ws_url(1 - i % 2)], ROOM) for i in range(4)]
-    readers = [asyncio.create_task(m.run(until_seq=10**9, deadline_s=120)) for m in members]
-    publisher = await WsClient.connect(node.ws_url(1))
-    try:
-        await asyncio.wait_for(asyncio.gather(*(m.joined_once.wait() for m in members)), 15)
-        await publisher.join(ROOM)
-        acked: list[tuple[str, int]] = []
-        stop = asyncio.Event()
-        publishing = asyncio.create_task(publish_until_stopped(publisher, ROOM, acked, stop))
+    async with failover_traffic(node, ROOM) as traffic:
+        members, acked = traffic.members, traffic.acked
         await eventually(lambda: len(acked) >= 30, what="messages acknowledged by the first master")
         old_epoch = acked[0][0]
 
@@ -74,16 +66,10 @@ async def test_master_killed_while_messages_flow_failover_loses_nothing_silently
         # Publishes are acknowledged again, on the new master, in a new epoch (other replication ID).
         await eventually(lambda: sum(1 for epoch, _ in acked if epoch != old_epoch) >= 20,
                          what="publishes acknowledged after the failover", timeout_s=30)
-        stop.set()
-        await asyncio.wait_for(publishing, 15)
+        await traffic.stop_publishing()
         new_epoch = the_new_epoch(acked, old_epoch)
         await eventually(lambda: every_member_has_the_new_epoch(members, acked, new_epoch),
                          what="every member to receive the new epoch's messages", timeout_s=30)
-    finally:
-        await publisher.close()
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
 
     assert_nothing_lost_silently(members, acked, old_epoch, new_epoch)
 
