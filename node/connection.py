@@ -10,27 +10,28 @@ outbox writes its frames and the worker reads its socket.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from node import frames, protocol
 from node.auth import Identity
 from node.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from node.ws_server import WebSocketEndpoint
 
 
 class Connection:
     __slots__ = (
         "id", "codec", "binary", "ws", "transport", "ip", "rooms", "bucket", "rejections",
         "pending", "closed", "ping_sent_at", "last_ping_at", "close_reason",
-        "identity", "user_bucket", "closing",
+        "identity", "user_bucket",
     )
 
     def __init__(
         self,
         connection_id: str,
         codec: str,
-        ws: web.WebSocketResponse,
+        ws: WebSocketEndpoint,
         transport: asyncio.Transport,
         ip: str,
         bucket: TokenBucket,
@@ -39,8 +40,7 @@ class Connection:
         self.id = connection_id
         self.codec = codec
         self.binary = codec == protocol.MSGPACK
-        self.ws = ws
-        # Kept from the handshake: aiohttp's request.transport is None after a disconnect.
+        self.ws = ws  # reads the socket and runs its close handshake
         self.transport = transport
         self.ip = ip
         self.rooms: set[str] = set()
@@ -53,7 +53,6 @@ class Connection:
         self.close_reason = "client"
         self.identity: Identity | None = None  # the verified token's holder (a `refresh` replaces it); None when auth is off
         self.user_bucket: TokenBucket | None = None  # shared by this user's connections on the worker
-        self.closing: asyncio.Future | None = None  # the worker's close handshake, once it has begun one
 
     def frame(self, server_frame: dict[str, Any]) -> bytes:
         """Encode one server frame for this connection's codec, WebSocket header included."""

@@ -2,7 +2,7 @@
 
 Owns building whole unmasked frames so that fan-out can encode a message once
 and write the very same bytes to every member's socket, and a queue of them
-can go out in one `write`. It must not parse client frames: aiohttp's reader
+can go out in one `write`. It must not parse client frames: `node.ws_reader`
 does that (with the frame-size limit enforced before buffering).
 """
 

@@ -67,8 +67,8 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000  # the client asked to close
     GOING_AWAY = 1001  # the worker is shutting down or draining; reconnect (see the reconnect frame)
-    PROTOCOL_ERROR = 1002  # a malformed WebSocket frame (RSV bits, bad opcode, unmasked, bad control frame); sent by aiohttp's reader
-    INVALID_PAYLOAD = 1007  # a text frame (or close reason) that is not valid UTF-8; sent by aiohttp's reader
+    PROTOCOL_ERROR = 1002  # a malformed WebSocket frame (RSV bits, bad opcode, unmasked, bad control frame); node/ws_reader.py
+    INVALID_PAYLOAD = 1007  # a text frame (or close reason) that is not valid UTF-8; node/ws_reader.py
     POLICY_VIOLATION = 1008  # sustained flooding past the rate limit (per connection or per user)
     MESSAGE_TOO_BIG = 1009  # a frame larger than max_frame_bytes
     INTERNAL_ERROR = 1011  # never sent: a bug while handling a frame is an INTERNAL_ERROR error frame instead

@@ -25,6 +25,7 @@ import collections
 import logging
 import time
 import typing
+from typing import Awaitable
 
 from node import envelope, protocol
 from node.auth import MAX_TOKEN_CHARS, AuthError, TokenVerifier
@@ -186,12 +187,15 @@ class Sessions:
 
     # --- one frame --------------------------------------------------------------------
 
-    async def handle(self, conn: Connection, data: str | bytes) -> None:
+    def handle(self, conn: Connection, data: str | bytes) -> Awaitable[None] | None:
         """Decode one client frame and run it; every failure becomes an `error` frame.
 
-        A publish returns once it is handed to the bus: up to max_publishes_in_flight of a
-        connection's publishes wait for Redis at once, and their acks and errors go out in
-        the order of the frames. Any other frame first waits for the connection's
+        Returns None when the frame is done, or an awaitable to finish it: the
+        caller reads nothing more from the connection until it is awaited, so
+        frames run one at a time in order. A publish is done once it is handed
+        to the bus: up to max_publishes_in_flight of a connection's publishes
+        wait for Redis at once, and their acks and errors go out in the order
+        of the frames. Any other frame first waits for the connection's
         publishes to be answered, so every reply keeps its frame's order.
         """
         request_id: protocol.RequestId | None = None
@@ -210,18 +214,46 @@ class Sessions:
                     self.metrics.messages_received.labels("invalid").inc()
                     self.metrics.errors.labels(exc.code.value).inc()
                     earlier.append((None, conn.frame(protocol.error(exc.code, exc.message, exc.request_id)), 0.0))
-                while (
-                    (in_flight := self._in_flight.get(conn.id))
-                    and len(in_flight) >= self.config.max_publishes_in_flight and not conn.closed
-                ):
-                    await asyncio.wait((in_flight[0][0],))
-                return
+                in_flight = self._in_flight.get(conn.id)
+                if in_flight and len(in_flight) >= self.config.max_publishes_in_flight and not conn.closed:
+                    return self._wait_below_in_flight_limit(conn)
+                return None
+            if conn.id in self._in_flight or not isinstance(frame, (protocol.Leave, protocol.Ping)):
+                return self._run_after_publishes(conn, frame)
+            self._run_at_once(conn, frame)
+        except Exception as exc:
+            self._failed(conn, exc, request_id)
+        return None
+
+    def _failed(self, conn: Connection, exc: Exception, request_id: protocol.RequestId | None) -> None:
+        """Answer a frame that failed: with its ProtocolError's code, or INTERNAL_ERROR for a bug (logged)."""
+        if isinstance(exc, protocol.ProtocolError):
+            self.metrics.messages_received.labels("invalid").inc()
+            self.send_error(conn, exc.code, exc.message, exc.request_id)
+            return
+        log.error("bug while handling a frame on connection %s", conn.id, exc_info=exc)
+        self.send_error(conn, protocol.ErrorCode.INTERNAL_ERROR, "internal error; logged", request_id)
+
+    def _run_at_once(self, conn: Connection, frame: protocol.Leave | protocol.Ping) -> None:
+        if isinstance(frame, protocol.Leave):
+            self._leave(conn, frame)
+        else:
+            self.outbox.push(conn, conn.frame(protocol.pong(int(time.time() * 1000), frame.request_id)))
+
+    async def _wait_below_in_flight_limit(self, conn: Connection) -> None:
+        while (
+            (in_flight := self._in_flight.get(conn.id))
+            and len(in_flight) >= self.config.max_publishes_in_flight and not conn.closed
+        ):
+            await asyncio.wait((in_flight[0][0],))
+
+    async def _run_after_publishes(self, conn: Connection, frame: protocol.ClientFrame) -> None:
+        """Run a frame that is not a publish once the connection's publishes are answered."""
+        try:
             if conn.id in self._in_flight:
                 await self._settle(conn)
             if isinstance(frame, protocol.Join):
                 await self._join(conn, frame)
-            elif isinstance(frame, protocol.Leave):
-                self._leave(conn, frame)
             elif isinstance(frame, protocol.History):
                 await self._history(conn, frame)
             elif isinstance(frame, protocol.Refresh):
@@ -229,13 +261,9 @@ class Sessions:
             elif isinstance(frame, protocol.PresenceRequest):
                 await self._presence(conn, frame)
             else:
-                self.outbox.push(conn, conn.frame(protocol.pong(int(time.time() * 1000), frame.request_id)))
-        except protocol.ProtocolError as exc:
-            self.metrics.messages_received.labels("invalid").inc()
-            self.send_error(conn, exc.code, exc.message, exc.request_id)
-        except Exception:
-            log.exception("bug while handling a frame on connection %s", conn.id)
-            self.send_error(conn, protocol.ErrorCode.INTERNAL_ERROR, "internal error; logged", request_id)
+                self._run_at_once(conn, frame)
+        except Exception as exc:
+            self._failed(conn, exc, frame.request_id)
 
     def send_error(
         self, conn: Connection, code: protocol.ErrorCode, text: str, request_id: protocol.RequestId | None,

@@ -1,11 +1,12 @@
 """One worker: a shard that holds WebSocket connections and hosts rooms.
 
-Owns the aiohttp application (`/ws`, `/healthz`, `/readyz`, `/metrics`),
-admission and the upgrade (per-IP and per-worker caps, before any socket is
-spent; the client's address behind a trusted proxy is `node.client_address`'s
-answer), the read loop of each connection (every frame, ping and pong
-included, costs a rate-limit token; then a data frame goes to
-`node.session`), the close policy (flood, slow consumer, expired token,
+Owns the aiohttp application (`/healthz`, `/readyz`, `/metrics`, the HTTP
+API, and `/ws` for an upgrade on a kept-alive connection), admission and the
+upgrade (per-IP and per-worker caps, before any socket is spent; the
+client's address behind a trusted proxy is `node.client_address`'s answer),
+what happens to each message a connection's endpoint (`node.ws_server`)
+reads (every frame, ping and pong included, costs a rate-limit token; then a
+data frame goes to `node.session`), the close policy (flood, slow consumer, expired token,
 silent peer), the heartbeat sweep, the worker's lifecycle (start, cleanup,
 graceful shutdown) and its state: `drain`, `undrain` and `rebalance` are the
 only ways in and out of `active` apart from shutdown, whoever asks for them
@@ -20,19 +21,20 @@ start its process (`node.launch` does).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import signal
 import socket
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.keys import ACTIVE, DRAINED, DRAINING, SHUTTING_DOWN
 from common.tasks import stop_tasks
-from node import frames, protocol, proxy_protocol, steering
+from node import frames, protocol, proxy_protocol, steering, ws_handshake
 from node.admission import Admission, Refusal
 from node.auth import Identity
 from node.bus import Bus
@@ -48,13 +50,15 @@ from node.placement import Placement
 from node.presence import Presence, PresenceDisabled
 from node.ratelimit import TokenBucket, UserBuckets
 from node.session import Sessions
+from node.ws_handshake import RequestHead
+from node.ws_reader import FrameError
+from node.ws_server import FrontDoor, WebSocketEndpoint
 
 log = logging.getLogger("ringcast.worker")
 
 SWEEP_INTERVAL_S = 1.0  # heartbeat/sampling sweep period; per-connection timers would cost memory
 SLOW_CONSUMER_GRACE_S = 1.0  # a slow consumer's 1013 close frame has this long to drain before the cut
 FLOOD_CLOSE_GRACE_S = 1.0  # a flooder has this long to answer its 1008 (what it still sends is dropped) before the cut
-PEER_FRAMES = frozenset((WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG))  # what a client sends
 
 
 class Worker:
@@ -93,6 +97,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task | None = None
         self.heartbeat: HeartbeatReporter | None = None  # reports to the control plane, follows its commands
+        self._loop: asyncio.AbstractEventLoop | None = None  # set at startup
 
     @property
     def accepting(self) -> bool:
@@ -103,7 +108,7 @@ class Worker:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_frame_bytes)
-        app.router.add_get("/ws", self.handle_ws)
+        app.router.add_route("*", "/ws", self.handle_ws)  # not a GET: 405 BAD_UPGRADE (docs/protocol.md)
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/readyz", self.handle_readyz)
         app.router.add_get("/metrics", self.handle_metrics)
@@ -120,6 +125,7 @@ class Worker:
         return await self.presence.snapshot(room)
 
     async def _on_startup(self, app: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
         self.outbox = Outbox(
             self.config.max_outbound_bytes, self._on_slow_consumer, self.config.write_coalesce_ms / 1000,
             self.config.write_hold_max_ms / 1000,
@@ -190,63 +196,123 @@ class Worker:
     async def handle_metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    # --- admission --------------------------------------------------------------
+    # --- admission and the upgrade ------------------------------------------------------
 
-    def _refuse(self, status: int, reason: str, text: str, retry_after_s: int | None) -> web.Response:
+    def _refusal(self, status: int, reason: str, text: str, retry_after_s: int | None) -> tuple[bytes, dict[str, str]]:
+        """A refused upgrade's JSON body and headers (counted)."""
         self.metrics.connections_rejected.labels(reason).inc()
         headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="ringcast"'
-        response = web.json_response({"error": reason, "message": text}, status=status, headers=headers)
-        # Connection: close, and the socket is closed after the answer: a refused client cannot
-        # pipeline its next attempts on a kept-alive socket, each one costs it a new connection.
-        response.force_close()
-        return response
+        return json.dumps({"error": reason, "message": text}).encode(), headers
 
-    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+    async def _admit(self, remote: str | None, head: RequestHead) -> tuple[int, bytes, dict[str, str]] | tuple[str, str, Identity | None]:
+        """Who may upgrade: (status, body, headers) of the refusal, or (client, limit key, identity)."""
         if not self.accepting:
-            return self._refuse(503, "NOT_ACCEPTING", f"worker is {self.state}; ask the router for another", 1)
+            return 503, *self._refusal(503, "NOT_ACCEPTING", f"worker is {self.state}; ask the router for another", 1)
         # Per-IP limits count the real client (behind a trusted proxy: the one its header names), an IPv6
         # client by its /64; `ip` is that key, `client` the full address for logs.
         client = client_address(
-            request.remote, self.trusted_proxies,
-            x_forwarded_for=request.headers.getall("X-Forwarded-For", ()),
-            forwarded=request.headers.getall("Forwarded", ()),
+            remote, self.trusted_proxies,
+            x_forwarded_for=head.getall("x-forwarded-for"), forwarded=head.getall("forwarded"),
         )
         ip = limit_key(client)
         verifier = self.admission.verifier
+        authorization, query_token = head.get("authorization"), head.query_param("token")
         if verifier is not None and self.admission.refused.wait_s(ip, time.monotonic()) == 0:
             # Fetches the issuer's JWKS when the token names a key not yet in hand: awaited, never blocking
             # the loop. An address already refused too often cannot start fetches (admission answers 429).
-            await verifier.prepare(request.headers.get("Authorization"), request.query.get("token"), time.monotonic())
+            await verifier.prepare(authorization, query_token, time.monotonic())
         decision = self.admission.check(
-            ip=ip, origin=request.headers.get("Origin"), authorization=request.headers.get("Authorization"),
-            query_token=request.query.get("token"), now_monotonic=time.monotonic(), now_unix=time.time(),
+            ip=ip, origin=head.get("origin"), authorization=authorization,
+            query_token=query_token, now_monotonic=time.monotonic(), now_unix=time.time(),
         )
         if isinstance(decision, Refusal):
-            log.debug("upgrade from %s (peer %s) refused: %s", client, request.remote, decision.code)
-            return self._refuse(decision.status, decision.code, decision.message, decision.retry_after_s)
+            log.debug("upgrade from %s (peer %s) refused: %s", client, remote, decision.code)
+            return decision.status, *self._refusal(decision.status, decision.code, decision.message, decision.retry_after_s)
+        return client, ip, decision.identity
+
+    async def upgrade(self, door: FrontDoor, head: RequestHead) -> None:
+        """A well-formed upgrade read by the front door: admit it and serve it, or write the refusal."""
+        transport = door.transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername")
+        admitted = await self._admit(str(peer[0]) if isinstance(peer, (tuple, list)) and peer else None, head)
+        if door.lost:
+            return
+        door.settle()
+        if isinstance(admitted[0], int):
+            status, body, headers = admitted
+            # Connection: close, and the socket is closed after the answer: a refused client cannot
+            # pipeline its next attempts on a kept-alive socket, each one costs it a new connection.
+            transport.write(ws_handshake.http_answer(status, body, headers))
+            transport.close()
+            return
+        client, ip, identity = admitted
+        endpoint = self._open(transport, head, client, ip, identity)
+        if endpoint is not None:
+            endpoint.start(door.take_tail())
+
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        """An upgrade on a connection aiohttp kept alive after an earlier request (or one the front door did
+        not find well-formed): the same admission and checks, then the socket is taken from aiohttp."""
+        head = ws_handshake.RequestHead(
+            request.method, request.path, request.query_string,
+            [(name.lower(), value) for name, value in request.headers.items()],
+            f"HTTP/{request.version.major}.{request.version.minor}",
+        )
+        admitted = await self._admit(request.remote, head)
+        if isinstance(admitted[0], int):
+            status, body, headers = admitted
+            response = web.Response(body=body, status=status, headers=headers, content_type="application/json")
+            response.force_close()
+            return response
+        try:
+            ws_handshake.check_upgrade(head)
+        except ws_handshake.HandshakeError as exc:
+            headers = {"Sec-WebSocket-Version": "13"} if exc.status == 426 else {}
+            return web.json_response({"error": "BAD_UPGRADE", "message": exc.message}, status=exc.status,
+                                     headers=headers)
         transport = request.transport
         if transport is None:
             return web.Response(status=400)
-        ws = web.WebSocketResponse(
-            protocols=protocol.SUBPROTOCOLS,
-            compress=False,  # permessage-deflate costs CPU per member and opens decompression bombs
-            max_msg_size=self.config.max_frame_bytes + 1,  # aiohttp refuses a payload >= max_msg_size
-            autoping=False,  # pings and pongs are handled here, cheaply, with pre-built frames
-            heartbeat=None,  # one sweep for all connections instead of a timer each
+        client, ip, identity = admitted
+        endpoint = self._open(transport, head, client, ip, identity)
+        if endpoint is not None:
+            # What aiohttp read after the upgrade request (frames a client sent before the 101) is in its
+            # protocol's message tail: an aiohttp internal, read here only.
+            await endpoint.take_over(request.protocol, getattr(request.protocol, "_message_tail", b""))
+        return web.Response()  # never written: the socket was the endpoint's, and it is gone
+
+    def _open(self, transport: asyncio.Transport, head: RequestHead, client: str, ip: str,
+              identity: Identity | None) -> WebSocketEndpoint | None:
+        """Answer 101 and open the connection; None when the worker is full (closed with 1013)."""
+        subprotocol = ws_handshake.choose_subprotocol(head, protocol.SUBPROTOCOLS)
+        transport.write(ws_handshake.switching_protocols(head, subprotocol))
+        if len(self.connections) >= self.config.max_connections:
+            self.metrics.connections_rejected.labels("WORKER_FULL").inc()
+            transport.write(frames.close_frame(protocol.CloseCode.TRY_AGAIN_LATER, "worker full"))
+            transport.close()
+            return None
+        assert self.sessions is not None
+        self._tune_socket(transport)
+        endpoint = WebSocketEndpoint(self, transport, self.config.max_frame_bytes)
+        now = self._loop.time()
+        codec = protocol.CODEC_BY_SUBPROTOCOL.get(subprotocol, protocol.JSON)
+        conn = Connection(
+            secrets.token_hex(8), codec, endpoint, transport, client,
+            TokenBucket(self.config.message_rate_per_s, self.config.message_burst, now), now,
         )
+        endpoint.conn = conn
+        if identity is not None:
+            conn.identity = identity
+            conn.user_bucket = self.user_buckets.acquire(identity.user, now)
         self.admission.opened(ip)
-        try:
-            await ws.prepare(request)
-            if len(self.connections) >= self.config.max_connections:
-                self.metrics.connections_rejected.labels("WORKER_FULL").inc()
-                await ws.close(code=protocol.CloseCode.TRY_AGAIN_LATER, message=b"worker full")
-                return ws
-            await self._serve(ws, transport, client, decision.identity)
-        finally:
-            self.admission.closed(ip)
-        return ws
+        self.connections[conn.id] = conn
+        self.metrics.connections.set(len(self.connections))
+        self.metrics.connections_opened.inc()
+        self.sessions.begin(conn)
+        return endpoint
 
     def _tune_socket(self, transport: asyncio.Transport) -> None:
         sock = transport.get_extra_info("socket")
@@ -259,63 +325,47 @@ class Worker:
         except OSError:
             pass
 
-    # --- one connection: the read loop ----------------------------------------------
+    # --- one connection: its messages -------------------------------------------------
 
-    async def _serve(self, ws: web.WebSocketResponse, transport: asyncio.Transport, ip: str, identity: Identity | None) -> None:
-        assert self.sessions is not None and self.outbox is not None
-        self._tune_socket(transport)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        codec = protocol.CODEC_BY_SUBPROTOCOL.get(ws.ws_protocol, protocol.JSON)
-        conn = Connection(
-            secrets.token_hex(8), codec, ws, transport, ip,
-            TokenBucket(self.config.message_rate_per_s, self.config.message_burst, now), now,
-        )
-        if identity is not None:
-            conn.identity = identity
-            conn.user_bucket = self.user_buckets.acquire(identity.user, now)
-        self.connections[conn.id] = conn
+    def on_message(self, endpoint: WebSocketEndpoint, opcode: int, payload: str | bytes) -> Awaitable[None] | None:
+        """One message from the client, in order; returns what must be awaited before the next one, if anything.
+
+        Every frame, ping and pong included, costs a rate-limit token."""
+        conn = endpoint.conn
+        if conn.closed:
+            return None  # closing, or a slow consumer still sending: dropped until its socket is cut
+        if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+            return self._on_frame(conn, payload)
+        if opcode == frames.OP_PING:
+            # Control frames cost a token like any frame; a refused ping gets no pong.
+            if not self._charge(conn, self._loop.time()):
+                self.outbox.push(conn, frames.pong(payload))
+        elif opcode == frames.OP_PONG:
+            conn.ping_sent_at = None  # alive, whether or not the pong fits the budget
+            self._charge(conn, self._loop.time())
+        return None
+
+    def on_frame_error(self, endpoint: WebSocketEndpoint, error: FrameError) -> None:
+        """The client broke the framing rules: what was queued goes out, then the endpoint closes with the error's code."""
+        conn = endpoint.conn
+        if conn.closed:
+            return
+        self.outbox.flush_one(conn)
+        conn.close_reason = "too_big" if error.close_code == protocol.CloseCode.MESSAGE_TOO_BIG else "error"
+        conn.closed = True
+
+    def on_closed(self, endpoint: WebSocketEndpoint) -> None:
+        """The socket is gone: the connection leaves every room and stops counting."""
+        conn = endpoint.conn
+        conn.closed = True
+        assert self.sessions is not None
+        self.sessions.end(conn)
+        if conn.identity is not None:
+            self.user_buckets.release(conn.identity.user)
+        self.connections.pop(conn.id, None)
+        self.admission.closed(limit_key(conn.ip))
         self.metrics.connections.set(len(self.connections))
-        self.metrics.connections_opened.inc()
-        self.sessions.begin(conn)
-        try:
-            while True:
-                if conn.closing is not None:
-                    # The worker began a close (flood, expired token, steering) while this loop was busy: the
-                    # close task finishes the handshake, reading and dropping what the peer still sends until
-                    # its close frame (bounded in time), so the socket is not reset under our close frame.
-                    await conn.closing
-                    break
-                msg = await ws.receive()
-                kind = msg.type
-                if kind in PEER_FRAMES and conn.closed:
-                    continue  # a slow consumer still sending: dropped until its socket is cut
-                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                    await self._on_frame(conn, msg.data, loop)
-                elif kind is WSMsgType.PING:
-                    # Control frames cost a token like any frame; a refused ping gets no pong.
-                    if not self._charge(conn, loop.time()):
-                        self.outbox.push(conn, frames.pong(msg.data))
-                elif kind is WSMsgType.PONG:
-                    conn.ping_sent_at = None  # alive, whether or not the pong fits the budget
-                    self._charge(conn, loop.time())
-                elif kind is WSMsgType.ERROR:
-                    # msg.data is aiohttp's WebSocketError; ws.close_code is by now the code the peer echoed back.
-                    too_big = getattr(msg.data, "code", None) == protocol.CloseCode.MESSAGE_TOO_BIG
-                    conn.close_reason = "too_big" if too_big else "error"
-                    break
-                else:  # CLOSE, CLOSING, CLOSED
-                    break
-        finally:
-            conn.closed = True
-            self.sessions.end(conn)
-            if conn.identity is not None:
-                self.user_buckets.release(conn.identity.user)
-            self.connections.pop(conn.id, None)
-            self.metrics.connections.set(len(self.connections))
-            self.metrics.connections_closed.labels(conn.close_reason).inc()
-            if not ws.closed:
-                transport.abort()
+        self.metrics.connections_closed.labels(conn.close_reason).inc()
 
     def _charge(self, conn: Connection, now: float) -> float:
         """Charge one client frame, data or control, to its connection's bucket (and its user's).
@@ -336,18 +386,25 @@ class Worker:
             self._close(conn, protocol.CloseCode.POLICY_VIOLATION, "flooding", "flood", FLOOD_CLOSE_GRACE_S)
         return wait_s
 
-    async def _on_frame(self, conn: Connection, data: str | bytes, loop: asyncio.AbstractEventLoop) -> None:
+    def _on_frame(self, conn: Connection, data: str | bytes) -> Awaitable[None] | None:
         """Rate-limit one client frame, then hand it to the session."""
         assert self.sessions is not None
-        started = loop.time()
+        started = self._loop.time()
         wait_s = self._charge(conn, started)
         if wait_s:
             if not conn.closed:
                 self.sessions.send_error(conn, protocol.ErrorCode.RATE_LIMIT_EXCEEDED, "slow down", None, wait_s)
-            return
+            return None
         conn.ping_sent_at = None  # any frame proves the peer is alive
-        await self.sessions.handle(conn, data)
-        self.metrics.message_handling.observe(loop.time() - started)
+        pending = self.sessions.handle(conn, data)
+        if pending is None:
+            self.metrics.message_handling.observe(self._loop.time() - started)
+            return None
+        return self._finish_frame(pending, started)
+
+    async def _finish_frame(self, pending: Awaitable[None], started: float) -> None:
+        await pending
+        self.metrics.message_handling.observe(self._loop.time() - started)
 
     # --- close policy -------------------------------------------------------------------
 
@@ -360,18 +417,7 @@ class Worker:
         self.outbox.flush_one(conn)
         conn.close_reason = reason
         conn.closed = True
-        grace_s = self.config.heartbeat_timeout_s if grace_s is None else grace_s
-        conn.closing = asyncio.ensure_future(self._close_ws(conn, code, message, grace_s))
-        self._keep(conn.closing)
-
-    async def _close_ws(self, conn: Connection, code: int, message: str, grace_s: float) -> None:
-        try:
-            async with asyncio.timeout(grace_s):
-                await conn.ws.close(code=code, message=message.encode())
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        finally:
-            conn.transport.abort()
+        conn.ws.close(code, message, self.config.heartbeat_timeout_s if grace_s is None else grace_s)
 
     def _on_slow_consumer(self, conn, buffered: int) -> None:
         self.metrics.slow_consumer_disconnects.inc()
@@ -379,11 +425,9 @@ class Worker:
         conn.close_reason = "slow_consumer"
         conn.closed = True
         # The close frame queues behind everything the reader has not taken; if the
-        # buffer has not drained within the grace period, the socket is cut, so the
-        # memory it holds stays bounded in bytes and in time.
-        transport = conn.transport
-        transport.write(frames.close_frame(protocol.CloseCode.TRY_AGAIN_LATER, "slow consumer"))
-        asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, transport.abort)
+        # buffer has not drained within the grace period, the socket is cut (even if
+        # the peer answered the close), so the memory it holds stays bounded in bytes and in time.
+        conn.ws.close(protocol.CloseCode.TRY_AGAIN_LATER, "slow consumer", SLOW_CONSUMER_GRACE_S)
 
     def steer_notice(self, conn: Connection, frame: dict) -> None:
         """Send one `reconnect` notice, then close the socket with 1001 (notice first, close frame last)."""
@@ -538,19 +582,25 @@ class Worker:
     async def listen(self, runner: web.AppRunner) -> Callable[[], None]:
         """Open the worker's listening socket for a set-up runner; returns what stops listening.
 
-        With --proxy-protocol, connections from trusted proxies pass through
-        `node.proxy_protocol`'s gate (PROXY v2 header first); otherwise a plain aiohttp site.
+        Every connection starts at `node.ws_server`'s front door (upgrades on /ws are served by the
+        worker, the rest by aiohttp's `runner.server`). With --proxy-protocol, connections from trusted
+        proxies first pass through `node.proxy_protocol`'s gate (PROXY v2 header first).
         """
         config = self.config
+
+        def front_door() -> FrontDoor:
+            return FrontDoor(self, runner.server, config.handshake_timeout_s, config.max_http_header_bytes)
+
         if config.proxy_protocol:
             server = await proxy_protocol.listen(
-                runner.server, config.host, config.port, trusted=self.trusted_proxies,
+                front_door, config.host, config.port, trusted=self.trusted_proxies,
                 header_timeout_s=config.handshake_timeout_s, backlog=config.listen_backlog,
             )
-            return server.close
-        site = web.TCPSite(runner, config.host, config.port, backlog=config.listen_backlog, reuse_address=True)
-        await site.start()
-        return lambda: None  # runner.cleanup() stops the site
+        else:
+            server = await asyncio.get_running_loop().create_server(
+                front_door, config.host, config.port, backlog=config.listen_backlog, reuse_address=True,
+            )
+        return server.close
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then shut down gracefully."""
