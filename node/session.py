@@ -204,16 +204,7 @@ class Sessions:
             request_id = frame.request_id  # a client waiting for its reply gets one even when we fail
             self._received[type(frame)].inc()
             if isinstance(frame, protocol.Publish):
-                earlier = self._in_flight.get(conn.id)
-                try:
-                    self._publish(conn, frame)
-                except protocol.ProtocolError as exc:
-                    if earlier is None:
-                        raise
-                    # Answered after the publishes before it.
-                    self.metrics.messages_received.labels("invalid").inc()
-                    self.metrics.errors.labels(exc.code.value).inc()
-                    earlier.append((None, conn.frame(protocol.error(exc.code, exc.message, exc.request_id)), 0.0))
+                self._publish(conn, frame)
                 in_flight = self._in_flight.get(conn.id)
                 if in_flight and len(in_flight) >= self.config.max_publishes_in_flight and not conn.closed:
                     return self._wait_below_in_flight_limit(conn)
@@ -269,8 +260,14 @@ class Sessions:
         self, conn: Connection, code: protocol.ErrorCode, text: str, request_id: protocol.RequestId | None,
         retry_after_s: float | None = None,
     ) -> None:
+        """Answer with an `error` frame, after the replies of the connection's publishes still in flight."""
         self.metrics.errors.labels(code.value).inc()
-        self.outbox.push(conn, conn.frame(protocol.error(code, text, request_id, retry_after_s)))
+        frame = conn.frame(protocol.error(code, text, request_id, retry_after_s))
+        in_flight = self._in_flight.get(conn.id)
+        if in_flight:
+            in_flight.append((None, frame, 0.0))  # pushed by _answer once the publishes before it are answered
+        else:
+            self.outbox.push(conn, frame)
 
     # --- the commands -------------------------------------------------------------------
 

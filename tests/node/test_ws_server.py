@@ -309,3 +309,21 @@ async def test_sockets_that_vanish_with_work_pending_leave_no_room_or_connection
     await round_trip(keeper, "kept-again")
     await close_cleanly(keeper)
     assert nothing_logged_as_a_bug(node)
+
+
+# --- reply order -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bus", ["redis", "memory"])
+async def test_a_rate_limit_error_comes_after_the_acks_of_the_publishes_before_it(start_node, bus):
+    # Burst 4: the join and three publishes are served, the fourth publish (same write) is refused while
+    # the three are still in flight; its error must not overtake their acks.
+    node = start_node(1, "--message-rate-per-s", "0.05", "--message-burst", "4",
+                      "--flood-close-after-rejections", "10", bus=bus)
+    ws = await upgrade(node, "first_request")
+    ws.send_raw(text({"type": "join", "room": "order", "id": "j"}))
+    assert (await next_frame(ws, ("joined", "error")))["type"] == "joined"
+    ws.send_raw(b"".join(text({"type": "message", "room": "order", "text": f"m{i}", "id": i}) for i in range(4)))
+    replies = [await next_frame(ws, ("ack", "error")) for _ in range(4)]
+    assert [(reply["type"], reply.get("id"), reply.get("code")) for reply in replies] == [
+        ("ack", 0, None), ("ack", 1, None), ("ack", 2, None), ("error", None, "RATE_LIMIT_EXCEEDED")]
+    await close_cleanly(ws)
