@@ -33,7 +33,7 @@ from typing import Awaitable, Callable, Protocol
 
 from node import frames
 from node.ws_handshake import END_OF_HEAD, WS_PATH, HandshakeError, RequestHead, check_upgrade, parse_head
-from node.ws_reader import MESSAGE_TOO_BIG, FrameError, FrameReader, Message
+from node.ws_reader import FrameError, FrameReader, Message
 
 log = logging.getLogger("ringcast.ws")
 
@@ -265,7 +265,3 @@ class WebSocketEndpoint(asyncio.Protocol):
             self.previous = None
         if self.ended is not None and not self.ended.done():
             self.ended.set_result(None)
-
-
-def too_big(error: FrameError) -> bool:
-    return error.close_code == MESSAGE_TOO_BIG
