@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import NamedTuple
 from multiprocessing.connection import wait as wait_pipes
 from urllib.parse import urlparse
 
@@ -82,6 +83,14 @@ def redis_cpu_seconds(host: str, port: int) -> float:
     return float(values["used_cpu_sys"]) + float(values["used_cpu_user"])
 
 
+class ProcessSample(NamedTuple):
+    """One server process at one moment."""
+
+    rss_bytes: float
+    cpu_s: float  # user + system
+    system_s: float | None  # the kernel's part (system calls and the softirq work they run), None when scraped
+
+
 class ServerSampler:
     """Resident memory and CPU seconds of each server process: psutil on PIDs if known, else `/metrics`.
 
@@ -97,8 +106,8 @@ class ServerSampler:
         self.children = children
         self.redis = redis
 
-    def sample(self) -> list[tuple[float, float]]:
-        """[(rss_bytes, cpu_seconds)] per process."""
+    def sample(self) -> list[ProcessSample]:
+        """One ProcessSample per process."""
         if self.pids:
             import psutil
 
@@ -110,7 +119,8 @@ class ServerSampler:
                 for proc in procs:
                     try:
                         times = proc.cpu_times()
-                        out.append((float(proc.memory_info().rss), times.user + times.system))
+                        out.append(ProcessSample(float(proc.memory_info().rss), times.user + times.system,
+                                                 times.system))
                     except psutil.NoSuchProcess:  # a child gone since the listing
                         continue
             return out
@@ -125,7 +135,7 @@ class ServerSampler:
             return None
 
     @staticmethod
-    def _scrape(url: WorkerUrl) -> tuple[float, float]:
+    def _scrape(url: WorkerUrl) -> ProcessSample:
         with urllib.request.urlopen(url.metrics_url(), timeout=5) as response:
             text = response.read().decode()
         values = {}
@@ -133,7 +143,8 @@ class ServerSampler:
             if line.startswith(("process_resident_memory_bytes ", "process_cpu_seconds_total ")):
                 name, value = line.split(" ", 1)
                 values[name] = float(value)
-        return values.get("process_resident_memory_bytes", 0.0), values.get("process_cpu_seconds_total", 0.0)
+        return ProcessSample(values.get("process_resident_memory_bytes", 0.0),
+                             values.get("process_cpu_seconds_total", 0.0), None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -536,10 +547,13 @@ class Coordinator:
         sequenced = sum(final_seq.get(r, s) - s for r, s in join_seq.items())
         window = tally.latency_window
         delivered_per_s = tally.frames_in_window / measure_s if measure_s > 0 else 0.0
-        server_cpu_s = (sum(c for _, c in cpu_end) - sum(c for _, c in cpu_start)) if cpu_start and cpu_end else None
+        server_cpu_s = (sum(s.cpu_s for s in cpu_end) - sum(s.cpu_s for s in cpu_start)) if cpu_start and cpu_end else None
+        server_system_s = (sum(s.system_s for s in cpu_end) - sum(s.system_s for s in cpu_start)
+                           if cpu_start and cpu_end and all(s.system_s is not None for s in cpu_start + cpu_end)
+                           else None)
         client_cpu_s = (client_cpu_end - client_cpu_start) if client_cpu_start is not None and client_cpu_end is not None else None
         connected_total = sum(r[2] for r in ready.values()) if not self.arrival else self.peak_connected
-        rss_delta = sum(r for r, _ in (rss_end if self.arrival else rss_connected)) - sum(r for r, _ in rss_before)
+        rss_delta = sum(s.rss_bytes for s in (rss_end if self.arrival else rss_connected)) - sum(s.rss_bytes for s in rss_before)
         return {
             "label": args.label,
             "mode": "arrival" if self.arrival else "fixed",
@@ -582,15 +596,20 @@ class Coordinator:
             "errors": tally.errors,
             "error_examples": tally.error_examples,
             "closed_by_server": tally.closed_by_server,
-            "server_rss_before_mib": [round(r / 2**20, 1) for r, _ in rss_before],
-            "server_rss_connected_mib": [round(r / 2**20, 1) for r, _ in rss_connected],
-            "server_rss_end_mib": [round(r / 2**20, 1) for r, _ in rss_end],
+            "server_rss_before_mib": [round(s.rss_bytes / 2**20, 1) for s in rss_before],
+            "server_rss_connected_mib": [round(s.rss_bytes / 2**20, 1) for s in rss_connected],
+            "server_rss_end_mib": [round(s.rss_bytes / 2**20, 1) for s in rss_end],
             "server_rss_per_connection_kib": round(rss_delta / connected_total / 1024, 2) if connected_total else None,
             "server_cpu_percent": round(100 * server_cpu_s / measure_s, 1) if server_cpu_s is not None else None,
             "server_cpu_us_per_delivery": (round(1e6 * server_cpu_s / tally.frames_in_window, 2)
                                            if server_cpu_s and tally.frames_in_window else None),
             "server_deliveries_per_cpu_s": (round(tally.frames_in_window / server_cpu_s)
                                             if server_cpu_s and tally.frames_in_window else None),
+            # the kernel's part of the server's CPU per delivery (write/read system calls, TCP, loopback softirq)
+            "server_system_us_per_delivery": (round(1e6 * server_system_s / tally.frames_in_window, 2)
+                                              if server_system_s is not None and tally.frames_in_window else None),
+            "server_user_us_per_delivery": (round(1e6 * (server_cpu_s - server_system_s) / tally.frames_in_window, 2)
+                                            if server_system_s is not None and tally.frames_in_window else None),
             "client_cpu_percent": round(100 * client_cpu_s / measure_s, 1) if client_cpu_s is not None else None,
         }
 

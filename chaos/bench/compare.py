@@ -91,6 +91,8 @@ METRICS = [
     ("delivered_per_s", "delivered/s", ""),
     ("server_cpu_percent", "server CPU (% of one core)", "%"),
     ("server_cpu_us_per_delivery", "server CPU per delivery", "µs"),
+    ("server_user_us_per_delivery", "... of it in user space", "µs"),
+    ("server_system_us_per_delivery", "... of it in the kernel", "µs"),
     ("server_deliveries_per_cpu_s", "deliveries per server CPU-second", ""),
     ("latency_p50_ms", "p50 latency", "ms"),
     ("latency_p99_ms", "p99 latency", "ms"),
@@ -105,7 +107,8 @@ def row_of(result: dict, scenario: str, side: str, round_: int, offered_per_s: f
     row = {"scenario": scenario, "side": side, "round": round_, "offered_per_s": offered_per_s,
            "faults": sum(result.get(k) or 0 for k in ("lost", "duplicates", "gaps", "reordered")),
            "failure": run_failure(result, offered_per_s)}
-    for key in ("delivered_per_s", "server_cpu_percent", "server_cpu_us_per_delivery",
+    for key in ("delivered_per_s", "server_cpu_percent", "server_cpu_us_per_delivery", "server_user_us_per_delivery",
+                "server_system_us_per_delivery",
                 "server_deliveries_per_cpu_s", "latency_p50_ms", "latency_p99_ms", "server_rss_per_connection_kib",
                 "redis_cpu_us_per_publish", "redis_cpu_percent", "client_cpu_percent", "connections", "connect_failures",
                 "closed_by_server", "published_per_s", "loadavg_1m_at_end", "command"):

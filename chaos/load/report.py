@@ -53,7 +53,8 @@ def markdown(result: dict) -> str:
         f"{_fmt(result['latency_samples'])} samples (every frame of 1 connection in {result['sample_every']} "
         "and of every publisher is decoded; all frames are counted).",
         f"- server CPU {_fmt(result['server_cpu_us_per_delivery'])} us per delivered message "
-        f"({_fmt(result.get('server_deliveries_per_cpu_s'))} deliveries per CPU-second); "
+        f"({_fmt(result.get('server_system_us_per_delivery'))} us of it in the kernel; "
+        f"{_fmt(result.get('server_deliveries_per_cpu_s'))} deliveries per CPU-second); "
         f"Redis CPU {_fmt(result.get('redis_cpu_percent'))} %, {_fmt(result.get('redis_cpu_us_per_publish'))} us "
         "per published message; "
         f"load generator CPU {_fmt(result['client_cpu_percent'])} % ({result['load_processes']} processes, "

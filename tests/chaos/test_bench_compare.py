@@ -260,6 +260,11 @@ def test_compare_alternates_two_real_servers_and_reports_ratios(tmp_path):
         assert row["faults"] == 0 and row["closed_by_server"] == 0, row
         assert row["delivered_per_s"] > 0 and row["server_cpu_us_per_delivery"] is not None
         assert row["redis_cpu_us_per_publish"] is not None
+        # the split of the server's CPU: user space and kernel, each measured (in clock ticks: a short light
+        # run may see none of one), adding up to the whole
+        user, system = row["server_user_us_per_delivery"], row["server_system_us_per_delivery"]
+        assert user >= 0 and system >= 0
+        assert abs(user + system - row["server_cpu_us_per_delivery"]) <= 0.02, row
     ratios = report["summary"]["many-rooms"]["delivered_per_s"]["ratio"]
     assert ratios["n"] == 1 and ratios["median"] > 0
     saturation = report["saturation"]["many-rooms"]
