@@ -1,6 +1,7 @@
 """Failover tests' shared parts: members that record each message's (epoch, seq), a publisher that
 waits for each ack and retries through the outage, both started and stopped together
-(`failover_traffic`), and the checks of what every member got.
+(`failover_traffic`), the wait for the new epoch once the master is lost
+(`FailoverTraffic.settle_in_the_new_epoch`), and the checks of what every member got.
 
 Used by the Sentinel and Redis Cluster failover tests (tests/node/test_sentinel.py,
 tests/node/test_redis_cluster.py): after a master is lost, within each epoch a member has a
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 from chaos.cluster import NodeProcess
+from chaos.eventually import eventually
 from router.client_core import Message
 from tests.delivery.resuming import RETRY_CODES, ResumingReader
 from tests.wsclient import WsClient
@@ -73,6 +75,21 @@ class FailoverTraffic:
         """Stop after the publish in flight; re-raises whatever failed the publisher."""
         self.stop.set()
         await asyncio.wait_for(self.publishing, timeout_s)
+
+    async def settle_in_the_new_epoch(self, old_epoch: str, acks: int = 20, timeout_s: float = 30) -> str:
+        """After the master is lost: wait until `acks` publishes are acknowledged outside `old_epoch`,
+        stop publishing, check that exactly one new epoch was acknowledged (`the_new_epoch`), then wait
+        until every member has its last acknowledged message. Returns the new epoch.
+
+        `timeout_s` bounds each of the two waits; past it the test fails with what it was waiting for.
+        """
+        await eventually(lambda: sum(1 for epoch, _ in self.acked if epoch != old_epoch) >= acks,
+                         what="publishes acknowledged after the failover", timeout_s=timeout_s)
+        await self.stop_publishing()
+        new_epoch = the_new_epoch(self.acked, old_epoch)
+        await eventually(lambda: every_member_has_the_new_epoch(self.members, self.acked, new_epoch),
+                         what="every member to receive the new epoch's messages", timeout_s=timeout_s)
+        return new_epoch
 
 
 @asynccontextmanager
