@@ -27,6 +27,7 @@ import secrets
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -59,6 +60,24 @@ log = logging.getLogger("ringcast.worker")
 SWEEP_INTERVAL_S = 1.0  # heartbeat/sampling sweep period; per-connection timers would cost memory
 SLOW_CONSUMER_GRACE_S = 1.0  # a slow consumer's 1013 close frame has this long to drain before the cut
 FLOOD_CLOSE_GRACE_S = 1.0  # a flooder has this long to answer its 1008 (what it still sends is dropped) before the cut
+
+
+@dataclass(frozen=True)
+class UpgradeRefused:
+    """An upgrade `_admit` refused: the HTTP answer to write."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class UpgradeAdmitted:
+    """An upgrade `_admit` let in: who it is (`client` for logs, `ip` the per-IP limits' key)."""
+
+    client: str
+    ip: str
+    identity: Identity | None
 
 
 class Worker:
@@ -198,18 +217,18 @@ class Worker:
 
     # --- admission and the upgrade ------------------------------------------------------
 
-    def _refusal(self, status: int, reason: str, text: str, retry_after_s: int | None) -> tuple[bytes, dict[str, str]]:
-        """A refused upgrade's JSON body and headers (counted)."""
+    def _refusal(self, status: int, reason: str, text: str, retry_after_s: int | None) -> UpgradeRefused:
+        """A refused upgrade's answer: its JSON body and headers (counted)."""
         self.metrics.connections_rejected.labels(reason).inc()
         headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="ringcast"'
-        return json.dumps({"error": reason, "message": text}).encode(), headers
+        return UpgradeRefused(status, json.dumps({"error": reason, "message": text}).encode(), headers)
 
-    async def _admit(self, remote: str | None, head: RequestHead) -> tuple[int, bytes, dict[str, str]] | tuple[str, str, Identity | None]:
-        """Who may upgrade: (status, body, headers) of the refusal, or (client, limit key, identity)."""
+    async def _admit(self, remote: str | None, head: RequestHead) -> UpgradeAdmitted | UpgradeRefused:
+        """Who may upgrade, or the refusal to answer."""
         if not self.accepting:
-            return 503, *self._refusal(503, "NOT_ACCEPTING", f"worker is {self.state}; ask the router for another", 1)
+            return self._refusal(503, "NOT_ACCEPTING", f"worker is {self.state}; ask the router for another", 1)
         # Per-IP limits count the real client (behind a trusted proxy: the one its header names), an IPv6
         # client by its /64; `ip` is that key, `client` the full address for logs.
         client = client_address(
@@ -229,8 +248,8 @@ class Worker:
         )
         if isinstance(decision, Refusal):
             log.debug("upgrade from %s (peer %s) refused: %s", client, remote, decision.code)
-            return decision.status, *self._refusal(decision.status, decision.code, decision.message, decision.retry_after_s)
-        return client, ip, decision.identity
+            return self._refusal(decision.status, decision.code, decision.message, decision.retry_after_s)
+        return UpgradeAdmitted(client, ip, decision.identity)
 
     async def upgrade(self, door: FrontDoor, head: RequestHead) -> None:
         """A well-formed upgrade read by the front door: admit it and serve it, or write the refusal."""
@@ -241,15 +260,13 @@ class Worker:
         if door.lost:
             return
         door.settle()
-        if isinstance(admitted[0], int):
-            status, body, headers = admitted
+        if isinstance(admitted, UpgradeRefused):
             # Connection: close, and the socket is closed after the answer: a refused client cannot
             # pipeline its next attempts on a kept-alive socket, each one costs it a new connection.
-            transport.write(ws_handshake.http_answer(status, body, headers))
+            transport.write(ws_handshake.http_answer(admitted.status, admitted.body, admitted.headers))
             transport.close()
             return
-        client, ip, identity = admitted
-        endpoint = self._open(transport, head, client, ip, identity)
+        endpoint = self._open(transport, head, admitted)
         if endpoint is not None:
             endpoint.start(door.take_tail())
 
@@ -262,9 +279,9 @@ class Worker:
             f"HTTP/{request.version.major}.{request.version.minor}",
         )
         admitted = await self._admit(request.remote, head)
-        if isinstance(admitted[0], int):
-            status, body, headers = admitted
-            response = web.Response(body=body, status=status, headers=headers, content_type="application/json")
+        if isinstance(admitted, UpgradeRefused):
+            response = web.Response(body=admitted.body, status=admitted.status, headers=admitted.headers,
+                                    content_type="application/json")
             response.force_close()
             return response
         try:
@@ -276,16 +293,15 @@ class Worker:
         transport = request.transport
         if transport is None:
             return web.Response(status=400)
-        client, ip, identity = admitted
-        endpoint = self._open(transport, head, client, ip, identity)
+        endpoint = self._open(transport, head, admitted)
         if endpoint is not None:
             # What aiohttp read after the upgrade request (frames a client sent before the 101) is in its
             # protocol's message tail: an aiohttp internal, read here only.
             await endpoint.take_over(request.protocol, getattr(request.protocol, "_message_tail", b""))
         return web.Response()  # never written: the socket was the endpoint's, and it is gone
 
-    def _open(self, transport: asyncio.Transport, head: RequestHead, client: str, ip: str,
-              identity: Identity | None) -> WebSocketEndpoint | None:
+    def _open(self, transport: asyncio.Transport, head: RequestHead,
+              admitted: UpgradeAdmitted) -> WebSocketEndpoint | None:
         """Answer 101 and open the connection; None when the worker is full (closed with 1013)."""
         subprotocol = ws_handshake.choose_subprotocol(head, protocol.SUBPROTOCOLS)
         transport.write(ws_handshake.switching_protocols(head, subprotocol))
@@ -300,14 +316,14 @@ class Worker:
         now = self._loop.time()
         codec = protocol.CODEC_BY_SUBPROTOCOL.get(subprotocol, protocol.JSON)
         conn = Connection(
-            secrets.token_hex(8), codec, endpoint, transport, client,
+            secrets.token_hex(8), codec, endpoint, transport, admitted.client,
             TokenBucket(self.config.message_rate_per_s, self.config.message_burst, now), now,
         )
         endpoint.conn = conn
-        if identity is not None:
-            conn.identity = identity
-            conn.user_bucket = self.user_buckets.acquire(identity.user, now)
-        self.admission.opened(ip)
+        if admitted.identity is not None:
+            conn.identity = admitted.identity
+            conn.user_bucket = self.user_buckets.acquire(admitted.identity.user, now)
+        self.admission.opened(admitted.ip)
         self.connections[conn.id] = conn
         self.metrics.connections.set(len(self.connections))
         self.metrics.connections_opened.inc()
