@@ -36,6 +36,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass
+from typing import NamedTuple
 from typing import Callable
 
 from node.history import HistoryPolicy
@@ -53,15 +54,13 @@ class PublishUnconfirmed(BusUnavailable):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
+class Position(NamedTuple):  # a NamedTuple, not a dataclass: one is made per publish (cheaper to build)
     seq: int  # increases by one per message in the room
     epoch: str  # changes when the room's stream state was lost
     duplicate: bool = False  # a publish whose idempotency key was already used: this is the first one's position
 
 
-@dataclass(frozen=True, slots=True)
-class BusMessage:
+class BusMessage(NamedTuple):  # a NamedTuple: one is made per message received
     room: str
     seq: int
     epoch: str

@@ -58,7 +58,7 @@ class GlobalBroadcastBus(RedisBus):
 
     async def read_history(self, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:
         page = await super().read_history(room, since_seq, since_epoch, limit)
-        untagged = [replace(m, body=m.body.split(ROOM_SEPARATOR, 1)[-1]) for m in page.messages]
+        untagged = [m._replace(body=m.body.split(ROOM_SEPARATOR, 1)[-1]) for m in page.messages]
         return replace(page, messages=untagged)
 
     async def subscribe(self, room: str) -> None:

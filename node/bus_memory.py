@@ -15,7 +15,6 @@ import asyncio
 import collections
 import secrets
 import time
-from dataclasses import replace
 from typing import Callable
 
 from node.bus import (
@@ -67,7 +66,7 @@ class MemoryBus(Bus):
                 self._used_keys.popitem(last=False)
             first = self._used_keys.get((room, idempotency_key))
             if first is not None:
-                return replace(first[0], duplicate=True)
+                return first[0]._replace(duplicate=True)
         position = self._publish(room, body)
         if idempotency_key is not None:
             self._used_keys[(room, idempotency_key)] = (position, now + self._idempotency_window_s)

@@ -365,6 +365,7 @@ class RedisBus(Bus):
         self._flush_due = False
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first publish (one per worker)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -460,7 +461,9 @@ class RedisBus(Bus):
             raise ValueError("an idempotency key is 1..64 printable ASCII characters")
         if self._closed:
             raise BusUnavailable("bus closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # asyncio.get_running_loop() costs a getpid() call: asked once, at the first publish
+            loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
         deadline = loop.time() + self.settings.timeout_s
         self._pending.append(_PendingPublish(future, deadline, *self._publish_parts(room, body, idempotency_key)))

@@ -135,13 +135,14 @@ class _Protocol(asyncio.Protocol):
         self.subscriber = subscriber
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()  # asked once: get_running_loop() costs a getpid() call
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         subscriber = self.subscriber
-        subscriber._last_rx = asyncio.get_running_loop().time()  # any byte from Redis proves it alive
+        subscriber._last_rx = self.loop.time()  # any byte from Redis proves it alive
         self.reader.feed(data)
         on_reply = subscriber._on_reply
         while True:

@@ -266,8 +266,9 @@ valid_frames = st.one_of(
             max_leaves=10,
         ),
         request_ids,
+        st.none(),  # no idempotency key (as_wire_object writes none)
     ),
-    st.builds(protocol.Publish, st.none() | room_names, st.just("text"), st.text(max_size=50), request_ids),
+    st.builds(protocol.Publish, st.none() | room_names, st.just("text"), st.text(max_size=50), request_ids, st.none()),
 )
 
 
