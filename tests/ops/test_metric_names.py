@@ -29,7 +29,8 @@ async def exported(redis_server, start_node, start_control, start_router) -> set
                      what="the control replica to lead and tick")
     await eventually(lambda: control.metric("ringcast_control_nodes", 'health="alive"') == 2,
                      what="the control plane to see both workers alive")
-    assert http_json(router.url("/route?room=lobby"))[0] == 200
+    # The router reads the ring on its own poll: it routes once it has read one with both workers.
+    await eventually(lambda: http_json(router.url("/route?room=lobby"))[0] == 200, what="the router to route lobby")
     pages = [node.metrics(index) for index in range(node.workers)]
     pages += [page(control.url + "/metrics"), page(router.url("/metrics"))]
     return set().union(*(sample_names(text) for text in pages))
