@@ -79,6 +79,9 @@ async def fleet_behind_haproxy(start_control, start_node, start_haproxy, proxy_c
     checked = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     proxy = start_haproxy(cfg, proxy_port)
+    # Each worker reads the ring on its own poll, and one still on an older ring would hint `moved`.
+    await eventually(lambda: all(http_json(node.http_url(i, "/ring"))[1].get("epoch") == ring.epoch
+                                 for i in range(workers)), what="every worker to read the ring")
     return Fleet(control, node, ring, proxy_port, proxy, cfg, ctl_args)
 
 
