@@ -36,8 +36,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass
-from typing import NamedTuple
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from node.history import HistoryPolicy
 

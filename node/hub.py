@@ -168,9 +168,10 @@ class Hub:
             return None
         return protocol.message(message.room, message.seq, message.epoch, env.ts_ms, env.sender, env.data_key, env.data)
 
-    def message_frame(self, message: BusMessage, binary: bool) -> bytes | None:
+    @staticmethod
+    def message_frame(message: BusMessage, binary: bool) -> bytes | None:
         """One bus message as a finished `message` frame for one codec (None if undecodable)."""
-        body = self.message_body(message)
+        body = Hub.message_body(message)
         if body is None:
             return None
         codec = protocol.MSGPACK if binary else protocol.JSON

@@ -21,8 +21,9 @@ import time
 import timeit
 
 from chaos.load.wire import message_frame
-from node import bus_wire, frames, protocol
+from node import bus_wire, protocol
 from node.bus import BusMessage
+from node.config import NodeConfig
 from node.hub import Hub
 from node.session import pack_message
 from node.ws_reader import FrameReader
@@ -43,17 +44,17 @@ def steps() -> list[tuple[str, object]]:
     publish = decoder.decode(text, protocol.JSON)
     if not isinstance(publish, protocol.Publish):
         raise AssertionError(f"the load generator's frame decoded as {publish!r}, not a publish")
-    body = pack_message(ROOM, SENDER, publish.data_key, publish.data, 64 * 1024)
+    max_message_bytes = NodeConfig().max_message_bytes  # the default setting
+    body = pack_message(ROOM, SENDER, publish.data_key, publish.data, max_message_bytes)
     payload = bus_wire.encode(SEQ, EPOCH, body)
     message = BusMessage(ROOM, SEQ, EPOCH, body)
     return [
         ("read the client frame (FrameReader.feed)", lambda: reader.feed(raw)),
         ("decode and check it (Decoder.decode)", lambda: decoder.decode(text, protocol.JSON)),
         ("pack the bus body (session.pack_message)", lambda: pack_message(ROOM, SENDER, publish.data_key,
-                                                                          publish.data, 64 * 1024)),
+                                                                          publish.data, max_message_bytes)),
         ("read the bus payload (bus_wire.decode)", lambda: bus_wire.decode(payload)),
-        ("build the members' JSON frame (Hub.message_body, encode, frame)",
-         lambda: frames.data_frame(protocol.encode(Hub.message_body(message), protocol.JSON), False)),
+        ("build the members' JSON frame (Hub.message_frame)", lambda: Hub.message_frame(message, False)),
     ]
 
 

@@ -23,7 +23,7 @@ def test_the_timed_calls_do_the_work_they_name():
     assert calls["decode and check it (Decoder.decode)"]().room == hot_path.ROOM
     wire = calls["read the bus payload (bus_wire.decode)"]()
     assert (wire.seq, wire.epoch) == (hot_path.SEQ, hot_path.EPOCH)
-    member_frame = calls["build the members' JSON frame (Hub.message_body, encode, frame)"]()
+    member_frame = calls["build the members' JSON frame (Hub.message_frame)"]()
     assert b'"seq":123456' in member_frame and member_frame[0] == 0x81  # a final text frame
 
 
