@@ -19,7 +19,9 @@ passes its position, and the messages it already has are not sent to it
 again. After a bus outage it fills the gap for the members it already has
 from the rooms' history (`fill_gaps`, which holds every room's live messages
 in the caller's own turn, before any later message can be fanned out); a
-jump in `seq` on the live stream starts the same fill for its room. What
+jump in `seq` on the live stream starts the same fill for its room, and so
+does a message of another epoch that is not that epoch's first (the fill
+reads the new epoch from its start). What
 cannot be filled, and every change of a room's epoch, is announced to the
 members at its place in the stream (an unasked `joined` with `recovered:
 false`): a member never loses a message without being told.
@@ -191,19 +193,24 @@ class Hub:
         self._fan_out(message.room, entry, message)
 
     def _fan_out(self, room: str, entry: _Room, message: BusMessage, may_fill: bool = True) -> None:
-        if entry.last_epoch and entry.members:  # "": the room had no stream yet, nothing to continue
+        if entry.last_epoch is not None and entry.members:
             if message.epoch == entry.last_epoch:
                 if message.seq <= entry.last_seq:
                     return  # already delivered here (a gap fill overlapping the live stream)
-                if message.seq > entry.last_seq + 1:  # a gap in the live stream
-                    keeps_history = self.bus.history_policy(room).size > 0
-                    if may_fill and entry.gap_reason is None and keeps_history:
-                        self._start_fill(room, entry, self.max_fill_messages, [message])
-                        return
-                    default = protocol.RECOVERY_HISTORY_TRUNCATED if keeps_history else protocol.RECOVERY_NO_HISTORY
-                    self._announce(room, entry, message, entry.gap_reason or default)
-            else:
+                gap = message.seq > entry.last_seq + 1  # a gap in the live stream
+            else:  # another stream: its first messages are missing here unless this is its first
+                gap = message.seq > 1
+            if gap:
+                keeps_history = self.bus.history_policy(room).size > 0
+                if may_fill and entry.gap_reason is None and keeps_history:
+                    # The fill reads after the room's position; in another epoch, from that epoch's start.
+                    self._start_fill(room, entry, self.max_fill_messages, [message])
+                    return
+            if message.epoch != entry.last_epoch and entry.last_epoch:  # "": the members had no stream to end
                 self._announce(room, entry, message, protocol.RECOVERY_EPOCH_CHANGED)
+            elif gap:
+                default = protocol.RECOVERY_HISTORY_TRUNCATED if keeps_history else protocol.RECOVERY_NO_HISTORY
+                self._announce(room, entry, message, entry.gap_reason or default)
         elif message.epoch == entry.last_epoch and message.seq <= entry.last_seq:
             return
         entry.gap_reason = None

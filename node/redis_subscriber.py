@@ -313,11 +313,14 @@ class RedisSubscriber:
         self._awaiting_connection = {}
         self._unsubscribes_sent.clear()
         step = self.commands.channels_per_command
-        for start in range(0, len(channels), step):
-            transport.write(encode_command(self.commands.subscribe, *channels[start:start + step]))
+        commands = [encode_command(self.commands.subscribe, *channels[start:start + step])
+                    for start in range(0, len(channels), step)]
         # Redis answers in order: this PONG comes after every SUBSCRIBE above is
         # confirmed, so only then is the state "resynced" (the hub's gap fill relies on it).
-        transport.write(encode_command("PING", RESYNC_PING))
+        # One write, so Redis usually reads them together; messages it sends between a
+        # SUBSCRIBE and the PONG still reach the hub, which fills any gap they open.
+        commands.append(encode_command("PING", RESYNC_PING))
+        transport.write(b"".join(commands))
         self._pong_due = None
         self._live = True
         log.info("bus subscriber connected to %s:%d, re-subscribing %d channels", address.host, address.port, len(channels))

@@ -55,6 +55,13 @@ class GatedBus(MemoryBus):
         self.unsubscribes.append(room)
         super().unsubscribe(room)
 
+    def fail_over(self, epoch: str) -> None:
+        """Redis lost every room's state (a promoted replica, a restart): the next publish of a room starts
+        `epoch` at seq 1, and the old epoch's history is gone, as node/bus_redis.py's publish script does."""
+        self._epoch = epoch
+        self._seq.clear()
+        self._history.clear()
+
     async def read_history(self, room: str, since_seq: int, since_epoch: str, limit: int) -> HistoryPage:
         if self.history_down:
             raise BusUnavailable("history unavailable")

@@ -155,6 +155,49 @@ async def test_an_epoch_change_on_the_live_stream_is_announced_before_its_first_
         assert stream[1]["recovered"] is False and stream[1]["reason"] == protocol.RECOVERY_EPOCH_CHANGED
 
 
+async def test_a_new_epoch_first_seen_past_its_first_message_is_filled_from_its_start():
+    # A worker that subscribes on a promoted replica after the new epoch began sees it start at seq 3.
+    node = quick_node()
+    conn, binary = fake_connection(protocol.JSON), fake_connection(protocol.MSGPACK)
+    await node.join(conn, "r")
+    await node.join(binary, "r")
+    await node.publish("r", "old")
+    await settle()
+    node.bus.fail_over("E2")
+    await lose_deliveries(node, "r", "n1", "n2")
+    await node.publish("r", "n3")
+    for member in (conn, binary):
+        await eventually(lambda: texts(member), equals=["old", "n1", "n2", "n3"], what="the new epoch from its start")
+        stream = [f for f in received(member) if f["type"] in ("joined", "message")][2:]
+        assert [(f["type"], f["epoch"], f["seq"]) for f in stream] == [
+            ("joined", "E2", 0), ("message", "E2", 1), ("message", "E2", 2), ("message", "E2", 3)]
+        assert stream[0]["recovered"] is False and stream[0]["reason"] == protocol.RECOVERY_EPOCH_CHANGED
+    assert no_fill_running(node, "r")
+
+
+async def test_a_new_epoch_whose_start_cannot_be_read_is_announced_at_its_first_delivered_message():
+    node = quick_node(attempts=2)
+    conn = await member_who_got_m1(node)
+    node.bus.fail_over("E2")
+    await lose_deliveries(node, "r", "n1", "n2")
+    fail_history_reads(node, times=100)
+    await node.publish("r", "n3")
+    await eventually(lambda: texts(conn), equals=["m1", "n3"], what="the live stream goes on after the failed fill")
+    notice = notices(conn)[0]
+    assert (notice["epoch"], notice["seq"], notice["reason"]) == ("E2", 2, protocol.RECOVERY_EPOCH_CHANGED)
+    assert no_fill_running(node, "r")
+
+
+async def test_a_room_that_had_no_stream_fills_the_first_messages_it_missed():
+    node = quick_node()
+    conn = fake_connection()
+    assert (await node.join(conn, "r"))["epoch"] == ""  # no message yet: no stream to continue
+    await lose_deliveries(node, "r", "m1", "m2")
+    await node.publish("r", "m3")
+    await eventually(lambda: seqs(conn, "r"), equals=[1, 2, 3], what="the room's first messages filled in order")
+    assert texts(conn) == ["m1", "m2", "m3"] and notices(conn) == []
+
+
 async def test_the_fill_state_is_released_whatever_the_read_raises():
     node, conn = await member_missing_m2()
 
