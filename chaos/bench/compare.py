@@ -111,7 +111,7 @@ def row_of(result: dict, scenario: str, side: str, round_: int, offered_per_s: f
                 "server_system_us_per_delivery",
                 "server_deliveries_per_cpu_s", "latency_p50_ms", "latency_p99_ms", "server_rss_per_connection_kib",
                 "redis_cpu_us_per_publish", "redis_cpu_percent", "client_cpu_percent", "connections", "connect_failures",
-                "closed_by_server", "published_per_s", "loadavg_1m_at_end", "command"):
+                "closed_by_server", "published_per_s", "loadavg_1m_at_end", "workers", "command"):
         row[key] = result.get(key)
     return row
 
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="side B: the tutorial's server, or ringcast again with --b-node-arg")
     parser.add_argument("--node-arg", action="append", default=[], help="extra flag for ringcast's node (side A)")
     parser.add_argument("--b-node-arg", action="append", default=[], help="extra flag for side B's node (--against ringcast)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="ringcast's worker count in every scenario (default: the scenario's, the issue's "
+                             "defaults); the tutorial's server always runs one process")
     parser.add_argument("--seed-dir", default="", help="the tutorial's server (default ../shared/seed_server)")
     parser.add_argument("--offered", type=float, default=0.0, help="offered deliveries/s (default: the scenario's)")
     parser.add_argument("--connections", type=int, default=0, help="override the scenario's population")
@@ -372,7 +375,7 @@ def scenario_of(args: argparse.Namespace, name: str) -> Scenario:
     base = SCENARIOS[name]
     return Scenario(
         name, args.connections or base.connections, args.rooms or base.rooms,
-        base.publishers if args.publishers < 0 else args.publishers, base.ringcast_workers,
+        base.publishers if args.publishers < 0 else args.publishers, args.workers or base.ringcast_workers,
         args.offered or base.offered_per_s, args.duration or base.duration_s,
         base.warmup_s if args.warmup < 0 else args.warmup)
 
@@ -396,7 +399,13 @@ def run_side(side: Side, scenario: Scenario, offered_per_s: float, args: argpars
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error("--workers must be at least 1")
+    for flag in (*args.node_arg, *args.b_node_arg):
+        if flag.split("=", 1)[0] == "--workers":  # the bench must know it too, to wait for every worker
+            parser.error(f"set the worker count with --workers, not {flag!r} in --node-arg/--b-node-arg")
     names = args.scenario or ["one-room", "many-rooms"]
     a = Side(RINGCAST, RINGCAST, tuple(args.node_arg))
     b = Side(SEED, SEED) if args.against == SEED else Side("ringcast-b", RINGCAST, tuple(args.b_node_arg))

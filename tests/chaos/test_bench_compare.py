@@ -13,6 +13,7 @@ import asyncio
 import json
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -119,6 +120,14 @@ def test_bench_refuses_a_missing_seed_directory(tmp_path, capsys):
     assert code == 2
     assert "the tutorial's server is not at" in capsys.readouterr().err
     assert compare.main(["--seed-dir", str(tmp_path / "nowhere"), "--rounds", "1"]) == 2
+
+
+def test_compare_refuses_a_worker_count_hidden_in_a_node_flag(capsys):
+    for flags in (["--node-arg=--workers=1"], ["--against", "ringcast", "--b-node-arg=--workers"]):
+        with pytest.raises(SystemExit) as refused:
+            compare.main([*flags, "--rounds", "1"])
+        assert refused.value.code == 2
+        assert "set the worker count with --workers" in capsys.readouterr().err
 
 
 def test_bench_refuses_without_node(tmp_path, capsys, monkeypatch):
@@ -249,14 +258,15 @@ def test_compare_alternates_two_real_servers_and_reports_ratios(tmp_path):
         "--against", "ringcast", "--scenario", "many-rooms", "--connections", "40", "--rooms", "4",
         "--publishers", "4", "--offered", "400", "--rounds", "1", "--duration", "1", "--warmup", "0.3",
         "--procs", "2", f"--node-arg={NO_FALSE_BUS_OUTAGE}", f"--b-node-arg={NO_FALSE_BUS_OUTAGE}",
-        "--saturation", "--sat-max-steps", "1", "--out", str(tmp_path)])
+        "--workers", "1", "--saturation", "--sat-max-steps", "1", "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "compare.json").read_text())
+    assert report["scenarios"][0]["ringcast_workers"] == 1  # --workers replaces the scenario's 2
     assert (tmp_path / "compare.md").read_text().startswith("# ringcast bench compare: ringcast vs ringcast-b")
     # A then B, each a real run of the scenario's population at 4 publishers x 10 msg/s x 10 members
     assert [(r["side"], r["round"]) for r in report["rows"]] == [("ringcast", 1), ("ringcast-b", 1)]
     for row in report["rows"]:
-        assert row["connections"] == 40 and row["connect_failures"] == 0
+        assert row["connections"] == 40 and row["connect_failures"] == 0 and row["workers"] == 1
         assert row["faults"] == 0 and row["closed_by_server"] == 0, row
         assert row["delivered_per_s"] > 0 and row["server_cpu_us_per_delivery"] is not None
         assert row["redis_cpu_us_per_publish"] is not None
