@@ -83,7 +83,7 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
     max_connections_per_ip: int = setting(1_000, "connections from one IP per worker; past it the upgrade gets HTTP 429")
     max_outbound_bytes: int = setting(512 * 1024, "per-connection bytes queued for a slow reader; past it close 1013 (slow consumer)")
     write_coalesce_ms: float = setting(0.0, "hold outgoing frames this long so several share one write (fewer syscalls on fan-out, that much more latency); 0: end of the loop turn")
-    write_hold_max_ms: float = setting(20.0, "adaptive coalescing: longest a BUSY worker holds outgoing frames so several messages share one write per socket (after a flush that took c ms, frames queued within 2c ms wait for the rest of that time); an idle worker writes at the end of the loop turn; 0: never hold")
+    write_hold_max_ms: float = setting(20.0, "adaptive coalescing: longest a BUSY worker holds outgoing frames so several messages share one write per socket (after a flush that took c ms, frames queued within 2c*r ms wait for the rest of that time; r is the share of its sockets the flush before it wrote too); an idle worker writes at the end of the loop turn; 0: never hold")
     socket_send_buffer_bytes: int = setting(128 * 1024, "SO_SNDBUF per client socket (kernel doubles it); 0 keeps the kernel's autotuning")
     listen_backlog: int = setting(4096, "TCP accept backlog of each worker's listening socket")
     gc_threshold: int = setting(100_000, "net allocations of container objects between two youngest-generation runs of the cyclic garbage collector in a worker (gc.set_threshold(N, 50, 1000)); fewer collections, cyclic garbage lives longer; 0 keeps CPython's default (700, 10, 10)")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class Connection:
     __slots__ = (
         "id", "codec", "binary", "ws", "transport", "ip", "rooms", "bucket", "rejections",
-        "pending", "closed", "ping_sent_at", "last_ping_at", "close_reason",
+        "pending", "flushed_in", "closed", "ping_sent_at", "last_ping_at", "close_reason",
         "identity", "user_bucket",
     )
 
@@ -47,6 +47,7 @@ class Connection:
         self.bucket = bucket
         self.rejections = 0  # consecutive rate-limited frames
         self.pending: list[bytes] = []  # finished frames waiting for the end-of-turn flush
+        self.flushed_in = -1  # number of the outbox flush that last wrote to it, -1 none (node/outbox.py)
         self.closed = False
         self.ping_sent_at: float | None = None  # a ping is outstanding since then
         self.last_ping_at = now

@@ -74,18 +74,35 @@ async def test_a_busy_worker_holds_frames_of_several_turns_for_one_write_in_orde
     members = [fake_connection() for _ in range(3)]
     for conn in members:
         clock.charge(conn.transport)
-    clock.cost_s = 0.1  # each write costs 100 ms: the first flush costs 300 ms, so the next 600 ms are busy
-    for conn in members:
-        outbox.push(conn, b"a")
-    await next_turns()
-    assert [conn.transport.writes for conn in members] == [[b"a"]] * 3
-    for frame in (b"b", b"c", b"d"):  # one message per turn, as from a single steady publisher
+    clock.cost_s = 0.1  # each write costs 100 ms: a flush costs 300 ms, so the next 600 ms are busy
+    for frame in (b"a", b"b"):  # the first flush has none before it: the second is the first to write them again
+        for conn in members:
+            outbox.push(conn, frame)
+        await next_turns()
+    assert [conn.transport.writes for conn in members] == [[b"a", b"b"]] * 3
+    for frame in (b"c", b"d", b"e"):  # one message per turn, as from a single steady publisher
         for conn in members:
             outbox.push(conn, frame)
         await next_turns(1)
-    assert [conn.transport.writes for conn in members] == [[b"a"]] * 3  # held
-    await wait_for(lambda: all(len(conn.transport.writes) == 2 for conn in members))
-    assert [conn.transport.writes for conn in members] == [[b"a", b"bcd"]] * 3
+    assert [conn.transport.writes for conn in members] == [[b"a", b"b"]] * 3  # held
+    await wait_for(lambda: all(len(conn.transport.writes) == 3 for conn in members))
+    assert [conn.transport.writes for conn in members] == [[b"a", b"b", b"cde"]] * 3
+
+
+async def test_a_busy_worker_whose_flushes_write_other_sockets_each_time_does_not_hold(clock):
+    # Many small rooms: each message goes to a few sockets that had nothing in the flush before.
+    outbox = Outbox(1 << 20, Overflows(), max_hold_s=5.0)
+    rooms = [[fake_connection() for _ in range(3)] for _ in range(4)]
+    for room in rooms:
+        for conn in room:
+            clock.charge(conn.transport)
+    clock.cost_s = 0.1  # as busy as above: a flush costs 300 ms
+    for turn, room in enumerate(rooms * 2):
+        for conn in room:
+            outbox.push(conn, b"%d;" % turn)
+        await next_turns(1)  # written at the end of the turn it was queued in, never held
+        assert all(conn.transport.writes[-1] == b"%d;" % turn for conn in room)
+    assert [conn.transport.writes for conn in rooms[0]] == [[b"0;", b"4;"]] * 3
 
 
 async def test_the_hold_never_exceeds_max_hold(clock):
@@ -93,12 +110,13 @@ async def test_the_hold_never_exceeds_max_hold(clock):
     conn = fake_connection()
     clock.charge(conn.transport)
     clock.cost_s = 3600.0  # a flush "costing" an hour would hold the next frame two hours
-    outbox.push(conn, b"1")
-    await next_turns()
-    outbox.push(conn, b"2")
+    for frame in (b"1", b"2"):  # the second flush writes the same socket again: the hold starts after it
+        outbox.push(conn, frame)
+        await next_turns()
+    outbox.push(conn, b"3")
     await next_turns(1)
-    assert conn.transport.writes == [b"1"]
-    await wait_for(lambda: conn.transport.writes == [b"1", b"2"], timeout_s=5.0)
+    assert conn.transport.writes == [b"1", b"2"]
+    await wait_for(lambda: conn.transport.writes == [b"1", b"2", b"3"], timeout_s=5.0)
 
 
 async def test_max_hold_zero_writes_every_turn_however_busy(clock):
@@ -119,13 +137,15 @@ async def test_frames_held_while_busy_still_count_against_the_slow_consumer_boun
     for conn in (slow, reading):
         clock.charge(conn.transport)
     clock.cost_s = 0.1
-    for conn in (slow, reading):
-        outbox.push(conn, b"x" * 100)
-    await next_turns()
+    for _ in range(2):  # two flushes of the same sockets: the hold starts after the second
+        for conn in (slow, reading):
+            outbox.push(conn, b"x" * 50)
+        await next_turns()
     for _ in range(2):  # held: 200 more bytes each, written together
         for conn in (slow, reading):
             outbox.push(conn, b"x" * 100)
         await next_turns(1)
+    assert len(slow.transport.writes) == 2 and not overflows.reported  # held, not yet over the bound
     await wait_for(lambda: overflows.reported)
     assert overflows.reported == [(slow, 300)] and slow.closed and not reading.closed
     assert reading.transport.stream == b"x" * 300
@@ -136,14 +156,16 @@ async def test_flush_one_writes_held_frames_before_what_must_come_last(clock):
     conn = fake_connection()
     clock.charge(conn.transport)
     clock.cost_s = 0.5
-    outbox.push(conn, b"a")
-    await next_turns()
+    for frame in (b"a", b"a2"):  # two flushes of the same socket: the hold starts after the second
+        outbox.push(conn, frame)
+        await next_turns()
     outbox.push(conn, b"b")  # busy: held
     outbox.push(conn, b"c")
     await next_turns(1)
+    assert conn.transport.writes == [b"a", b"a2"]
     outbox.flush_one(conn)
     conn.transport.write(b"<close>")
-    assert conn.transport.writes == [b"a", b"bc", b"<close>"]
+    assert conn.transport.writes == [b"a", b"a2", b"bc", b"<close>"]
     await asyncio.sleep(0)
     assert conn.pending == []
 
@@ -156,6 +178,7 @@ class SocketMember:
 
     def __init__(self, transport: asyncio.Transport, peer: socket.socket) -> None:
         self.pending: list[bytes] = []
+        self.flushed_in = -1
         self.closed = False
         self.transport = transport
         self.peer = peer
