@@ -140,13 +140,19 @@ async def test_a_gap_larger_than_one_fill_is_delivered_in_part_and_announced():
     assert notices(conn)[0]["seq"] == 7
 
 
-async def test_an_epoch_change_on_the_live_stream_is_announced_before_its_first_message():
-    node = quick_node()
+async def json_and_msgpack_members_who_got_old(node: Node):
+    """A JSON and a msgpack member of room "r" on `node`, both delivered "old" (seq 1 of the first epoch)."""
     conn, binary = fake_connection(protocol.JSON), fake_connection(protocol.MSGPACK)
     await node.join(conn, "r")
     await node.join(binary, "r")
     await node.publish("r", "old")
     await settle()
+    return conn, binary
+
+
+async def test_an_epoch_change_on_the_live_stream_is_announced_before_its_first_message():
+    node = quick_node()
+    conn, binary = await json_and_msgpack_members_who_got_old(node)
     node.hub.deliver(BusMessage("r", 1, "E2", body("new")))  # Redis lost or rolled back the room's state
     await settle()
     for member in (conn, binary):
@@ -158,11 +164,7 @@ async def test_an_epoch_change_on_the_live_stream_is_announced_before_its_first_
 async def test_a_new_epoch_first_seen_past_its_first_message_is_filled_from_its_start():
     # A worker that subscribes on a promoted replica after the new epoch began sees it start at seq 3.
     node = quick_node()
-    conn, binary = fake_connection(protocol.JSON), fake_connection(protocol.MSGPACK)
-    await node.join(conn, "r")
-    await node.join(binary, "r")
-    await node.publish("r", "old")
-    await settle()
+    conn, binary = await json_and_msgpack_members_who_got_old(node)
     node.bus.fail_over("E2")
     await lose_deliveries(node, "r", "n1", "n2")
     await node.publish("r", "n3")
