@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import subprocess
 
 import psutil
 import pytest
@@ -40,12 +42,35 @@ def seqs(frames: list[dict]) -> list[int]:
     return [frame["seq"] for frame in frames]
 
 
+def redis_ports_of(redis_server, pid: int) -> set[int]:
+    """The local ports of process `pid`'s connections to Redis (CLIENT LIST names them addr=IP:PORT)."""
+    return {conn.laddr.port for conn in psutil.Process(pid).net_connections("tcp")
+            if conn.raddr and conn.raddr.port == redis_server.port}
+
+
+def client_port(fields: dict[str, str]) -> int:
+    return int(fields["addr"].rsplit(":", 1)[1])
+
+
 async def script_held_for(redis_server, pid: int) -> bool:
     """Whether Redis holds a script (EVAL) of process `pid`, blocked by CLIENT PAUSE."""
-    ports = {conn.laddr.port for conn in psutil.Process(pid).net_connections("tcp")
-             if conn.raddr and conn.raddr.port == redis_server.port}  # CLIENT LIST names them addr=IP:PORT
-    return any("b" in fields["flags"] and fields["cmd"] == "eval" and int(fields["addr"].rsplit(":", 1)[1]) in ports
+    ports = redis_ports_of(redis_server, pid)
+    return any("b" in fields["flags"] and fields["cmd"] == "eval" and client_port(fields) in ports
                for fields in await clients(redis_server))
+
+
+async def pubsub_bytes_taken_in(redis_server, pid: int) -> int:
+    """Bytes the kernel has taken in on process `pid`'s pub/sub connection to Redis, read by it or not.
+
+    From the socket's tcp_info (`ss -i`, bytes_received): it counts while the process is stopped.
+    """
+    ports = redis_ports_of(redis_server, pid)
+    [port] = [client_port(fields) for fields in await clients(redis_server)
+              if "P" in fields["flags"] and client_port(fields) in ports]
+    shown = await asyncio.to_thread(subprocess.run, ["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                                    capture_output=True, text=True, check=True)
+    taken_in = re.search(r"bytes_received:(\d+)", shown.stdout)  # ss leaves out a count of 0
+    return int(taken_in.group(1)) if taken_in else 0
 
 
 async def test_history_returns_at_most_max_history_page_messages_whatever_the_limit(start_node):
@@ -115,7 +140,7 @@ async def test_a_joiner_that_falls_behind_during_its_history_read_is_cut_off_and
     """
     node = start_node(2, "--max-join-buffer-messages", "2", "--bus-timeout-s", "30",
                       "--control-heartbeat-interval-s", "0")  # no heartbeat scripts held by the pause
-    worker0 = node.worker_pid(0)
+    worker0, worker1 = node.worker_pid(0), node.worker_pid(1)
 
     async def redis_command(*args: str) -> bytes:
         return await asyncio.to_thread(redis_server.command, *args)
@@ -135,11 +160,20 @@ async def test_a_joiner_that_falls_behind_during_its_history_read_is_cut_off_and
             try:
                 await eventually(lambda: psutil.Process(worker0).status() == psutil.STATUS_STOPPED,
                                  what="worker 0 stopped")
+                before = [await pubsub_bytes_taken_in(redis_server, pid) for pid in (worker0, worker1)]
                 await redis_command("CLIENT", "UNPAUSE")  # the read is answered into worker 0's socket
                 for text in ("one", "two", "three"):
                     await publisher.send({"type": "message", "room": "surge", "text": text})
-                # Worker 1 got them from the same PUBLISHes that wrote them to worker 0's socket.
+                # Worker 1 got them from the same PUBLISHes that write them to worker 0's socket...
                 assert [(await publisher.expect("message"))["text"] for _ in range(3)] == ["one", "two", "three"]
+
+                async def pushes_taken_in_by_both() -> bool:
+                    now = [await pubsub_bytes_taken_in(redis_server, pid) for pid in (worker0, worker1)]
+                    worker0_in, worker1_in = (after - start for after, start in zip(now, before))
+                    return worker1_in > 0 and worker0_in == worker1_in
+
+                # ...but Redis may write worker 1's socket first and be preempted before worker 0's.
+                await eventually(pushes_taken_in_by_both, what="the three pushes in worker 0's socket too")
             finally:
                 os.kill(worker0, signal.SIGCONT)
         finally:
