@@ -56,6 +56,12 @@ if ! command -v haproxy >/dev/null 2>&1; then
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now haproxy >/dev/null 2>&1 || true; fi
 fi
 
+# iproute2 (`ip`, `ss`): the fleet tests put hosts in network namespaces, and test_history_limits reads a
+# socket's tcp_info with ss. Debian installs it by default; a minimal image may not have it.
+if ! command -v ip >/dev/null 2>&1 || ! command -v ss >/dev/null 2>&1; then
+  apt_install iproute2
+fi
+
 # Chromium: tests/browser drives the demo page and the browser client in Debian's chromium through Playwright,
 # which is pointed at /usr/bin/chromium and never downloads a browser of its own.
 if [ ! -x /usr/bin/chromium ]; then
