@@ -3,7 +3,8 @@
 Owns the names of every key the control plane, the routers and the workers'
 heartbeat reporters read or write, and the words they exchange (worker
 states, event kinds). It is the contract between `node.heartbeat`, `router/`
-and `control/`, nothing more: no I/O, no logic. docs/control.md describes each key.
+and `control/`, nothing more: no I/O, no logic beyond the one rule a prefix
+must follow on a Redis Cluster (`check_cluster_prefixes`). docs/control.md describes each key.
 
 All keys live in one Redis (the control plane's state is small). On a Redis
 Cluster (a `redis+cluster://` URL) every name carries the hash tag `{ctl}`
@@ -28,13 +29,26 @@ DEAD = "dead"
 CLUSTER_TAG = "{ctl}"  # the hash tag of every key on a Redis Cluster: one slot for the whole control state
 
 
+def check_cluster_prefixes(**prefixes: str) -> None:
+    """Refuse, with ValueError naming the setting, a prefix holding `{` or `}` on a Redis Cluster.
+
+    Redis hashes only the text between a key's first `{` and the first `}`
+    after it. A brace in a prefix would come before the tag the names rely on
+    (a room's `{room}`, the control state's `{ctl}`): `a{x}:` would put every
+    room on one slot, and an empty `a{}:` would leave the names untagged, so a
+    room's keys would fall on different slots and its scripts fail.
+    """
+    for setting_name, prefix in prefixes.items():
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"{setting_name} must not contain '{{' or '}}' with a Redis Cluster (redis+cluster:// URL): "
+                             f"Redis would hash the prefix's braces instead of each name's tag; got {prefix!r}")
+
+
 class Keys:
     """Every key under one prefix (the workers' and control plane's --key-prefix).
 
-    `cluster`: the names carry CLUSTER_TAG after the prefix (a Redis Cluster).
-    Every name starts with the same `prefix + CLUSTER_TAG`, so Redis takes the
-    same hash tag from each whatever braces the prefix holds (a prefix with an
-    empty `{}` in it would leave the names untagged).
+    `cluster`: the names carry CLUSTER_TAG after the prefix (a Redis Cluster,
+    whose prefixes the services' settings check with `check_cluster_prefixes`).
     """
 
     def __init__(self, prefix: str = "ringcast:", *, cluster: bool = False) -> None:

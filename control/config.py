@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.keys import check_cluster_prefixes
 from common.redis_connect import RedisConnectionSettings, RedisTarget
 from common.settings import SettingsError, setting
 
@@ -57,7 +58,12 @@ class ControlConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_
                 raise SettingsError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.rejoin_hold_down_s < 0 or self.drain_window_s < 0:
             raise SettingsError("rejoin_hold_down_s and drain_window_s must be >= 0")
-        RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
+        target = RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
+        if target.cluster:
+            try:
+                check_cluster_prefixes(key_prefix=self.key_prefix)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
         if self.lease_renew_interval_s * 2 > self.lease_s:
             raise SettingsError("lease_renew_interval_s must be at most half of lease_s, or the leader loses its lease")
 

@@ -31,6 +31,7 @@ from node.client_address import parse_trusted_proxies
 from node.api_keys import parse_api_keys
 from node.auth import JwksSettings, JwksSource, TokenVerifier, parse_secrets
 from node.history import HistoryPolicy, HistoryRules
+from common.keys import check_cluster_prefixes
 from common.redis_connect import RedisConnectionSettings, RedisTarget
 from common.settings import SettingsError, setting
 from router.membership import parse_nodes
@@ -200,6 +201,11 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
                 raise SettingsError("--bus redis-cluster goes with a redis+cluster:// (or rediss+cluster://) URL, and only it")
             if target.cluster and (self.presence_rule or self.presence_events_rule):
                 raise SettingsError("presence (--presence-rule, --presence-events-rule) is not available with --bus redis-cluster yet")
+            if target.cluster:
+                try:
+                    check_cluster_prefixes(key_prefix=self.key_prefix, channel_prefix=self.channel_prefix)
+                except ValueError as exc:
+                    raise SettingsError(str(exc)) from None
         if not 0 <= self.write_coalesce_ms <= 1000:
             raise SettingsError("write_coalesce_ms must be between 0 and 1000")
         if not 0 <= self.write_hold_max_ms <= 1000:

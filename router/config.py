@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from common.keys import check_cluster_prefixes
 from common.redis_connect import RedisConnectionSettings, RedisTarget
 from common.settings import SettingsError, setting
 from router.membership import NODES_SYNTAX, parse_nodes
@@ -47,7 +48,12 @@ class RouterConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*
         if not self.redis and not members:
             raise SettingsError("give --redis (follow the control plane's ring) or --nodes (a static ring), or both")
         if self.redis:
-            RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
+            target = RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
+            if target.cluster:
+                try:
+                    check_cluster_prefixes(key_prefix=self.key_prefix)
+                except ValueError as exc:
+                    raise SettingsError(str(exc)) from None
 
     @property
     def url(self) -> str:

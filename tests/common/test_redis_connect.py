@@ -94,6 +94,31 @@ def test_router_and_control_take_a_cluster_url_and_tag_their_keys():
     assert (plain.ring, plain.command("w1")) == ("ringcast:ring", "ringcast:node:w1:command")  # unchanged
 
 
+def test_a_prefix_with_braces_is_refused_on_a_cluster_only(capsys):
+    """Redis hashes a key's first {...}: braces in a prefix would take the place of each name's tag."""
+    from common import settings as loader
+    from control.config import ControlConfig
+    from node.config import NodeConfig
+    from router.config import RouterConfig
+
+    def load(cls, section: str, url: str, *args: str):
+        bus = ["--bus", "redis-cluster" if "+cluster" in url else "redis"] if cls is NodeConfig else []
+        return loader.load(cls, ["--redis", url, *bus, *args], prog=section, description="", section=section, environ={})
+
+    cases = [(cls, section, "--key-prefix") for cls, section in
+             ((NodeConfig, "node"), (RouterConfig, "router"), (ControlConfig, "control"))]
+    cases.append((NodeConfig, "node", "--channel-prefix"))
+    for cls, section, flag in cases:
+        for prefix in ("app{}:", "app{x}:", "app{:", "app}:"):
+            with pytest.raises(SystemExit):
+                load(cls, section, "redis+cluster://h1:7000", flag, prefix)
+            says = capsys.readouterr().err
+            assert f"{flag[2:].replace('-', '_')} must not contain '{{' or '}}' with a Redis Cluster" in says, (cls, flag, says)
+            assert repr(prefix) in says
+            load(cls, section, "redis://h1:6379/0", flag, prefix)  # untagged names: any prefix
+        load(cls, section, "redis+cluster://h1:7000", flag, "app:")
+
+
 def test_a_refused_url_never_shows_its_password():
     with pytest.raises(SettingsError) as caught:
         parse_url("redis://user:hunter2@h1:6379,h2:6379/0")
