@@ -9,14 +9,51 @@ loadgroup`): ports come from each process's own slice (chaos/ports.py), and
 the tests that load the whole machine for a while (network-namespace fleets,
 drills under load, benchmarks) are one group, run one after another by one
 process, never two of them at once.
+
+Everything the started processes leave in temporary files (their logs, the
+Redis working folders) goes to one folder per run, `ringcast-tests-*` in the
+system's temporary folder: removed when every test passed, kept (and named
+at the end of the output) when one failed.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import pytest
 
 from chaos.cluster import ControlProcess, NodeProcess, RedisServer, RouterProcess, free_port, free_port_range
 from chaos.redis_topologies import RedisClusterGroup
+
+RUN_TEMP = pytest.StashKey[str]()  # this run's temporary folder (the controller's, not an xdist worker's)
+RUN_PASSED = pytest.StashKey[bool]()
+
+
+def pytest_configure(config):
+    """Point TMPDIR at a new folder before the xdist workers start: they, and every process a test starts, inherit it."""
+    if hasattr(config, "workerinput"):  # an xdist worker: its controller made the folder
+        return
+    folder = tempfile.mkdtemp(prefix="ringcast-tests-")
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = None  # tempfile reads TMPDIR again at its next call
+    config.stash[RUN_TEMP] = folder
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if RUN_TEMP in session.config.stash:
+        session.config.stash[RUN_PASSED] = exitstatus == 0
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if RUN_TEMP in config.stash and exitstatus != 0:
+        terminalreporter.write_line(f"logs of the processes the tests started: {config.stash[RUN_TEMP]}")
+
+
+def pytest_unconfigure(config):
+    if config.stash.get(RUN_PASSED, False):
+        shutil.rmtree(config.stash[RUN_TEMP], ignore_errors=True)
 
 
 @pytest.fixture
