@@ -15,6 +15,8 @@ On a single Redis or Sentinel the names are the prefix and the name, untagged.
 
 from __future__ import annotations
 
+from common.settings import SettingsError
+
 # Worker states as reported in heartbeats (the worker's own view).
 ACTIVE = "active"
 DRAINING = "draining"
@@ -30,7 +32,7 @@ CLUSTER_TAG = "{ctl}"  # the hash tag of every key on a Redis Cluster: one slot 
 
 
 def check_cluster_prefixes(**prefixes: str) -> None:
-    """Refuse, with ValueError naming the setting, a prefix holding `{` or `}` on a Redis Cluster.
+    """Refuse, with SettingsError naming the setting, a prefix holding `{` or `}` on a Redis Cluster.
 
     Redis hashes only the text between a key's first `{` and the first `}`
     after it. A brace in a prefix would come before the tag the names rely on
@@ -40,8 +42,8 @@ def check_cluster_prefixes(**prefixes: str) -> None:
     """
     for setting_name, prefix in prefixes.items():
         if "{" in prefix or "}" in prefix:
-            raise ValueError(f"{setting_name} must not contain '{{' or '}}' with a Redis Cluster (redis+cluster:// URL): "
-                             f"Redis would hash the prefix's braces instead of each name's tag; got {prefix!r}")
+            raise SettingsError(f"{setting_name} must not contain '{{' or '}}' with a Redis Cluster (redis+cluster:// URL): "
+                                f"Redis would hash the prefix's braces instead of each name's tag; got {prefix!r}")
 
 
 class Keys:

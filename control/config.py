@@ -60,10 +60,7 @@ class ControlConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_
             raise SettingsError("rejoin_hold_down_s and drain_window_s must be >= 0")
         target = RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
         if target.cluster:
-            try:
-                check_cluster_prefixes(key_prefix=self.key_prefix)
-            except ValueError as exc:
-                raise SettingsError(str(exc)) from None
+            check_cluster_prefixes(key_prefix=self.key_prefix)
         if self.lease_renew_interval_s * 2 > self.lease_s:
             raise SettingsError("lease_renew_interval_s must be at most half of lease_s, or the leader loses its lease")
 

@@ -199,13 +199,10 @@ class NodeConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*, 
             target = RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
             if target.cluster != (self.bus == "redis-cluster"):
                 raise SettingsError("--bus redis-cluster goes with a redis+cluster:// (or rediss+cluster://) URL, and only it")
-            if target.cluster and (self.presence_rule or self.presence_events_rule):
-                raise SettingsError("presence (--presence-rule, --presence-events-rule) is not available with --bus redis-cluster yet")
             if target.cluster:
-                try:
-                    check_cluster_prefixes(key_prefix=self.key_prefix, channel_prefix=self.channel_prefix)
-                except ValueError as exc:
-                    raise SettingsError(str(exc)) from None
+                if self.presence_rule or self.presence_events_rule:
+                    raise SettingsError("presence (--presence-rule, --presence-events-rule) is not available with --bus redis-cluster yet")
+                check_cluster_prefixes(key_prefix=self.key_prefix, channel_prefix=self.channel_prefix)
         if not 0 <= self.write_coalesce_ms <= 1000:
             raise SettingsError("write_coalesce_ms must be between 0 and 1000")
         if not 0 <= self.write_hold_max_ms <= 1000:

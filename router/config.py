@@ -50,10 +50,7 @@ class RouterConfig(RedisConnectionSettings):  # redis_password_file, redis_tls_*
         if self.redis:
             target = RedisTarget.from_settings(self)  # a malformed URL, an unreadable password/CA/cert file: refused at startup
             if target.cluster:
-                try:
-                    check_cluster_prefixes(key_prefix=self.key_prefix)
-                except ValueError as exc:
-                    raise SettingsError(str(exc)) from None
+                check_cluster_prefixes(key_prefix=self.key_prefix)
 
     @property
     def url(self) -> str:
