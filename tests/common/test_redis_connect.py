@@ -94,6 +94,20 @@ def test_router_and_control_take_a_cluster_url_and_tag_their_keys():
     assert (plain.ring, plain.command("w1")) == ("ringcast:ring", "ringcast:node:w1:command")  # unchanged
 
 
+def test_the_node_refuses_presence_on_a_cluster_bus(capsys):
+    from common import settings as loader
+    from node.config import NodeConfig
+
+    for flag in ("--presence-rule", "--presence-events-rule"):
+        with pytest.raises(SystemExit):
+            loader.load(NodeConfig, ["--bus", "redis-cluster", "--redis", "redis+cluster://h1:7000", flag, "chat:*"],
+                        prog="node", description="", section="node", environ={})
+        assert "presence (--presence-rule, --presence-events-rule) is not available with --bus redis-cluster" in \
+            capsys.readouterr().err
+        loader.load(NodeConfig, ["--redis", "redis://h1:6379/0", flag, "chat:*"], prog="node", description="",
+                    section="node", environ={})
+
+
 def test_a_prefix_with_braces_is_refused_on_a_cluster_only(capsys):
     """Redis hashes a key's first {...}: braces in a prefix would take the place of each name's tag."""
     from common import settings as loader
