@@ -19,8 +19,9 @@ they steer connections). A `moved` hint is followed only for the home room;
 hints for other rooms are recorded (`last_moved`) and ignored, since those
 rooms are served correctly wherever the connection is. A host that went
 silent (no pong within the heartbeat, or a connect that timed out) is not
-returned to on a `moved` hint until a newer ring epoch names it again: the
-worker that sends the hint may not have learnt yet that the host is gone.
+returned to on a `moved` hint until a newer ring epoch names it again, or a
+connection to it opens: the worker that sends the hint may not have learnt yet
+that the host is gone.
 
 It keeps, per room, the last stream position (`seq`, `epoch`) it saw
 (`position(room)`), and every re-join (after a reconnect, a `moved` or a

@@ -23,9 +23,10 @@ delivery tests' reader), in the sans-I/O style of python-websockets and h11:
   followed only for the home room (the smallest room name), never to an
   older ring epoch than one already seen, and at most `max_moved_follows`
   times in a row at one ring epoch, and not to a host the driver found
-  unreachable (`host_unreachable`) until a newer ring epoch names it (a
-  worker whose ring is older than the control plane's detection of a dead
-  or cut-off host would otherwise send the client back into the silence);
+  unreachable (`host_unreachable`) until a newer ring epoch names it or a
+  connection to it opens (a worker whose ring is older than the control
+  plane's detection of a dead or cut-off host would otherwise send the
+  client back into the silence);
   a re-join refused with BUS_UNAVAILABLE
   means "drop this connection and come back with backoff".
 
@@ -339,11 +340,18 @@ class ClientCore:
     def connection_opened(self, url: str) -> None:
         self.url = url
         self.connected = False
+        self._unreachable.pop(_host_of(url), None)  # it answered: no longer silent, its hints are followed again
 
     def route_answer(self, ring_epoch: int | None) -> None:
         """A route lookup answered at `ring_epoch`: hints from older rings are stale from now on."""
         if isinstance(ring_epoch, int):
             self._ring_epoch = max(self._ring_epoch, ring_epoch)
+
+    @property
+    def unreachable_hosts(self) -> dict[str, int | None]:
+        """Hosts found silent -> the ring epoch at that finding (None: before any): `moved` hints there at that
+        epoch or older are not followed. A copy."""
+        return dict(self._unreachable)
 
     def host_unreachable(self, url: str) -> None:
         """The host of `url` did not answer: no pong nor any frame within the liveness window, or a connect

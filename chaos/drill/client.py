@@ -160,6 +160,7 @@ class _Connection:
         self.left_by_choice = False  # the session ended on our decision (a notice, a failed join): not a cut
         self.last_notice_url: str | None = None
         self.served = False  # the current session got as far as being joined
+        self.connect_failures: list[tuple[float, str, str]] = []  # (ledger time, kind, url), the first 100
 
     async def run(self) -> None:
         assert self.session is not None
@@ -174,11 +175,13 @@ class _Connection:
             except aiohttp.WSServerHandshakeError as exc:  # 429 per-IP cap, 503 not accepting
                 self.ledger.error(f"http_{exc.status}", {"url": url, "message": exc.message,
                                                          "after_notice": url == self.last_notice_url})
+                self._connect_failed(f"http_{exc.status}", url)
                 ws = None
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 self.ledger.error("connect_failed")
                 ws = None
                 unreachable = not isinstance(getattr(exc, "os_error", exc), ConnectionRefusedError)
+                self._connect_failed("no_answer" if unreachable else "refused", url)
                 if unreachable:
                     self.core.host_unreachable(url)  # no `moved` back to that host until a newer ring
             if ws is None:
@@ -217,6 +220,10 @@ class _Connection:
                 attempt = 0 if self.served else attempt + 1
                 delay = self.backoff.delay_s(attempt)
             await asyncio.sleep(delay)
+
+    def _connect_failed(self, kind: str, url: str) -> None:
+        if len(self.connect_failures) < 100:
+            self.connect_failures.append((round(self.ledger.now(), 3), kind, url))
 
     def _end_reason(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         """How a session ended, as this client saw it."""

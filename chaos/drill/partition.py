@@ -163,7 +163,7 @@ class Partition(Scenario):
             owners = {room: ring.route(room).url for room in ctx.population.rooms}
         except (EmptyRing, KeyError, ValueError):
             return [{"ring": body}]
-        return [{"room": m.room, "on": m.url, "owner": owners[m.room]}
+        return [{"room": m.room, "on": m.url, "owner": owners[m.room], "ring_epoch": ring.epoch, "history": _history(m)}
                 for m in ctx.population.members if m.connected and m.url != owners[m.room]]
 
     @staticmethod
@@ -220,6 +220,18 @@ class Partition(Scenario):
             failures.append(f"leadership after the heal: leader {cycle['leader_after_heal']}, B says it leads: "
                             f"{cycle['cut_replica_says_it_leads_after_heal']}")
         return failures
+
+
+def _history(member) -> dict:
+    """How a member got where it is: its last joins, cuts, failed connects, the last `moved` hint for its
+    room and the hosts its client will not follow a hint to (for the report of a member left off its owner)."""
+    return {
+        "joins": [(round(t, 3), url) for t, url in member.join_log[-6:]],
+        "disconnects": [(round(t, 3), reason, url) for t, reason, url in member.disconnect_log[-6:]],
+        "connect_failures": member.connect_failures[-6:],
+        "last_moved": member.core.last_moved.get(member.room),
+        "hints_not_followed_to": member.core.unreachable_hosts,
+    }
 
 
 def _spread(values: list[float]) -> dict | None:

@@ -269,6 +269,7 @@ export class ClientCore {
   connectionOpened(url) {
     this.url = url;
     this.connected = false;
+    this._unreachable.delete(hostOf(url)); // it answered: no longer silent, its hints are followed again
   }
 
   /** A route lookup answered at `ringEpoch`: hints from older rings are stale from now on. */

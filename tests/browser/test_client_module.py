@@ -79,6 +79,14 @@ SCRIPTS: dict[str, list[list[Any]]] = {
         ["recv", {"type": "error", "code": "RATE_LIMIT_EXCEEDED", "message": "z"}],
         ["recv", {"type": "moved", "room": "m", "url": W2, "epoch": 7}],  # a newer ring names it again
     ],
+    "a silent host that answers again": [
+        ["join", "s"], ["open", W0], ["recv", {"type": "welcome"}],
+        ["recv", {"type": "joined", "room": "s", "seq": 0, "epoch": "", "id": 1}],
+        ["unreachable", W2], ["lost"], ["open", W2], ["recv", {"type": "welcome"}],  # it answers: unmarked
+        ["recv", {"type": "moved", "room": "s", "url": W0, "epoch": 4}],  # followed
+        ["lost"], ["open", W0], ["recv", {"type": "welcome"}],
+        ["recv", {"type": "moved", "room": "s", "url": W2, "epoch": 4}],  # followed, though the same ring
+    ],
     "presence requests and presence_diff events": [
         ["join", "c"], ["open", W0], ["recv", {"type": "welcome"}],
         ["recv", {"type": "joined", "room": "c", "seq": 0, "epoch": "", "id": 1}],

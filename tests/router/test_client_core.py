@@ -302,6 +302,31 @@ def test_unreachable_without_a_known_ring_refuses_hints_at_the_first_epoch_it_he
     assert isinstance(core.receive({**hint, "epoch": 8})[0], Reconnect)
 
 
+def test_a_silent_host_that_answers_again_is_followed_again_at_the_same_ring():
+    # The partition drill's member: it found host3 silent before knowing any ring epoch (it never asked a
+    # router and never followed a hint), the rebalance after the heal sent it back to host3 with a notice
+    # (which carries no epoch), and host3, not yet polled to the new ring, hinted it away. Back on host1,
+    # the hint to host3 at the ring it already has must be followed: host3 answered since.
+    core = in_room(ClientCore(), room="lobby")
+    silent = "ws://198.18.0.3:8700/ws"
+    core.host_unreachable(silent)
+    core.connection_lost()
+    connect(core, url=silent)  # host3 answers again
+    assert core.unreachable_hosts == {}
+    core.connection_lost()
+    connect(core, url="ws://198.18.0.1:8700/ws")
+    [back] = core.receive({"type": "moved", "room": "lobby", "url": silent, "epoch": 5})
+    assert isinstance(back, Reconnect) and back.url == silent
+
+
+def test_a_connection_to_another_host_keeps_a_silent_host_marked():
+    core = in_room(ClientCore())
+    core.host_unreachable("ws://198.18.0.3:8700/ws")
+    core.connection_lost()
+    connect(core, url="ws://198.18.0.1:8700/ws")
+    assert core.unreachable_hosts == {"198.18.0.3": None}
+
+
 def test_unreachable_hosts_are_bounded():
     core = in_room(ClientCore())
     core.route_answer(1)
