@@ -194,7 +194,8 @@ class Hub:
 
     def _fan_out(self, room: str, entry: _Room, message: BusMessage, may_fill: bool = True) -> None:
         if entry.last_epoch is not None and entry.members:
-            if message.epoch == entry.last_epoch:
+            other_stream = message.epoch != entry.last_epoch
+            if not other_stream:
                 if message.seq <= entry.last_seq:
                     return  # already delivered here (a gap fill overlapping the live stream)
                 gap = message.seq > entry.last_seq + 1  # a gap in the live stream
@@ -206,7 +207,7 @@ class Hub:
                     # The fill reads after the room's position; in another epoch, from that epoch's start.
                     self._start_fill(room, entry, self.max_fill_messages, [message])
                     return
-            if message.epoch != entry.last_epoch and entry.last_epoch:  # "": the members had no stream to end
+            if other_stream and entry.last_epoch:  # "": the members had no stream to end
                 self._announce(room, entry, message, protocol.RECOVERY_EPOCH_CHANGED)
             elif gap:
                 default = protocol.RECOVERY_HISTORY_TRUNCATED if keeps_history else protocol.RECOVERY_NO_HISTORY
