@@ -59,15 +59,20 @@ async def script_held_for(redis_server, pid: int) -> bool:
                for fields in await clients(redis_server))
 
 
-async def pubsub_bytes_taken_in(redis_server, pid: int) -> int:
-    """Bytes the kernel has taken in on process `pid`'s pub/sub connection to Redis, read by it or not.
-
-    From the socket's tcp_info (`ss -i`, bytes_received): it counts while the process is stopped.
-    """
+async def pubsub_port(redis_server, pid: int) -> int:
+    """The local port of process `pid`'s pub/sub connection to Redis."""
     ports = redis_ports_of(redis_server, pid)
     [port] = [client_port(fields) for fields in await clients(redis_server)
               if "P" in fields["flags"] and client_port(fields) in ports]
-    shown = await asyncio.to_thread(subprocess.run, ["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+    return port
+
+
+async def bytes_taken_in(local_port: int) -> int:
+    """Bytes the kernel has taken in on the connection from `local_port`, read by its process or not.
+
+    From the socket's tcp_info (`ss -i`, bytes_received): it counts while the process is stopped.
+    """
+    shown = await asyncio.to_thread(subprocess.run, ["ss", "-tinH", "state", "established", f"( sport = :{local_port} )"],
                                     capture_output=True, text=True, check=True)
     taken_in = re.search(r"bytes_received:(\d+)", shown.stdout)  # ss leaves out a count of 0
     return int(taken_in.group(1)) if taken_in else 0
@@ -160,7 +165,8 @@ async def test_a_joiner_that_falls_behind_during_its_history_read_is_cut_off_and
             try:
                 await eventually(lambda: psutil.Process(worker0).status() == psutil.STATUS_STOPPED,
                                  what="worker 0 stopped")
-                before = [await pubsub_bytes_taken_in(redis_server, pid) for pid in (worker0, worker1)]
+                pubsub_ports = [await pubsub_port(redis_server, pid) for pid in (worker0, worker1)]
+                before = [await bytes_taken_in(port) for port in pubsub_ports]
                 await redis_command("CLIENT", "UNPAUSE")  # the read is answered into worker 0's socket
                 for text in ("one", "two", "three"):
                     await publisher.send({"type": "message", "room": "surge", "text": text})
@@ -168,7 +174,7 @@ async def test_a_joiner_that_falls_behind_during_its_history_read_is_cut_off_and
                 assert [(await publisher.expect("message"))["text"] for _ in range(3)] == ["one", "two", "three"]
 
                 async def pushes_taken_in_by_both() -> bool:
-                    now = [await pubsub_bytes_taken_in(redis_server, pid) for pid in (worker0, worker1)]
+                    now = [await bytes_taken_in(port) for port in pubsub_ports]
                     worker0_in, worker1_in = (after - start for after, start in zip(now, before))
                     return worker1_in > 0 and worker0_in == worker1_in
 
